@@ -1,0 +1,1 @@
+"""mailer: newsletters from a clinic blog, consented follow-ups, unsubscribes that hold."""

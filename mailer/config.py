@@ -1,0 +1,470 @@
+"""config.toml plus MAILER_* environment variables -> one validated, immutable Settings object."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import secrets
+import tomllib
+import warnings
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import unquote, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import isodate
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+ENV_PREFIX = "MAILER_"
+
+
+class ConfigError(Exception):
+    """A configuration problem; its message is one line naming the key and the file."""
+
+
+def _check_hhmm(value: str) -> str:
+    if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value):
+        raise ValueError(f"expected a local time as \"HH:MM\", got {value!r}")
+    return value
+
+
+def _check_duration(value: str) -> str:
+    try:
+        parsed = isodate.parse_duration(value)
+    except (isodate.ISO8601Error, ValueError) as exc:
+        raise ValueError(f"expected an ISO-8601 duration such as \"P3D\" or \"PT30M\", got {value!r}") from exc
+    if not isinstance(parsed, dt.timedelta):
+        raise ValueError(f"use days, hours and minutes (not months or years) in {value!r}")
+    return value
+
+
+HHMM = Annotated[str, AfterValidator(_check_hhmm)]
+Duration = Annotated[str, AfterValidator(_check_duration)]
+
+
+def duration(value: str) -> dt.timedelta:
+    """An ISO-8601 duration string that passed validation, as a timedelta."""
+    return isodate.parse_duration(value)
+
+
+def hhmm(value: str) -> dt.time:
+    hours, minutes = value.split(":")
+    return dt.time(int(hours), int(minutes))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class Clinic(_Section):
+    name: str = Field(min_length=1)
+    postal_address: str = Field(min_length=1)
+    timezone: str
+    phone: str = ""
+    website: str = ""
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA time zone {value!r}") from exc
+        return value
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+class Sender(_Section):
+    from_email: str
+    from_name: str
+    reply_to: str
+    unsubscribe_mailbox: str = ""
+
+    @field_validator("from_email", "reply_to")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if not re.fullmatch(r"[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+", value):
+            raise ValueError(f"not an email address: {value!r}")
+        return value
+
+    @field_validator("unsubscribe_mailbox")
+    @classmethod
+    def _optional_address(cls, value: str) -> str:
+        return cls._address(value) if value else value
+
+    @field_validator("from_name")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        if "\r" in value or "\n" in value:
+            raise ValueError("must be one line")
+        return value
+
+
+class Database(_Section):
+    url: str
+
+
+class Feed(_Section):
+    url: str
+    poll_minutes: int = Field(ge=1)
+    first_run_posts: int = Field(ge=0)
+    timeout_seconds: float = Field(default=20.0, gt=0)
+    max_bytes: int = Field(default=5_000_000, ge=1024)
+
+    @field_validator("url")
+    @classmethod
+    def _feed_url(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme.lower()
+        if scheme not in ("", "http", "https", "file") and not re.fullmatch(r"[a-z]", scheme):
+            raise ValueError(f"expected http(s)://, file:// or a path, got {value!r}")
+        return value
+
+
+class Newsletter(_Section):
+    send_time: HHMM
+    approval: Literal["auto", "manual"]
+    topic: str
+    misfire_grace_minutes: int = Field(default=120, ge=1)
+    subject: str = "{clinic}: {first_title}"
+    intro: str = ""
+    max_posts: int = Field(default=10, ge=1)
+
+
+class FollowupStep(_Section):
+    after: Duration
+    template: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    subject: str = Field(min_length=1)
+    preheader: str = ""
+
+
+class Followups(_Section):
+    send_window: list[HHMM] = Field(min_length=2, max_length=2)
+    send_on_weekends: bool = False
+    min_gap: Duration = "PT20H"
+    consent_valid_days: int = Field(default=180, ge=1)
+    retention_days: int = Field(default=365, ge=1)
+    duplicate_window: Duration = "PT24H"
+    sensitive_words: list[str] = Field(default_factory=list)
+    steps: list[FollowupStep]
+
+    @model_validator(mode="after")
+    def _window_order(self) -> Followups:
+        if hhmm(self.send_window[0]) >= hhmm(self.send_window[1]):
+            raise ValueError("send_window must open before it closes, e.g. [\"09:00\", \"18:00\"]")
+        afters = [duration(step.after) for step in self.steps]
+        if afters != sorted(afters):
+            raise ValueError("steps must be in the order of their 'after' delays")
+        return self
+
+
+class Dkim(_Section):
+    selector: str = ""
+    domain: str = ""
+    private_key_path: str = ""
+
+
+class Delivery(_Section):
+    transport: Literal["smtp", "file"]
+    outbox_dir: str
+    connections: int = Field(ge=1, le=64)
+    max_per_second: float = Field(ge=0)
+    smtp_url: str = ""
+    timeout_seconds: float = Field(default=30.0, gt=0)
+    batch_size: int = Field(default=200, ge=1, le=5000)
+    lease: Duration = "PT5M"
+    retry_initial: Duration = "PT5M"
+    retry_max: Duration = "PT1H"
+    max_age: Duration = "P2D"
+    unknown_retry_delay: Duration = "PT30M"
+    dkim: Dkim = Dkim()
+
+
+class Web(_Section):
+    base_url: str
+    host: str = "127.0.0.1"
+    port: int = Field(default=8025, ge=1, le=65535)
+    session_idle_minutes: int = Field(default=30, ge=1)
+    max_body_bytes: int = Field(default=65_536, ge=1024)
+    subscribe_per_client_per_hour: int = Field(default=10, ge=1)
+
+    @field_validator("base_url")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"expected an absolute http(s) URL, got {value!r}")
+        return value.rstrip("/")
+
+
+class Tracking(_Section):
+    opens: bool = False
+
+
+class Bounces(_Section):
+    source: Literal["none", "maildir", "imap"] = "none"
+    maildir: str = ""
+    imap_host: str = ""
+    imap_port: int = 993
+    imap_user: str = ""
+    imap_folder: str = "INBOX"
+    soft_bounce_limit: int = Field(default=5, ge=1)
+
+
+class Paths(_Section):
+    templates: str = "templates"
+    var: str = "var"
+
+
+class Settings(_Section):
+    """Everything the program knows about its configuration; paths are absolute."""
+
+    clinic: Clinic
+    sender: Sender
+    database: Database
+    feed: Feed
+    newsletter: Newsletter
+    topics: dict[str, str] = Field(min_length=1)
+    followups: Followups
+    delivery: Delivery
+    web: Web
+    tracking: Tracking = Tracking()
+    bounces: Bounces = Bounces()
+    paths: Paths = Paths()
+    # Secrets: from the environment only (see load()).
+    secret_key: str = Field(default="", repr=False)
+    intake_token: str = Field(default="", repr=False)
+    dkim_private_key: str = Field(default="", repr=False)
+    source: str = ""
+
+    @field_validator("topics")
+    @classmethod
+    def _topic_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name):
+                raise ValueError(f"topic names are lower-case words, got {name!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _newsletter_topic_known(self) -> Settings:
+        if self.newsletter.topic not in self.topics:
+            raise ValueError(f"newsletter.topic {self.newsletter.topic!r} is not one of the topics")
+        return self
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return self.clinic.zone
+
+    @property
+    def templates_dir(self) -> Path:
+        return Path(self.paths.templates)
+
+    @property
+    def var_dir(self) -> Path:
+        return Path(self.paths.var)
+
+
+# Environment variable -> (section, key) it overrides; secrets have no section.
+ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "DATABASE_URL": ("database", "url"),
+    "SMTP_URL": ("delivery", "smtp_url"),
+    "FEED_URL": ("feed", "url"),
+    "BASE_URL": ("web", "base_url"),
+}
+ENV_SECRETS = {"SECRET_KEY": "secret_key", "INTAKE_TOKEN": "intake_token", "DKIM_PRIVATE_KEY": "dkim_private_key"}
+
+
+def default_config_path(environ: dict[str, str] | None = None) -> Path:
+    environ = os.environ if environ is None else environ
+    return Path(environ.get("MAILER_CONFIG") or "config.toml")
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = ".".join(str(part) for part in error["loc"])
+    kind = error["type"]
+    if kind == "missing":
+        return f"{loc}: missing"
+    if kind == "extra_forbidden":
+        return f"{loc}: unknown key"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{loc}: {message}" if loc else message
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    """Relative paths in the config are relative to the config file's folder, not the working directory."""
+
+    def absolute(value: str) -> str:
+        path = Path(value).expanduser()
+        return str(path if path.is_absolute() else (base / path).resolve())
+
+    paths = raw.setdefault("paths", {})
+    if isinstance(paths, dict):
+        for key in ("templates", "var"):
+            value = paths.get(key, Paths.model_fields[key].default)
+            if isinstance(value, str):
+                paths[key] = absolute(value)
+    delivery = raw.get("delivery")
+    if isinstance(delivery, dict) and isinstance(delivery.get("outbox_dir"), str):
+        delivery["outbox_dir"] = absolute(delivery["outbox_dir"])
+    if isinstance(delivery, dict) and isinstance(delivery.get("dkim"), dict):
+        key_path = delivery["dkim"].get("private_key_path")
+        if isinstance(key_path, str) and key_path:
+            delivery["dkim"]["private_key_path"] = absolute(key_path)
+    feed = raw.get("feed")
+    if isinstance(feed, dict) and isinstance(feed.get("url"), str):
+        url = feed["url"]
+        scheme = urlsplit(url).scheme.lower()
+        if scheme in ("", *"abcdefghijklmnopqrstuvwxyz") and url:  # a plain path (or a Windows drive)
+            feed["url"] = absolute(url)
+    database = raw.get("database")
+    if isinstance(database, dict) and isinstance(database.get("url"), str):
+        url = database["url"]
+        # sqlite:///relative/path -> relative to the config file; sqlite:////abs stays.
+        match = re.fullmatch(r"sqlite(\+\w+)?:///(?!/)(.+)", url)
+        if match and match.group(2) != ":memory:":
+            database["url"] = f"sqlite{match.group(1) or ''}:///{absolute(unquote(match.group(2)))}"
+    bounces = raw.get("bounces")
+    if isinstance(bounces, dict) and isinstance(bounces.get("maildir"), str) and bounces["maildir"]:
+        bounces["maildir"] = absolute(bounces["maildir"])
+
+
+def load(path: Path | str | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Read, override and validate; raise ConfigError with one line naming the key and the file."""
+    environ = dict(os.environ if environ is None else environ)
+    path = Path(path) if path is not None else default_config_path(environ)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found (use --config or MAILER_CONFIG)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+    for name, (section, key) in ENV_OVERRIDES.items():
+        value = environ.get(ENV_PREFIX + name)
+        if value:
+            target = raw.setdefault(section, {})
+            if isinstance(target, dict):
+                target[key] = value
+    if environ.get(ENV_PREFIX + "SMTP_URL"):
+        raw.setdefault("delivery", {})["transport"] = "smtp"
+    for name, key in ENV_SECRETS.items():
+        if key in raw:
+            raise ConfigError(f"{path}: {key}: secrets are not read from the config file; set {ENV_PREFIX}{name}")
+        value = environ.get(ENV_PREFIX + name)
+        if value:
+            raw[key] = value
+
+    _resolve_paths(raw, path.resolve().parent)
+    raw["source"] = str(path)
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(f"{path}: {_describe(first)}") from None
+
+    if settings.delivery.transport == "smtp":
+        try:
+            parse_smtp_url(settings.delivery.smtp_url)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: delivery.smtp_url (or {ENV_PREFIX}SMTP_URL): {exc}") from None
+    for step in settings.followups.steps:
+        words = [w for w in settings.followups.sensitive_words if re.search(rf"\b{re.escape(w)}\b", step.subject, re.I)]
+        if words:
+            warnings.warn(
+                f"{path}: followups.steps[{step.template}].subject names {', '.join(words)}: "
+                "subjects are visible in inbox lists; keep conditions and treatments out of them",
+                ConfigWarning,
+                stacklevel=2,
+            )
+    if not settings.secret_key:
+        settings = settings.model_copy(update={"secret_key": _development_secret(settings.var_dir)})
+    return settings
+
+
+class ConfigWarning(UserWarning):
+    """A configuration that works but that staff should look at."""
+
+
+def _development_secret(var_dir: Path) -> str:
+    """Without MAILER_SECRET_KEY, keep a random key under var/ so links survive restarts in development."""
+    key_file = var_dir / "secret.key"
+    try:
+        return key_file.read_text().strip()
+    except FileNotFoundError:
+        var_dir.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(48)
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(key + "\n")
+        return key
+    except FileExistsError:  # another process created it a moment ago
+        return key_file.read_text().strip()
+
+
+class SmtpUrl(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = Field(default=None, repr=False)
+    implicit_tls: bool = False
+    starttls: bool = False
+    verify: bool = True
+    cafile: str | None = None
+    helo: str | None = None
+
+
+def parse_smtp_url(url: str) -> SmtpUrl:
+    """smtp://[user:pass@]host:port[?starttls=true] or smtps://...; ?verify=false only for test relays."""
+    if not url:
+        raise ValueError("delivery.transport is \"smtp\" but no SMTP URL is set")
+    parts = urlsplit(url)
+    if parts.scheme not in ("smtp", "smtps"):
+        raise ValueError(f"expected smtp:// or smtps://, got {parts.scheme or 'nothing'}://")
+    if not parts.hostname:
+        raise ValueError("the SMTP URL has no host")
+    try:
+        port = parts.port or (465 if parts.scheme == "smtps" else 587)
+    except ValueError:
+        raise ValueError("the SMTP URL has a bad port") from None
+    options: dict[str, str] = {}
+    for pair in filter(None, parts.query.split("&")):
+        key, _, value = pair.partition("=")
+        options[key] = unquote(value)
+    unknown = set(options) - {"starttls", "verify", "cafile", "helo"}
+    if unknown:
+        raise ValueError(f"unknown SMTP URL option {sorted(unknown)[0]!r}")
+
+    def flag(name: str) -> bool:
+        value = options.get(name, "").lower()
+        if value not in ("", "true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"{name} must be true or false")
+        return value in ("true", "1", "yes")
+
+    return SmtpUrl(
+        host=parts.hostname,
+        port=port,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        implicit_tls=parts.scheme == "smtps",
+        starttls=flag("starttls"),
+        verify=not (options.get("verify", "").lower() in ("false", "0", "no")),
+        cafile=options.get("cafile") or None,
+        helo=options.get("helo") or None,
+    )
