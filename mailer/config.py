@@ -208,10 +208,6 @@ class Web(_Section):
         return value.rstrip("/")
 
 
-class Tracking(_Section):
-    opens: bool = False
-
-
 class Bounces(_Section):
     source: Literal["none", "maildir", "imap"] = "none"
     maildir: str = ""
@@ -239,7 +235,6 @@ class Settings(_Section):
     followups: Followups
     delivery: Delivery
     web: Web
-    tracking: Tracking = Tracking()
     bounces: Bounces = Bounces()
     paths: Paths = Paths()
     # Secrets: from the environment only (see load()).
@@ -464,7 +459,7 @@ def parse_smtp_url(url: str) -> SmtpUrl:
         password=unquote(parts.password) if parts.password else None,
         implicit_tls=parts.scheme == "smtps",
         starttls=flag("starttls"),
-        verify=not (options.get("verify", "").lower() in ("false", "0", "no")),
+        verify=options.get("verify", "").lower() not in ("false", "0", "no"),
         cafile=options.get("cafile") or None,
         helo=options.get("helo") or None,
     )

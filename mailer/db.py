@@ -39,7 +39,9 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
         @event.listens_for(engine, "begin")
         def _sqlite_begin(connection):  # noqa: ANN001
             # Take the write lock at the start: two writers never deadlock on a lock upgrade.
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            # AUTOCOMMIT connections (read-only lookups such as the consent re-check) take no lock.
+            if connection.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)

@@ -19,7 +19,6 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
-    UniqueConstraint,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -291,6 +290,8 @@ class OutboxMessage(Base):
     consent_event_id: Mapped[int | None] = mapped_column(ForeignKey("consent_events.id", ondelete="SET NULL"))
     state: Mapped[str] = mapped_column(String(20), default="queued")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Set once a send ended without a reply after the final dot: such a message is retried only once.
+    was_unknown: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime]
     due_at: Mapped[dt.datetime]
     lease_until: Mapped[dt.datetime | None]
@@ -371,5 +372,4 @@ __all__ = [
     "StaffUser",
     "Subscription",
     "Suppression",
-    "UniqueConstraint",
 ]

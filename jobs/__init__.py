@@ -1,0 +1,71 @@
+"""Scheduled jobs: one module each, a `run(runtime, now)` that calls mailer services and returns counts.
+
+`mailer tick` and the scheduler call the same functions through `run_job`, which records each run
+(for /healthz) and logs one line with its counts and duration.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from mailer.models import JobRun
+from mailer.runtime import Runtime
+
+log = logging.getLogger("mailer.jobs")
+
+JobFunction = Callable[[Runtime, dt.datetime], dict[str, Any]]
+
+
+def registry() -> dict[str, JobFunction]:
+    """Job id -> function, in the order `mailer tick` runs them."""
+    from jobs import advance_followups, deliver, housekeeping, ingest_feed, nightly_newsletter
+
+    return {
+        "ingest_feed": ingest_feed.run,
+        "nightly_newsletter": nightly_newsletter.run,
+        "advance_followups": advance_followups.run,
+        "deliver": deliver.run,
+        "housekeeping": housekeeping.run,
+    }
+
+
+TICK_ORDER = ("ingest_feed", "nightly_newsletter", "advance_followups", "deliver")
+
+
+def run_job(runtime: Runtime, job_id: str, now: dt.datetime, function: JobFunction | None = None) -> dict[str, Any]:
+    """Run one job for the moment `now`; record it; log one line. Errors are recorded and re-raised."""
+    function = function or registry()[job_id]
+    started = time.monotonic()
+    with runtime.sessions.begin() as session:
+        run = JobRun(job_id=job_id, scheduled_for=now, started_at=runtime.clock(), outcome="running",
+                     counts={}, host=socket.gethostname())
+        session.add(run)
+        session.flush()
+        run_id = run.id
+    outcome, counts, error = "ok", {}, None
+    try:
+        counts = function(runtime, now) or {}
+        if counts.pop("_skipped", False):
+            outcome = "skipped"
+        return counts
+    except Exception as exc:
+        outcome, error = "error", f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        elapsed = time.monotonic() - started
+        with runtime.sessions.begin() as session:
+            run = session.get(JobRun, run_id)
+            run.finished_at = runtime.clock()
+            run.outcome = outcome
+            run.counts = {k: v for k, v in counts.items() if isinstance(v, int | float | str | bool)}
+            run.error = error
+        summary = " ".join(f"{key}={value}" for key, value in counts.items())
+        log_fn = log.error if outcome == "error" else log.info
+        log_fn("job %s %s in %.2fs%s%s", job_id, outcome, elapsed, f" {summary}" if summary else "",
+               f" error={error}" if error else "", extra={"job": job_id, "outcome": outcome, "counts": counts,
+                                                          "duration_s": round(elapsed, 3)})

@@ -1,0 +1,15 @@
+"""Enqueue the follow-up steps that have fallen due (every few minutes)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from mailer import followups
+from mailer.runtime import Runtime
+
+TRIGGER = "interval"  # minutes = 5
+
+
+def run(runtime: Runtime, now: dt.datetime) -> dict[str, int]:
+    with runtime.sessions.begin() as session:
+        return followups.advance(session, runtime.settings, now)

@@ -1,0 +1,16 @@
+"""Pull the blog feed and store new posts (every feed.poll_minutes)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from mailer import feeds
+from mailer.runtime import Runtime
+
+TRIGGER = "interval"  # minutes = settings.feed.poll_minutes
+
+
+def run(runtime: Runtime, now: dt.datetime) -> dict[str, int]:
+    with runtime.sessions.begin() as session:
+        result = feeds.ingest(session, runtime.settings.feed, now)
+    return {"new": result.new, "archived": result.archived, "not_modified": int(result.not_modified)}

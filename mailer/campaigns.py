@@ -1,0 +1,203 @@
+"""Campaigns: the nightly digest from unsent posts, one-offs, approval, and draft → approved → sending → sent."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import exists, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from mailer import outbox
+from mailer.config import Settings, hhmm
+from mailer.models import Campaign, OutboxMessage, Post
+from mailer.render import one_line
+
+log = logging.getLogger("mailer.campaigns")
+
+EDITABLE = ("draft",)
+
+
+class CampaignError(Exception):
+    """A campaign cannot do what was asked (unknown id, wrong state); the message is one line."""
+
+
+def get(session: Session, campaign_id: int) -> Campaign:
+    campaign = session.get(Campaign, campaign_id)
+    if campaign is None:
+        raise CampaignError(f"no campaign with id {campaign_id}")
+    return campaign
+
+
+def unsent_posts(session: Session, limit: int | None = None) -> list[Post]:
+    """Posts not yet in any newsletter (and not archived at the first ingest), newest first."""
+    query = (
+        select(Post)
+        .where(Post.campaign_id.is_(None), Post.archived.is_(False))
+        .order_by(Post.published_at.desc().nulls_last(), Post.id.desc())
+    )
+    if limit is not None:
+        query = query.limit(limit)
+    return list(session.scalars(query))
+
+
+def scheduled_send(settings: Settings, local_date: dt.date) -> dt.datetime:
+    """The UTC instant of the nightly send on a local date. A time that does not exist that night (the
+    clocks jump over it) is taken as the same wall time before the jump, i.e. an hour later in real time."""
+    local = dt.datetime.combine(local_date, hhmm(settings.newsletter.send_time), tzinfo=settings.zone)
+    return local.astimezone(dt.UTC)
+
+
+def latest_send_date(settings: Settings, now: dt.datetime) -> dt.date:
+    """The most recent local date whose send time is at or before `now`."""
+    today = now.astimezone(settings.zone).date()
+    return today if scheduled_send(settings, today) <= now else today - dt.timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class NewsletterOutcome:
+    campaign: Campaign | None
+    reason: str  # created | exists | no-posts | missed
+
+
+def make_newsletter(session: Session, settings: Settings, now: dt.datetime, *, grace: dt.timedelta | None = None) -> NewsletterOutcome:
+    """At the nightly send time: all unsent posts become one digest for that local date, once.
+
+    Safe to call any number of times for the same moment (a unique key on the date). A send time missed
+    by more than the grace time is skipped: its posts wait for the next night, never sent by surprise.
+    """
+    grace = grace if grace is not None else dt.timedelta(minutes=settings.newsletter.misfire_grace_minutes)
+    local_date = latest_send_date(settings, now)
+    existing = session.scalar(select(Campaign).where(Campaign.newsletter_date == local_date))
+    if existing is not None:
+        return NewsletterOutcome(existing, "exists")
+    due = scheduled_send(settings, local_date)
+    if now - due > grace:
+        return NewsletterOutcome(None, "missed")
+    posts = unsent_posts(session, settings.newsletter.max_posts)
+    if not posts:
+        return NewsletterOutcome(None, "no-posts")
+    subject = settings.newsletter.subject.format(
+        clinic=settings.clinic.name, first_title=posts[0].title, count=len(posts)
+    )
+    campaign = Campaign(
+        kind="newsletter",
+        newsletter_date=local_date,
+        topic=settings.newsletter.topic,
+        subject=one_line(subject)[:300],
+        preheader="",
+        intro=settings.newsletter.intro,
+        state="draft",
+        created_at=now,
+    )
+    try:
+        with session.begin_nested():
+            session.add(campaign)
+            session.flush()
+    except IntegrityError:  # another process made tonight's digest a moment ago
+        return NewsletterOutcome(session.scalar(select(Campaign).where(Campaign.newsletter_date == local_date)), "exists")
+    session.execute(update(Post).where(Post.id.in_([p.id for p in posts])).values(campaign_id=campaign.id))
+    session.refresh(campaign)
+    if settings.newsletter.approval == "auto":
+        approve(session, campaign, by="auto", now=now)
+    log.info("newsletter campaign %s for %s: %d posts, %s", campaign.id, local_date, len(posts), campaign.state)
+    return NewsletterOutcome(campaign, "created")
+
+
+def create_oneoff(session: Session, settings: Settings, *, topic: str, subject: str, body_markdown: str,
+                  now: dt.datetime, preheader: str = "", intro: str = "") -> Campaign:
+    if topic not in settings.topics:
+        raise CampaignError(f"unknown topic {topic!r}")
+    if not one_line(subject):
+        raise CampaignError("a subject is required")
+    campaign = Campaign(kind="oneoff", topic=topic, subject=one_line(subject)[:300], preheader=one_line(preheader)[:300],
+                        intro=intro, body_markdown=body_markdown, state="draft", created_at=now)
+    session.add(campaign)
+    session.flush()
+    return campaign
+
+
+def edit(campaign: Campaign, *, subject: str | None = None, intro: str | None = None, preheader: str | None = None,
+         body_markdown: str | None = None) -> None:
+    if campaign.state not in EDITABLE:
+        raise CampaignError(f"campaign {campaign.id} is {campaign.state}; only drafts can be edited")
+    if subject is not None:
+        if not one_line(subject):
+            raise CampaignError("a subject is required")
+        campaign.subject = one_line(subject)[:300]
+    if intro is not None:
+        campaign.intro = intro
+    if preheader is not None:
+        campaign.preheader = one_line(preheader)[:300]
+    if body_markdown is not None:
+        campaign.body_markdown = body_markdown
+
+
+def approve(session: Session, campaign: Campaign, *, by: str, now: dt.datetime, send_after: dt.datetime | None = None) -> None:
+    """A draft becomes approved; it is enqueued at `send_after` (default: at once, on the next delivery run)."""
+    if campaign.state == "approved":
+        return
+    if campaign.state != "draft":
+        raise CampaignError(f"campaign {campaign.id} is {campaign.state}; only drafts can be approved")
+    campaign.state = "approved"
+    campaign.approved_at = now
+    campaign.approved_by = by
+    campaign.send_after = send_after
+
+
+def cancel(session: Session, campaign: Campaign, now: dt.datetime) -> int:
+    """Stop a campaign: messages not yet handed over are skipped. Returns how many were skipped."""
+    if campaign.state in ("sent", "cancelled"):
+        raise CampaignError(f"campaign {campaign.id} is already {campaign.state}")
+    campaign.state = "cancelled"
+    campaign.finished_at = now
+    result = session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.campaign_id == campaign.id, OutboxMessage.state.in_(outbox.WAITING))
+        .values(state="skipped", last_error="campaign cancelled")
+    )
+    # Posts of a cancelled digest go back to the pool for the next one.
+    session.execute(update(Post).where(Post.campaign_id == campaign.id).values(campaign_id=None))
+    return result.rowcount or 0
+
+
+def dispatch(session: Session, now: dt.datetime) -> dict[int, int]:
+    """Enqueue every approved campaign whose time has come; returns {campaign id: rows enqueued}."""
+    ready = session.scalars(
+        select(Campaign)
+        .where(Campaign.state == "approved")
+        .where((Campaign.send_after.is_(None)) | (Campaign.send_after <= now))
+        .order_by(Campaign.id)
+        .with_for_update(skip_locked=True)
+    ).all()
+    enqueued = {}
+    for campaign in ready:
+        enqueued[campaign.id] = outbox.enqueue_campaign(session, campaign, now)
+        campaign.state = "sending"
+        campaign.enqueued_at = now
+        log.info("campaign %s enqueued: %d messages", campaign.id, enqueued[campaign.id])
+    return enqueued
+
+
+def finish(session: Session, now: dt.datetime) -> list[int]:
+    """Campaigns whose every message reached a final state are sent."""
+    waiting = (
+        select(OutboxMessage.id)
+        .where(OutboxMessage.campaign_id == Campaign.id, OutboxMessage.state.in_((*outbox.WAITING, "sending")))
+        .exists()
+    )
+    done = session.scalars(select(Campaign).where(Campaign.state == "sending", ~waiting)).all()
+    for campaign in done:
+        campaign.state = "sent"
+        campaign.finished_at = now
+    return [campaign.id for campaign in done]
+
+
+def listing(session: Session, limit: int = 50) -> list[Campaign]:
+    return list(session.scalars(select(Campaign).order_by(Campaign.id.desc()).limit(limit)))
+
+
+def has_unsent_posts(session: Session) -> bool:
+    return bool(session.scalar(select(exists().where(Post.campaign_id.is_(None), Post.archived.is_(False)))))

@@ -1,0 +1,518 @@
+"""The `mailer` command: each command parses, calls a service function, prints. Errors are one line."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import io
+import json
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from sqlalchemy.exc import OperationalError, ProgrammingError
+
+from mailer import audience, campaigns, config, outbox, schema
+from mailer.runtime import Runtime, fixed_clock, system_clock
+
+log = logging.getLogger("mailer.cli")
+
+
+class UserError(click.ClickException):
+    """A mistake the user can fix: printed as one line, exit 1, no traceback."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"mailer: error: {self.format_message()}", err=True, file=file)
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from mailer.feeds import FeedError
+    from mailer.followups import InquiryError
+    from mailer.render import RenderError
+
+    return (config.ConfigError, audience.AudienceError, campaigns.CampaignError, FeedError, InquiryError,
+            RenderError, ValueError)
+
+
+def friendly(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the errors a user can cause into one-line messages instead of tracebacks."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except click.ClickException:
+            raise
+        except (OperationalError, ProgrammingError) as exc:
+            message = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc).splitlines()[0]
+            hint = " (run `mailer init` first)" if "no such table" in message or "does not exist" in message else ""
+            raise UserError(f"database: {message}{hint}") from None
+        except _expected_errors() as exc:
+            raise UserError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+
+    return wrapper
+
+
+class Context:
+    """Built lazily so `--help` works without a config file."""
+
+    def __init__(self, config_path: Path | None, at: dt.datetime | None = None) -> None:
+        self.config_path = config_path
+        self.at = at
+        self._runtime: Runtime | None = None
+
+    @property
+    def settings(self) -> config.Settings:
+        return self.runtime.settings
+
+    @property
+    def runtime(self) -> Runtime:
+        if self._runtime is None:
+            settings = config.load(self.config_path)
+            self._runtime = Runtime(settings, clock=fixed_clock(self.at) if self.at else system_clock)
+        return self._runtime
+
+    def now(self) -> dt.datetime:
+        return self.runtime.clock()
+
+    def close(self) -> None:
+        if self._runtime is not None:
+            self._runtime.close()
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+def parse_instant(value: str, zone: Any) -> dt.datetime:
+    """ISO-8601; without an offset the time is taken in the clinic's time zone."""
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise UserError(f"--at: not an ISO-8601 time: {value!r} (e.g. 2026-11-27T18:00 or 2026-11-28T00:00Z)") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=zone)
+    return parsed.astimezone(dt.UTC)
+
+
+def setup_logging(level: str, log_format: str = "text") -> None:
+    from mailer.logs import configure
+
+    configure(level, log_format)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Config file (default: $MAILER_CONFIG, else ./config.toml).")
+@click.option("--log-level", default="warning", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+              help="Log lines at or above this level go to stderr.")
+@click.option("--log-format", default="text", show_default=True, type=click.Choice(["text", "json"]),
+              help="json: one JSON object per line, for log collectors.")
+@click.version_option(package_name="mailer")
+@click.pass_context
+def main(ctx: click.Context, config_path: Path | None, log_level: str, log_format: str) -> None:
+    """mailer: a clinic's newsletters from its blog, consented follow-ups for inquiries,
+    and unsubscribes that always hold.
+
+    Start with `mailer demo`. Each command's --help says more.
+    """
+    setup_logging(log_level, log_format)
+    ctx.obj = Context(config_path or config.default_config_path())
+    ctx.call_on_close(ctx.obj.close)
+
+
+# --- init, ingest, tick, send, status -----------------------------------------------------------
+
+
+@main.command()
+@pass_ctx
+@friendly
+def init(ctx: Context) -> None:
+    """Create or upgrade the database schema. Safe to run again."""
+    before, after = schema.upgrade(ctx.runtime.engine)
+    if before == after:
+        click.echo(f"Database is up to date (schema {after}).")
+    else:
+        click.echo(f"Database schema {'created' if before is None else 'upgraded from ' + before} at {after}.")
+
+
+@main.command()
+@pass_ctx
+@friendly
+def ingest(ctx: Context) -> None:
+    """Pull the blog feed now and store new posts."""
+    from mailer import feeds
+
+    with ctx.runtime.sessions.begin() as session:
+        result = feeds.ingest(session, ctx.settings.feed, ctx.now())
+    if result.not_modified:
+        click.echo("Feed not modified since the last pull: 0 new posts.")
+    else:
+        extra = f" ({result.archived} older posts recorded as already published)" if result.archived else ""
+        click.echo(f"{result.new} new post{'s' if result.new != 1 else ''}{extra}.")
+
+
+@main.command()
+@click.option("--at", "at", metavar="ISO-8601", help="Pretend it is this moment (default: now). "
+              "Without an offset, clinic time.")
+@pass_ctx
+@friendly
+def tick(ctx: Context, at: str | None) -> None:
+    """Run every job that is due, once, as the scheduler would at that moment:
+    ingest, newsletter, follow-ups, delivery."""
+    import jobs
+
+    if at:
+        settings = config.load(ctx.config_path)
+        ctx.at = parse_instant(at, settings.zone)
+    now = ctx.now()
+    for job_id in jobs.TICK_ORDER:
+        counts = jobs.run_job(ctx.runtime, job_id, now)
+        summary = ", ".join(f"{k} {v}" for k, v in counts.items())
+        click.echo(f"{job_id}: {summary or 'done'}")
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Show what would be sent; send nothing.")
+@pass_ctx
+@friendly
+def send(ctx: Context, dry_run: bool) -> None:
+    """Hand every due outbox message to the transport now (SMTP or .eml files)."""
+    import signal
+
+    from jobs import deliver
+
+    runtime = ctx.runtime
+    now = ctx.now()
+    if dry_run:
+        with runtime.sessions.begin() as session:
+            ready = campaigns.dispatch(session, now)
+            session.rollback()
+        with runtime.sessions() as session:
+            due = outbox.due_summary(session, now)
+        total = sum(count for *_, count in due) + sum(ready.values())
+        for kind, campaign_id, count in due:
+            click.echo(f"would send {count} {kind} message(s)" + (f" of campaign {campaign_id}" if campaign_id else ""))
+        for campaign_id, count in ready.items():
+            click.echo(f"would enqueue and send {count} message(s) of approved campaign {campaign_id}")
+        click.echo(f"{total} message(s) due; nothing sent (dry run).")
+        return
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        click.echo(f"mailer: {signal.Signals(signum).name}: finishing the messages in flight...", err=True)
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+    with runtime.sessions() as session:
+        total = sum(count for *_, count in outbox.due_summary(session, now))
+    if sys.stdout.isatty() and total:
+        with click.progressbar(length=total, label="Sending", show_pos=True) as bar:
+            counts = deliver.run(runtime, now, stop=stop, progress=bar.update)
+    else:
+        counts = deliver.run(runtime, now, stop=stop)
+    click.echo(", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+@main.command()
+@pass_ctx
+@friendly
+def status(ctx: Context) -> None:
+    """Outbox counts by state and each campaign's progress."""
+    with ctx.runtime.sessions() as session:
+        totals = outbox.counts(session)
+        click.echo("Outbox: " + ", ".join(f"{state} {n}" for state, n in totals.items()))
+        rows = campaigns.listing(session, limit=20)
+        if rows:
+            click.echo("")
+            click.echo(f"{'id':>4}  {'state':<9} {'sent':>6} {'waiting':>7} {'failed':>6} {'skipped':>7}  subject")
+        for campaign in rows:
+            c = outbox.counts(session, campaign.id)
+            waiting = c["queued"] + c["sending"] + c["deferred"] + c["unknown"]
+            click.echo(f"{campaign.id:>4}  {campaign.state:<9} {c['sent']:>6} {waiting:>7} {c['failed']:>6} "
+                       f"{c['skipped']:>7}  {campaign.subject}")
+
+
+# --- campaigns ------------------------------------------------------------------------------------
+
+
+@main.group("campaigns")
+def campaigns_group() -> None:
+    """Review, preview, test and approve campaigns."""
+
+
+@campaigns_group.command("list")
+@pass_ctx
+@friendly
+def campaigns_list(ctx: Context) -> None:
+    """Recent campaigns with their state."""
+    zone = ctx.settings.zone
+    with ctx.runtime.sessions() as session:
+        rows = campaigns.listing(session)
+        if not rows:
+            click.echo("No campaigns yet.")
+            return
+        click.echo(f"{'id':>4}  {'kind':<10} {'state':<9} {'created (local)':<16}  subject")
+        for c in rows:
+            created = c.created_at.astimezone(zone).strftime("%Y-%m-%d %H:%M")
+            click.echo(f"{c.id:>4}  {c.kind:<10} {c.state:<9} {created:<16}  {c.subject}")
+
+
+@campaigns_group.command("show")
+@click.argument("campaign_id", type=int)
+@pass_ctx
+@friendly
+def campaigns_show(ctx: Context, campaign_id: int) -> None:
+    """A campaign's details, counts by state, and who was not delivered and why."""
+    zone = ctx.settings.zone
+    with ctx.runtime.sessions() as session:
+        c = campaigns.get(session, campaign_id)
+
+        def local(value: dt.datetime | None) -> str:
+            return value.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z") if value else "-"
+
+        click.echo(f"Campaign {c.id}: {c.subject}")
+        click.echo(f"  kind {c.kind}, topic {c.topic}, state {c.state}")
+        click.echo(f"  created {local(c.created_at)}, approved {local(c.approved_at)}"
+                   f"{' by ' + c.approved_by if c.approved_by else ''}, finished {local(c.finished_at)}")
+        for post in c.posts:
+            click.echo(f"  post: {post.title} <{post.link}>")
+        counts = outbox.counts(session, c.id)
+        click.echo("  messages: " + ", ".join(f"{state} {n}" for state, n in counts.items()))
+        problems = outbox.undelivered(session, c.id)
+        if problems:
+            click.echo("  not delivered:")
+            for _id, address, state, reason, code in problems:
+                click.echo(f"    {address or '(erased)'}: {state}{f' {code}' if code else ''} {reason or ''}".rstrip())
+
+
+@campaigns_group.command("preview")
+@click.argument("campaign_id", type=int)
+@click.option("--text", "as_text", is_flag=True, help="Print the plain-text part instead of writing HTML.")
+@pass_ctx
+@friendly
+def campaigns_preview(ctx: Context, campaign_id: int, as_text: bool) -> None:
+    """Write the campaign's HTML as a file to open in a browser (and print its path)."""
+    from mailer import previews
+
+    with ctx.runtime.sessions() as session:
+        campaign = campaigns.get(session, campaign_id)
+        html_path, text = previews.write_preview(ctx.settings, campaign)
+    if as_text:
+        click.echo(text)
+    else:
+        click.echo(str(html_path))
+
+
+@campaigns_group.command("approve")
+@click.argument("campaign_id", type=int)
+@pass_ctx
+@friendly
+def campaigns_approve(ctx: Context, campaign_id: int) -> None:
+    """Approve a draft: it is sent on the next delivery run (`mailer send`, `mailer tick` or the scheduler)."""
+    with ctx.runtime.sessions.begin() as session:
+        campaign = campaigns.get(session, campaign_id)
+        campaigns.approve(session, campaign, by=os.environ.get("USER", "cli"), now=ctx.now())
+    click.echo(f"Campaign {campaign_id} approved; it goes out on the next delivery run.")
+
+
+@campaigns_group.command("cancel")
+@click.argument("campaign_id", type=int)
+@pass_ctx
+@friendly
+def campaigns_cancel(ctx: Context, campaign_id: int) -> None:
+    """Cancel a campaign: messages not yet handed over are skipped."""
+    with ctx.runtime.sessions.begin() as session:
+        skipped = campaigns.cancel(session, campaigns.get(session, campaign_id), ctx.now())
+    click.echo(f"Campaign {campaign_id} cancelled; {skipped} message(s) will not be sent.")
+
+
+@campaigns_group.command("test")
+@click.argument("campaign_id", type=int)
+@click.option("--to", "to", required=True, metavar="EMAIL", help="Where the test goes (a staff address).")
+@pass_ctx
+@friendly
+def campaigns_test(ctx: Context, campaign_id: int, to: str) -> None:
+    """Send one test copy of the campaign to an address, now, with sample personal values."""
+    from mailer import previews
+
+    address = audience.normalize_email(to)
+    with ctx.runtime.sessions() as session:
+        campaign = campaigns.get(session, campaign_id)
+        result = previews.send_test(ctx.runtime, campaign, address)
+    if result.outcome != "sent":
+        raise UserError(f"test to {address} not sent: {result.outcome} {result.code or ''} {result.detail}".strip())
+    click.echo(f"Test of campaign {campaign_id} sent to {address}.")
+
+
+# --- subscribers, contacts ---------------------------------------------------------------------
+
+
+@main.group("subscribers")
+def subscribers_group() -> None:
+    """Add and import newsletter subscribers (each with a consent record)."""
+
+
+@subscribers_group.command("add")
+@click.argument("email")
+@click.option("--name", default="", help="The subscriber's name.")
+@click.option("--topic", "topics", multiple=True, metavar="TOPIC",
+              help="A topic to subscribe to (repeatable; default: the newsletter topic).")
+@click.option("--source", required=True, help="Where and how the person agreed (kept in the consent ledger).")
+@pass_ctx
+@friendly
+def subscribers_add(ctx: Context, email: str, name: str, topics: tuple[str, ...], source: str) -> None:
+    """Add a subscriber with a consent record."""
+    settings = ctx.settings
+    with ctx.runtime.sessions.begin() as session:
+        contact, added = audience.staff_subscribe(
+            session, settings.secret_key, settings.topics, email=email, name=name,
+            topic_names=list(topics) or [settings.newsletter.topic], source=source, now=ctx.now(),
+        )
+        address = contact.email
+    if added:
+        click.echo(f"Subscribed {address} to {', '.join(added)}.")
+    else:
+        click.echo(f"{address} was already subscribed; nothing changed.")
+
+
+@subscribers_group.command("import")
+@click.argument("csv_file", type=click.File("r", encoding="utf-8-sig"))
+@pass_ctx
+@friendly
+def subscribers_import(ctx: Context, csv_file: io.TextIOBase) -> None:
+    """Import subscribers from CSV with columns email,name,topics,consent_source,consented_at.
+
+    topics is separated by ';'. Rows without consent (no source or no time) are rejected and reported by
+    line number; a suppressed address is never resubscribed.
+    """
+    settings = ctx.settings
+    with ctx.runtime.sessions.begin() as session:
+        report = audience.import_subscribers(session, settings.secret_key, settings.topics, csv_file, ctx.now())
+    for line, reason in report.rejected:
+        click.echo(f"line {line}: rejected: {reason}", err=True)
+    click.echo(f"{report.imported} imported, {report.unchanged} already subscribed, {len(report.rejected)} rejected.")
+    if report.rejected:
+        sys.exit(2)
+
+
+@main.group("contacts")
+def contacts_group() -> None:
+    """Access and erasure requests about one person."""
+
+
+@contacts_group.command("export")
+@click.argument("email")
+@pass_ctx
+@friendly
+def contacts_export(ctx: Context, email: str) -> None:
+    """Everything stored about a person, as JSON on stdout."""
+    with ctx.runtime.sessions() as session:
+        data = audience.export_contact(session, email)
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+@contacts_group.command("erase")
+@click.argument("email")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_ctx
+@friendly
+def contacts_erase(ctx: Context, email: str, yes: bool) -> None:
+    """Erase a person: their data goes; a keyed hash keeps them from being mailed again."""
+    with ctx.runtime.sessions.begin() as session:
+        contact = audience.find_contact(session, email)
+        if contact is None:
+            raise UserError(f"no contact with address {audience.normalize_email(email)}")
+        if not yes and sys.stdin.isatty():
+            click.confirm(f"Erase {contact.email} and everything about them?", abort=True)
+        audience.erase(session, ctx.settings.secret_key, contact, ctx.now())
+    click.echo("Erased. The address is kept only as a keyed hash on the suppression list.")
+
+
+# --- inquiries ------------------------------------------------------------------------------------
+
+
+@main.group("inquiries")
+def inquiries_group() -> None:
+    """Record inquiries and manage their follow-ups."""
+
+
+@inquiries_group.command("add")
+@click.argument("email")
+@click.option("--name", required=True, help="The person's name.")
+@click.option("--consent/--no-consent", required=True, default=None,
+              help="Whether they agreed to follow-up emails.")
+@click.option("--consent-text", default="", help="The wording they agreed to (required with --consent).")
+@click.option("--source", required=True, help="phone, walk-in, email, ...")
+@pass_ctx
+@friendly
+def inquiries_add(ctx: Context, email: str, name: str, consent: bool, consent_text: str, source: str) -> None:
+    """Record an inquiry (staff entry)."""
+    from mailer import followups
+
+    if consent and not consent_text:
+        consent_text = f"Agreed by {source} to follow-up emails from {ctx.settings.clinic.name} about the inquiry."
+    now = ctx.now()
+    with ctx.runtime.sessions.begin() as session:
+        outcome = followups.record_inquiry(session, ctx.settings, email=email, name=name, consent=consent,
+                                           consent_text=consent_text, source=source, received_at=now, now=now)
+    what = "follow-ups scheduled" if outcome.enrolled else "no follow-ups"
+    click.echo(f"Inquiry {outcome.inquiry_id} recorded; {what}.")
+
+
+@inquiries_group.command("import")
+@click.argument("csv_file", type=click.File("r", encoding="utf-8-sig"))
+@pass_ctx
+@friendly
+def inquiries_import(ctx: Context, csv_file: io.TextIOBase) -> None:
+    """Import inquiries from CSV with columns email,name,consent,consent_text,source,received_at."""
+    from mailer import followups
+
+    with ctx.runtime.sessions.begin() as session:
+        report = followups.import_csv(session, ctx.settings, csv_file, ctx.now())
+    for line, reason in report.rejected:
+        click.echo(f"line {line}: rejected: {reason}", err=True)
+    click.echo(f"{report.imported} imported, {report.duplicates} duplicates, {len(report.rejected)} rejected.")
+    if report.rejected:
+        sys.exit(2)
+
+
+@inquiries_group.command("close")
+@click.argument("email")
+@click.option("--reason", required=True, type=click.Choice(["booked", "closed"]))
+@pass_ctx
+@friendly
+def inquiries_close(ctx: Context, email: str, reason: str) -> None:
+    """Stop a contact's follow-ups: they booked, or the inquiry is closed."""
+    from mailer import followups
+
+    with ctx.runtime.sessions.begin() as session:
+        stopped = followups.close(session, ctx.settings, email, reason, ctx.now())
+    click.echo(f"Marked {reason}; {stopped} follow-up sequence(s) stopped.")
+
+
+# --- demo -----------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--var", "var_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("var"),
+              show_default=True, help="Working folder for the demo's database, outbox and previews.")
+@pass_ctx
+@friendly
+def demo(ctx: Context, var_dir: Path) -> None:
+    """The whole main job on the embedded default: SQLite under ./var/, the sample feed, sample
+    subscribers and inquiries, delivery into ./var/outbox/ as .eml files. Safe to run again."""
+    from mailer import demo as demo_module
+
+    demo_module.run(ctx.config_path, var_dir.resolve(), echo=click.echo)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

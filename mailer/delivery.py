@@ -1,0 +1,381 @@
+"""The send loop: claim → re-check consent → personalise → transport → record, on parallel connections.
+
+One thread (the caller's) claims rows in batches, builds each message's bytes from the campaign's
+prepared parts and records results in batches. `connections` sender threads each own one transport
+connection and one database connection; right before handing a message to SMTP they re-check consent
+and suppression with one indexed lookup, so an opt-out takes effect even in the middle of a campaign.
+A row is marked with its result as soon as the main thread sees the reply (one commit per drain of
+the result queue), and never before.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import logging
+import os
+import queue
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from mailer import audience, campaigns, outbox
+from mailer.config import Settings, duration
+from mailer.links import Links
+from mailer.models import Campaign, Contact
+from mailer.render import PreparedMessage, Recipient, Renderer, first_name
+from mailer.transport import Envelope, SendResult, Transport
+
+log = logging.getLogger("mailer.delivery")
+
+Clock = Callable[[], dt.datetime]
+
+# The consent re-check, one indexed lookup per message, by kind of message.
+RECHECK_SQL = {
+    "campaign": text(
+        "SELECT 1 FROM subscriptions s JOIN campaigns c ON c.id = :campaign_id "
+        "WHERE s.contact_id = :contact_id AND s.topic = c.topic AND s.status = 'active' "
+        "AND c.state = 'sending' "
+        "AND NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.contact_id = :contact_id)"
+    ),
+    "followup": text(
+        "SELECT 1 FROM contacts k JOIN enrollments e ON e.id = :enrollment_id "
+        "WHERE k.id = :contact_id AND k.followups_consent AND e.status = 'active' "
+        "AND NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.contact_id = :contact_id)"
+    ),
+    "confirm": text(
+        "SELECT 1 FROM contacts k WHERE k.id = :contact_id AND NOT EXISTS "
+        "(SELECT 1 FROM suppressions x WHERE x.contact_id = :contact_id AND x.reason IN ('hard_bounce', 'complaint'))"
+    ),
+}
+
+
+def recheck_kind(kind: str) -> str:
+    return "campaign" if kind in ("newsletter", "oneoff") else kind
+
+
+@dataclass
+class Report:
+    sent: int = 0
+    deferred: int = 0
+    failed: int = 0
+    skipped: int = 0
+    unknown: int = 0
+    released: int = 0
+
+    def add(self, state: str) -> None:
+        setattr(self, state, getattr(self, state) + 1)
+
+    @property
+    def handled(self) -> int:
+        return self.sent + self.deferred + self.failed + self.skipped + self.unknown
+
+    def as_dict(self) -> dict[str, int]:
+        return {k: getattr(self, k) for k in ("sent", "deferred", "failed", "skipped", "unknown")}
+
+
+class RateLimiter:
+    """At most `rate` sends per second across the threads of this process (0: no limit)."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        self.next_at = time.monotonic()
+        self.lock = threading.Lock()
+
+    def wait(self) -> None:
+        if not self.interval:
+            return
+        with self.lock:
+            now = time.monotonic()
+            at = max(self.next_at, now)
+            self.next_at = at + self.interval
+        if at > now:
+            time.sleep(at - now)
+
+
+def backoff(settings: Settings, attempts: int, rng: random.Random) -> dt.timedelta:
+    """Exponential backoff with ±20% jitter: retry_initial, doubled per attempt, capped at retry_max."""
+    first = duration(settings.delivery.retry_initial)
+    cap = duration(settings.delivery.retry_max)
+    delay = min(cap, first * (2 ** max(0, attempts - 1)))
+    return delay * rng.uniform(0.8, 1.2)
+
+
+@dataclass
+class _Job:
+    row: outbox.Claimed
+    envelope: Envelope | None  # None: nothing to send (the row is skipped with `reason`)
+    message_id: str | None
+    recheck: tuple[str, dict[str, int]] | None
+    reason: str = ""
+
+
+@dataclass
+class _Result:
+    job: _Job
+    result: SendResult
+    finished_at: dt.datetime
+
+
+@dataclass
+class Delivery:
+    """Everything a send run needs, passed in: settings, database, transport, clock."""
+
+    settings: Settings
+    engine: Engine
+    transport: Transport
+    clock: Clock
+    worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}")
+    renderer: Renderer | None = None
+    rng: random.Random = field(default_factory=random.Random)
+
+    def __post_init__(self) -> None:
+        self.sessions: sessionmaker[Session] = sessionmaker(self.engine, expire_on_commit=False)
+        self.renderer = self.renderer or Renderer(self.settings)
+        self.links = Links(self.settings.web.base_url, self.settings.secret_key)
+        self.prepared: dict[tuple[str, int], PreparedMessage] = {}
+        self.topics: dict[int, str] = {}
+        self.mail_from = self.settings.sender.from_email
+
+    # --- preparing ---------------------------------------------------------------------------
+
+    def _prepared(self, session: Session, row: outbox.Claimed) -> PreparedMessage:
+        """The campaign's or template's prepared message, made once per run (premailer runs here only)."""
+        if row.kind in ("newsletter", "oneoff"):
+            key = ("campaign", row.campaign_id or 0)
+            if key not in self.prepared:
+                campaign = session.get(Campaign, row.campaign_id)
+                if campaign is None:
+                    raise LookupError(f"campaign {row.campaign_id} is gone")
+                self.prepared[key] = self.renderer.prepare_campaign(campaign)
+            return self.prepared[key]
+        if row.kind == "followup":
+            key = ("followup", row.step or 0)
+            if key not in self.prepared:
+                from mailer import followups  # followups imports delivery's neighbours; import late
+
+                self.prepared[key] = followups.prepare_step(self.renderer, self.settings, row.step or 0)
+            return self.prepared[key]
+        if row.kind == "confirm":
+            key = ("confirm", 0)
+            if key not in self.prepared:
+                self.prepared[key] = self.renderer.prepare(
+                    "email/system/confirm",
+                    subject=f"Please confirm your subscription to {self.settings.clinic.name}",
+                    preheader="One click to confirm, and you are on the list.",
+                    marketing=False,
+                )
+            return self.prepared[key]
+        raise LookupError(f"unknown message kind {row.kind!r}")
+
+    def message_id(self, outbox_id: int) -> str:
+        tag = hmac.new(self.settings.secret_key.encode(), f"mid:{outbox_id}".encode(), hashlib.sha256).hexdigest()[:16]
+        return self.renderer.message_id(outbox_id, tag)
+
+    def _job(self, session: Session, row: outbox.Claimed, now: dt.datetime) -> _Job:
+        if row.contact_id is None or row.email is None:
+            return _Job(row, None, None, None, reason="contact erased")
+        try:
+            prepared = self._prepared(session, row)
+        except LookupError as exc:
+            return _Job(row, None, None, None, reason=str(exc))
+        values = {
+            "first_name": first_name(row.name or "") or "there",
+            "unsubscribe_url": self.links.unsubscribe(row.contact_id, row.link_key),
+            "preferences_url": self.links.preferences(row.contact_id, row.link_key),
+        }
+        if row.kind == "confirm":
+            values["confirm_url"] = self.links.confirm(row.contact_id, row.link_key, row.created_at)
+        message_id = self.message_id(row.id)
+        data = prepared.build(Recipient(row.email, row.name or "", values, message_id), now)
+        kind = recheck_kind(row.kind)
+        params = {"contact_id": row.contact_id, "campaign_id": row.campaign_id or 0,
+                  "enrollment_id": row.enrollment_id or 0}
+        return _Job(row, Envelope(self.mail_from, row.email, data, key=str(row.id)), message_id, (kind, params))
+
+    # --- recording ---------------------------------------------------------------------------
+
+    def _outcome(self, session: Session, item: _Result, report: Report) -> dict[str, object]:
+        row, result, now = item.job.row, item.result, item.finished_at
+        attempts = row.attempts + 1
+        base: dict[str, object] = {"id": row.id, "lease_until": None, "claimed_by": None}
+        if result.outcome == "sent":
+            report.add("sent")
+            return {**base, "state": "sent", "attempts": attempts, "sent_at": now, "message_id": item.job.message_id,
+                    "smtp_code": result.code, "last_error": None}
+        if result.outcome == "skipped":
+            report.add("skipped")
+            return {**base, "state": "skipped", "last_error": result.detail}
+        if result.outcome == "permanent":
+            report.add("failed")
+            if result.code is not None and 500 <= result.code < 600 and row.contact_id is not None:
+                contact = session.get(Contact, row.contact_id)
+                if contact is not None:
+                    audience.suppress(session, self.settings.secret_key, contact, "hard_bounce", now,
+                                      detail=f"{result.code} {result.detail}")
+            return {**base, "state": "failed", "attempts": attempts, "smtp_code": result.code,
+                    "last_error": result.detail[:2000]}
+        if result.outcome == "unknown":
+            if row.was_unknown:
+                report.add("failed")
+                return {**base, "state": "failed", "attempts": attempts, "smtp_code": result.code,
+                        "last_error": f"no reply after the message was sent, twice: {result.detail}"[:2000]}
+            report.add("unknown")
+            return {**base, "state": "unknown", "was_unknown": True, "attempts": attempts,
+                    "due_at": now + duration(self.settings.delivery.unknown_retry_delay),
+                    "last_error": f"no reply after the message was sent: {result.detail}"[:2000]}
+        # temporary
+        if now - row.created_at >= duration(self.settings.delivery.max_age):
+            report.add("failed")
+            return {**base, "state": "failed", "attempts": attempts, "smtp_code": result.code,
+                    "last_error": f"gave up after {self.settings.delivery.max_age}: {result.detail}"[:2000]}
+        report.add("deferred")
+        return {**base, "state": "deferred", "attempts": attempts, "smtp_code": result.code,
+                "due_at": now + backoff(self.settings, attempts, self.rng), "last_error": result.detail[:2000]}
+
+    def _record(self, results: list[_Result], report: Report) -> None:
+        if not results:
+            return
+        with self.sessions.begin() as session:
+            updates = [self._outcome(session, item, report) for item in results]
+            outbox.record(session, updates)
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def run(
+        self,
+        *,
+        stop: threading.Event | None = None,
+        limit: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> Report:
+        """Send every due message (or `limit` of them); return what happened. `stop` ends it cleanly:
+        no new claims, the messages in flight finish, claimed but unsent rows are released."""
+        stop = stop or threading.Event()
+        settings = self.settings.delivery
+        report = Report()
+        with self.sessions.begin() as session:
+            reclaimed = outbox.reclaim_expired(session, self.clock())
+        if reclaimed:
+            log.warning("%d messages of a stopped worker returned to the queue", reclaimed)
+
+        connections = settings.connections
+        work: queue.Queue[_Job | None] = queue.Queue(maxsize=connections * 4)
+        results: queue.Queue[_Result] = queue.Queue()
+        limiter = RateLimiter(settings.max_per_second)
+        threads = [
+            threading.Thread(target=self._sender, args=(work, results, limiter), name=f"sender-{n}", daemon=True)
+            for n in range(connections)
+        ]
+        for thread in threads:
+            thread.start()
+        in_flight = 0
+        pending: list[_Job] = []  # claimed, built, not yet handed to a sender thread
+        claimed_total = 0
+        lease = duration(settings.lease)
+
+        def drain(block: bool) -> None:
+            nonlocal in_flight
+            done: list[_Result] = []
+            try:
+                done.append(results.get(timeout=0.05) if block else results.get_nowait())
+                while True:
+                    done.append(results.get_nowait())
+            except queue.Empty:
+                pass
+            if done:
+                in_flight -= len(done)
+                self._record(done, report)
+                if progress:
+                    progress(len(done))
+
+        try:
+            while True:
+                drain(block=False)
+                if stop.is_set():
+                    break
+                if not pending and in_flight < connections * 2:
+                    batch = settings.batch_size if limit is None else min(settings.batch_size, limit - claimed_total)
+                    if batch <= 0:
+                        if in_flight == 0:
+                            break
+                        drain(block=True)
+                        continue
+                    with self.sessions.begin() as session:
+                        now = self.clock()
+                        rows = outbox.claim(session, self.worker, now, lease, batch)
+                        pending = [self._job(session, row, now) for row in rows]
+                    claimed_total += len(rows)
+                    if not rows:
+                        if in_flight == 0:
+                            break
+                        drain(block=True)
+                        continue
+                while pending and not stop.is_set():
+                    job = pending[0]
+                    try:
+                        work.put(job, timeout=0.05)
+                    except queue.Full:
+                        drain(block=False)
+                        continue
+                    pending.pop(0)
+                    in_flight += 1
+                    if in_flight % 64 == 0:
+                        drain(block=False)
+        finally:
+            # Jobs not yet taken by a sender were never handed to SMTP: they go back unsent.
+            unsent = [job.row.id for job in pending]
+            while True:
+                try:
+                    job = work.get_nowait()
+                except queue.Empty:
+                    break
+                if job is not None:
+                    unsent.append(job.row.id)
+                    in_flight -= 1
+            for _ in threads:
+                work.put(None)
+            # The messages the senders are handing over now finish, and their results are recorded.
+            for thread in threads:
+                thread.join(timeout=max(5.0, settings.timeout_seconds * 3))
+            drain(block=False)
+            with self.sessions.begin() as session:
+                report.released = outbox.release(session, unsent)
+        return report
+
+    def _sender(self, work: queue.Queue, results: queue.Queue, limiter: RateLimiter) -> None:
+        """One connection, reused: take a job, re-check consent, send, report."""
+        connection = None
+        db = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            while (job := work.get()) is not None:
+                if job.envelope is None:
+                    result = SendResult("skipped", None, job.reason)
+                elif db.execute(RECHECK_SQL[job.recheck[0]], job.recheck[1]).first() is None:
+                    result = SendResult("skipped", None, "no consent or suppressed at send time")
+                else:
+                    if connection is None:
+                        connection = self.transport.connect()
+                    limiter.wait()
+                    try:
+                        result = connection.send(job.envelope)
+                    except Exception as exc:  # a transport bug must not lose the row: it is retried
+                        log.exception("transport error on message %s", job.row.id)
+                        result = SendResult("temporary", None, f"internal error: {exc}")
+                results.put(_Result(job, result, self.clock()))
+        finally:
+            if connection is not None:
+                connection.close()
+            db.close()
+
+
+def finish_campaigns(sessions: sessionmaker[Session], now: dt.datetime) -> list[int]:
+    with sessions.begin() as session:
+        return campaigns.finish(session, now)

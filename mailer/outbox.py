@@ -1,0 +1,182 @@
+"""The outbox: idempotent set-based enqueue, claims with a lease, and batched result updates."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import String, and_, cast, func, literal, not_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from mailer.models import Campaign, Contact, OutboxMessage, Subscription, Suppression
+
+# States a message waits in until it is due; "unknown" waits for its one retry.
+WAITING = ("queued", "deferred", "unknown")
+FINAL = ("sent", "failed", "skipped")
+
+
+def _insert(session: Session):  # noqa: ANN202
+    """INSERT with ON CONFLICT support for the session's dialect."""
+    return (sqlite.insert if session.get_bind().dialect.name == "sqlite" else postgresql.insert)(OutboxMessage)
+
+
+def enqueue_campaign(session: Session, campaign: Campaign, now: dt.datetime) -> int:
+    """One row per active, unsuppressed subscriber of the campaign's topic, in one INSERT ... SELECT.
+
+    The dedupe key makes this safe to repeat: a second run inserts nothing.
+    """
+    suppressed = select(Suppression.id).where(Suppression.contact_id == Subscription.contact_id).exists()
+    rows = select(
+        literal(f"c:{campaign.id}:") + cast(Subscription.contact_id, String),
+        literal(campaign.kind),
+        literal(campaign.id),
+        Subscription.contact_id,
+        Subscription.consent_event_id,
+        literal("queued"),
+        literal(0),
+        literal(False),
+        literal(now, OutboxMessage.created_at.type),
+        literal(now, OutboxMessage.due_at.type),
+    ).where(Subscription.topic == campaign.topic, Subscription.status == "active", not_(suppressed))
+    columns = ["dedupe_key", "kind", "campaign_id", "contact_id", "consent_event_id", "state", "attempts",
+               "was_unknown", "created_at", "due_at"]
+    statement = _insert(session).from_select(columns, rows).on_conflict_do_nothing(index_elements=["dedupe_key"])
+    return session.execute(statement).rowcount or 0
+
+
+def enqueue_one(
+    session: Session,
+    *,
+    dedupe_key: str,
+    kind: str,
+    contact_id: int,
+    consent_event_id: int | None,
+    now: dt.datetime,
+    due_at: dt.datetime | None = None,
+    campaign_id: int | None = None,
+    enrollment_id: int | None = None,
+    step: int | None = None,
+) -> bool:
+    """One message (a follow-up step, a confirmation); False when its dedupe key already exists."""
+    statement = (
+        _insert(session)
+        .values(dedupe_key=dedupe_key, kind=kind, contact_id=contact_id, consent_event_id=consent_event_id,
+                campaign_id=campaign_id, enrollment_id=enrollment_id, step=step, state="queued", attempts=0,
+                was_unknown=False, created_at=now, due_at=due_at or now)
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+    )
+    return bool(session.execute(statement).rowcount)
+
+
+def reclaim_expired(session: Session, now: dt.datetime) -> int:
+    """Rows whose worker died (its lease ran out) wait again; they were never marked sent."""
+    result = session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.state == "sending", OutboxMessage.lease_until < now)
+        .values(state="queued", lease_until=None, claimed_by=None)
+    )
+    return result.rowcount or 0
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A claimed row with what the send needs about its recipient."""
+
+    id: int
+    kind: str
+    campaign_id: int | None
+    enrollment_id: int | None
+    step: int | None
+    contact_id: int | None
+    email: str | None
+    name: str | None
+    link_key: str | None
+    attempts: int
+    was_unknown: bool
+    created_at: dt.datetime
+
+
+def claim(session: Session, worker: str, now: dt.datetime, lease: dt.timedelta, limit: int) -> list[Claimed]:
+    """Take up to `limit` due rows for this worker. On PostgreSQL, rows locked by another worker are
+    skipped (FOR UPDATE SKIP LOCKED), so several processes drain one campaign without overlap."""
+    due = (
+        select(OutboxMessage.id)
+        .where(OutboxMessage.state.in_(WAITING), OutboxMessage.due_at <= now)
+        .order_by(OutboxMessage.due_at, OutboxMessage.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    ids = session.scalars(
+        update(OutboxMessage)
+        .where(OutboxMessage.id.in_(due.scalar_subquery()))
+        .values(state="sending", lease_until=now + lease, claimed_by=worker)
+        .returning(OutboxMessage.id)
+    ).all()
+    if not ids:
+        return []
+    rows = session.execute(
+        select(
+            OutboxMessage.id, OutboxMessage.kind, OutboxMessage.campaign_id, OutboxMessage.enrollment_id,
+            OutboxMessage.step, OutboxMessage.contact_id, Contact.email, Contact.name, Contact.link_key,
+            OutboxMessage.attempts, OutboxMessage.was_unknown, OutboxMessage.created_at,
+        )
+        .outerjoin(Contact, Contact.id == OutboxMessage.contact_id)
+        .where(OutboxMessage.id.in_(ids))
+        .order_by(OutboxMessage.id)
+    ).all()
+    return [Claimed(*row) for row in rows]
+
+
+def record(session: Session, updates: Sequence[Mapping[str, Any]]) -> None:
+    """Write results for many rows at once (an executemany of UPDATE ... WHERE id = ?)."""
+    if updates:
+        session.execute(update(OutboxMessage), [dict(item) for item in updates])
+
+
+def release(session: Session, ids: Iterable[int]) -> int:
+    """Give claimed rows back without a result (a clean shutdown before they were handed to SMTP)."""
+    ids = list(ids)
+    if not ids:
+        return 0
+    result = session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.id.in_(ids), OutboxMessage.state == "sending")
+        .values(state="queued", lease_until=None, claimed_by=None)
+    )
+    return result.rowcount or 0
+
+
+def counts(session: Session, campaign_id: int | None = None) -> dict[str, int]:
+    """Rows per state (every state present, zeros included)."""
+    query = select(OutboxMessage.state, func.count()).group_by(OutboxMessage.state)
+    if campaign_id is not None:
+        query = query.where(OutboxMessage.campaign_id == campaign_id)
+    found = dict(session.execute(query).all())
+    return {state: int(found.get(state, 0)) for state in
+            ("queued", "sending", "deferred", "unknown", "sent", "failed", "skipped")}
+
+
+def due_summary(session: Session, now: dt.datetime) -> list[tuple[str, int | None, int]]:
+    """(kind, campaign id, count) of messages that a send now would hand over: for `send --dry-run`."""
+    rows = session.execute(
+        select(OutboxMessage.kind, OutboxMessage.campaign_id, func.count())
+        .where(and_(OutboxMessage.state.in_(WAITING), OutboxMessage.due_at <= now))
+        .group_by(OutboxMessage.kind, OutboxMessage.campaign_id)
+        .order_by(OutboxMessage.kind, OutboxMessage.campaign_id)
+    ).all()
+    return [(kind, campaign_id, int(count)) for kind, campaign_id, count in rows]
+
+
+def undelivered(session: Session, campaign_id: int, limit: int = 200) -> list[tuple[int, str | None, str, str | None, int | None]]:
+    """(outbox id, address, state, reason, SMTP code) of messages that did not go out, for `campaigns show`."""
+    rows = session.execute(
+        select(OutboxMessage.id, Contact.email, OutboxMessage.state, OutboxMessage.last_error, OutboxMessage.smtp_code)
+        .outerjoin(Contact, Contact.id == OutboxMessage.contact_id)
+        .where(OutboxMessage.campaign_id == campaign_id, OutboxMessage.state.in_(("failed", "skipped", "deferred", "unknown")))
+        .order_by(OutboxMessage.id)
+        .limit(limit)
+    ).all()
+    return [tuple(row) for row in rows]

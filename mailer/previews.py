@@ -1,0 +1,44 @@
+"""Previews and staff test sends: a campaign rendered with sample personal values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mailer.config import Settings
+from mailer.models import Campaign
+from mailer.render import Recipient, Renderer, sample_values
+from mailer.runtime import Runtime
+from mailer.transport import Envelope, SendResult
+
+
+def render_parts(settings: Settings, campaign: Campaign) -> tuple[str, str, str]:
+    """(subject, html, text) of the campaign as a sample recipient would see it."""
+    prepared = Renderer(settings).prepare_campaign(campaign)
+    values = sample_values(settings.web.base_url)
+    return prepared.subject, prepared.html.fill(values), prepared.text.fill(values)
+
+
+def write_preview(settings: Settings, campaign: Campaign) -> tuple[Path, str]:
+    """Write var/previews/campaign-<id>.html; return its path and the text part."""
+    _subject, html, text = render_parts(settings, campaign)
+    folder = settings.var_dir / "previews"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"campaign-{campaign.id}.html"
+    path.write_text(html, encoding="utf-8")
+    return path, text
+
+
+def send_test(runtime: Runtime, campaign: Campaign, address: str) -> SendResult:
+    """One copy to a staff address, now, "[TEST]" in the subject; it is not an outbox message."""
+    settings = runtime.settings
+    renderer = Renderer(settings)
+    prepared = renderer.prepare_campaign(campaign, subject_prefix="[TEST] ")
+    now = runtime.clock()
+    stamp = f"test{campaign.id}x{int(now.timestamp())}"
+    data = prepared.build(Recipient(address, "", sample_values(settings.web.base_url),
+                                    renderer.message_id(0, stamp)), now)
+    connection = runtime.transport.connect()
+    try:
+        return connection.send(Envelope(settings.sender.from_email, address, data, key=stamp))
+    finally:
+        connection.close()

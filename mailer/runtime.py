@@ -1,0 +1,53 @@
+"""What the edges (CLI, scheduler, web) build once and pass in: settings, database, transport, clock."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from mailer import db
+from mailer.config import Settings
+from mailer.transport import Transport
+
+
+def system_clock() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def fixed_clock(at: dt.datetime) -> Callable[[], dt.datetime]:
+    """A clock that always says `at`: `mailer tick --at` and tests run the whole day at one instant."""
+    return lambda: at
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    clock: Callable[[], dt.datetime] = system_clock
+    engine_override: Engine | None = field(default=None, repr=False)
+    transport_override: Transport | None = field(default=None, repr=False)
+
+    @cached_property
+    def engine(self) -> Engine:
+        return self.engine_override or db.make_engine(self.settings.database.url,
+                                                      pool_size=self.settings.delivery.connections + 2)
+
+    @cached_property
+    def sessions(self) -> sessionmaker[Session]:
+        return db.session_factory(self.engine)
+
+    @cached_property
+    def transport(self) -> Transport:
+        if self.transport_override is not None:
+            return self.transport_override
+        from mailer.transport import make_transport
+
+        return make_transport(self.settings)
+
+    def close(self) -> None:
+        if "engine" in self.__dict__ and self.engine_override is None:
+            self.engine.dispose()
