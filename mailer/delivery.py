@@ -104,7 +104,7 @@ def backoff(settings: Settings, attempts: int, rng: random.Random) -> dt.timedel
     """Exponential backoff with ±20% jitter: retry_initial, doubled per attempt, capped at retry_max."""
     first = duration(settings.delivery.retry_initial)
     cap = duration(settings.delivery.retry_max)
-    delay = min(cap, first * (2 ** max(0, attempts - 1)))
+    delay = min(cap, first * (2 ** min(max(0, attempts - 1), 20)))
     return delay * rng.uniform(0.8, 1.2)
 
 

@@ -1,0 +1,217 @@
+"""The send loop against a real, misbehaving SMTP server: every fault ends in its documented state."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+
+import pytest
+from sqlalchemy import select
+
+from mailer import audience, campaigns, config, outbox
+from mailer.delivery import Delivery, backoff
+from mailer.models import OutboxMessage, Suppression
+from mailer.runtime import fixed_clock
+from mailer.transport import SMTPTransport
+from tests.smtp_server import SMTPServer
+
+T0 = dt.datetime(2026, 11, 23, 18, 0, tzinfo=dt.UTC)
+
+
+def add_subscribers(sessions, settings: config.Settings, addresses: list[str]) -> None:  # noqa: ANN001
+    with sessions.begin() as session:
+        for address in addresses:
+            audience.staff_subscribe(session, settings.secret_key, settings.topics, email=address, name="",
+                                     topic_names=["newsletter"], source="test-fixture", now=T0)
+
+
+def start_campaign(sessions, settings: config.Settings, now: dt.datetime = T0) -> int:  # noqa: ANN001
+    with sessions.begin() as session:
+        campaign = campaigns.create_oneoff(session, settings, topic="newsletter", subject="Open evening",
+                                           body_markdown="Join us **Thursday**.", now=now)
+        campaigns.approve(session, campaign, by="test", now=now)
+        campaigns.dispatch(session, now)
+        return campaign.id
+
+
+def smtp(server: SMTPServer, timeout: float = 2.0) -> SMTPTransport:
+    return SMTPTransport(config.parse_smtp_url(server.url), timeout=timeout, local_hostname="mailer.test")
+
+
+def deliver(settings: config.Settings, engine, server: SMTPServer, at: dt.datetime, **kwargs):  # noqa: ANN001, ANN201
+    return Delivery(settings, engine, smtp(server, **kwargs), fixed_clock(at)).run()
+
+
+def rows(sessions) -> dict[str, OutboxMessage]:  # noqa: ANN001
+    with sessions() as session:
+        found = session.execute(
+            select(OutboxMessage, audience.Contact.email).join(audience.Contact, audience.Contact.id == OutboxMessage.contact_id)
+        ).all()
+        return {email: row for row, email in found}
+
+
+def suppressed(sessions) -> list[str]:  # noqa: ANN001
+    with sessions() as session:
+        return list(session.scalars(select(Suppression.reason)))
+
+
+def test_sends_each_message_once_over_reused_connections(settings, sessions, engine, smtp_server) -> None:  # noqa: ANN001
+    addresses = [f"person{n}@example.com" for n in range(30)]
+    add_subscribers(sessions, settings, addresses)
+    campaign_id = start_campaign(sessions, settings)
+    report = deliver(settings, engine, smtp_server, T0)
+    assert report.sent == 30 and report.handled == 30
+    assert sorted(r.rcpt_tos[0] for r in smtp_server.received) == sorted(addresses)
+    assert smtp_server.connections <= settings.delivery.connections  # reused, not one per message
+    assert deliver(settings, engine, smtp_server, T0).handled == 0  # nothing twice
+    with sessions() as session:
+        assert outbox.counts(session, campaign_id)["sent"] == 30
+        assert campaigns.finish(session, T0) == [campaign_id]
+
+
+@pytest.mark.parametrize("reply", ["451 4.7.1 greylisted, try later", "452 4.2.2 mailbox full"])
+def test_temporary_rcpt_failure_is_retried_at_the_backoff_time(settings, sessions, engine, smtp_server, reply) -> None:  # noqa: ANN001
+    add_subscribers(sessions, settings, ["grey@example.com"])
+    start_campaign(sessions, settings)
+    smtp_server.faults.rcpt["grey@example.com"] = reply
+    report = deliver(settings, engine, smtp_server, T0)
+    assert report.deferred == 1 and smtp_server.received == []
+    row = rows(sessions)["grey@example.com"]
+    assert row.state == "deferred" and row.smtp_code == int(reply[:3]) and row.attempts == 1
+    first = config.duration(settings.delivery.retry_initial)
+    assert first * 0.8 <= row.due_at - T0 <= first * 1.2
+    # Not before it is due...
+    assert deliver(settings, engine, smtp_server, row.due_at - dt.timedelta(seconds=1)).handled == 0
+    # ...and delivered once it is, when the relay has recovered.
+    smtp_server.faults.rcpt.clear()
+    assert deliver(settings, engine, smtp_server, row.due_at).sent == 1
+    assert len(smtp_server.received) == 1 and rows(sessions)["grey@example.com"].attempts == 2
+    assert suppressed(sessions) == []
+
+
+@pytest.mark.parametrize("reply", ["550 5.1.1 no such user", "553 5.1.3 bad address syntax"])
+def test_permanent_rcpt_failure_fails_and_suppresses_only_that_recipient(settings, sessions, engine, smtp_server, reply) -> None:  # noqa: ANN001
+    add_subscribers(sessions, settings, ["gone@example.com", "fine@example.com"])
+    start_campaign(sessions, settings)
+    smtp_server.faults.rcpt["gone@example.com"] = reply
+    report = deliver(settings, engine, smtp_server, T0)
+    assert (report.sent, report.failed) == (1, 1)
+    found = rows(sessions)
+    assert found["gone@example.com"].state == "failed" and found["gone@example.com"].smtp_code == int(reply[:3])
+    assert reply[4:] in found["gone@example.com"].last_error
+    assert found["fine@example.com"].state == "sent"
+    assert suppressed(sessions) == ["hard_bounce"]
+    # The next campaign does not even enqueue the bounced address.
+    start_campaign(sessions, settings, T0 + dt.timedelta(days=1))
+    deliver(settings, engine, smtp_server, T0 + dt.timedelta(days=1))
+    assert [r.rcpt_tos for r in smtp_server.received].count(["gone@example.com"]) == 0
+
+
+def test_permanent_data_failure(settings, sessions, engine, smtp_server) -> None:  # noqa: ANN001
+    add_subscribers(sessions, settings, ["x@example.com"])
+    start_campaign(sessions, settings)
+    smtp_server.faults.data = "554 5.7.1 message refused"
+    assert deliver(settings, engine, smtp_server, T0).failed == 1
+    assert rows(sessions)["x@example.com"].smtp_code == 554 and suppressed(sessions) == ["hard_bounce"]
+
+
+def test_temporary_failures_give_up_after_max_age_without_suppression(settings, sessions, engine, smtp_server) -> None:  # noqa: ANN001
+    add_subscribers(sessions, settings, ["slow@example.com"])
+    start_campaign(sessions, settings)
+    smtp_server.faults.rcpt["*"] = "421 4.3.2 service not available"
+    at = T0
+    for _ in range(100):
+        deliver(settings, engine, smtp_server, at)
+        row = rows(sessions)["slow@example.com"]
+        if row.state != "deferred":
+            break
+        assert row.due_at - at <= config.duration(settings.delivery.retry_max) * 1.2
+        at = row.due_at
+    assert row.state == "failed" and "gave up after P2D" in row.last_error
+    assert at - T0 >= config.duration(settings.delivery.max_age) - config.duration(settings.delivery.retry_max) * 1.2
+    assert suppressed(sessions) == []
+    assert smtp_server.received == []
+
+
+def test_drop_after_the_final_dot_is_unknown_and_retried_once(settings, sessions, engine, smtp_server) -> None:  # noqa: ANN001
+    add_subscribers(sessions, settings, ["maybe@example.com"])
+    start_campaign(sessions, settings)
+    smtp_server.faults.drop_after_dot = True
+    report = deliver(settings, engine, smtp_server, T0)
+    assert report.unknown == 1
+    row = rows(sessions)["maybe@example.com"]
+    delay = config.duration(settings.delivery.unknown_retry_delay)
+    assert row.state == "unknown" and row.was_unknown and row.due_at == T0 + delay
+    assert deliver(settings, engine, smtp_server, T0 + delay - dt.timedelta(seconds=1)).handled == 0
+    # The retry happens once; a second unknown is reported as failed, never retried forever.
+    assert deliver(settings, engine, smtp_server, T0 + delay).failed == 1
+    assert rows(sessions)["maybe@example.com"].state == "failed"
+    assert suppressed(sessions) == []
+
+
+def test_drop_after_the_dot_then_success_on_the_retry(settings, sessions, engine, smtp_server) -> None:  # noqa: ANN001
+    add_subscribers(sessions, settings, ["maybe@example.com"])
+    start_campaign(sessions, settings)
+    smtp_server.faults.drop_after_dot = True
+    deliver(settings, engine, smtp_server, T0)
+    smtp_server.faults.drop_after_dot = False
+    later = T0 + config.duration(settings.delivery.unknown_retry_delay)
+    assert deliver(settings, engine, smtp_server, later).sent == 1
+    assert rows(sessions)["maybe@example.com"].state == "sent"
+
+
+def test_a_stall_past_the_timeout_after_data_is_unknown(settings, sessions, engine, smtp_server) -> None:  # noqa: ANN001
+    add_subscribers(sessions, settings, ["stall@example.com"])
+    start_campaign(sessions, settings)
+    smtp_server.faults.data_delay = 1.5
+    report = deliver(settings, engine, smtp_server, T0, timeout=0.5)
+    assert report.unknown == 1
+
+
+def test_unsubscribe_during_a_campaign_stops_the_next_message(settings, sessions, engine, smtp_server) -> None:  # noqa: ANN001
+    addresses = [f"p{n:02d}@example.com" for n in range(20)]
+    add_subscribers(sessions, settings, addresses)
+    start_campaign(sessions, settings)
+    settings = settings.model_copy(update={"delivery": settings.delivery.model_copy(update={"connections": 1})})
+    leaver = "p15@example.com"
+    seen = threading.Event()
+
+    def on_data(count: int) -> None:
+        # After the 5th message reaches the relay, p15 unsubscribes (as a one-click POST would).
+        if count == 5 and not seen.is_set():
+            seen.set()
+            with sessions.begin() as session:
+                contact = audience.find_contact(session, leaver)
+                audience.unsubscribe_all(session, settings.secret_key, contact, source="one-click", now=T0)
+        return None
+
+    smtp_server.faults.data_script = on_data
+    report = deliver(settings, engine, smtp_server, T0)
+    delivered = [r.rcpt_tos[0] for r in smtp_server.received]
+    assert leaver not in delivered
+    assert report.sent == 19 and report.skipped == 1
+    assert rows(sessions)[leaver].state == "skipped"
+
+
+def test_a_stop_request_releases_unsent_claims(settings, sessions, engine, smtp_server) -> None:  # noqa: ANN001
+    add_subscribers(sessions, settings, [f"s{n}@example.com" for n in range(40)])
+    start_campaign(sessions, settings)
+    stop = threading.Event()
+    smtp_server.faults.data_script = lambda count: stop.set() if count == 3 else None
+    smtp_server.faults.data_delay = 0.05
+    report = Delivery(settings, engine, smtp(smtp_server), fixed_clock(T0)).run(stop=stop)
+    with sessions() as session:
+        counts = outbox.counts(session)
+    assert counts["sending"] == 0
+    assert counts["sent"] == report.sent == len(smtp_server.received)
+    assert counts["queued"] == 40 - report.sent and report.sent < 40
+
+
+def test_backoff_grows_and_is_capped(settings) -> None:  # noqa: ANN001
+    import random
+
+    rng = random.Random(1)
+    delays = [backoff(settings, attempt, rng) for attempt in range(1, 12)]
+    cap = config.duration(settings.delivery.retry_max)
+    assert delays[0] < delays[2] < delays[4]
+    assert all(d <= cap * 1.2 for d in delays) and delays[-1] >= cap * 0.8
