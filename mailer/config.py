@@ -377,6 +377,13 @@ def load(path: Path | str | None = None, environ: dict[str, str] | None = None) 
             parse_smtp_url(settings.delivery.smtp_url)
         except ValueError as exc:
             raise ConfigError(f"{path}: delivery.smtp_url (or {ENV_PREFIX}SMTP_URL): {exc}") from None
+    if settings.delivery.transport == "smtp" and not settings.web.base_url.startswith("https://"):
+        warnings.warn(
+            f"{path}: web.base_url (or {ENV_PREFIX}BASE_URL) is not https: mailbox providers expect https "
+            "one-click unsubscribe links (RFC 8058)",
+            ConfigWarning,
+            stacklevel=2,
+        )
     for step in settings.followups.steps:
         words = [w for w in settings.followups.sensitive_words if re.search(rf"\b{re.escape(w)}\b", step.subject, re.I)]
         if words:

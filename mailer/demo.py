@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import email
+import email.policy
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -55,6 +58,8 @@ def run(config_path: Path | None, var_dir: Path, echo: Callable[[str], None] = p
          "(two agreed to follow-ups, one did not)")
     runtime.close()
 
+    # The first simulated morning comes after a send time the demo never had: not worth a warning here.
+    logging.getLogger("mailer.newsletter").setLevel(logging.ERROR)
     sent_total = 0
     for moment, feed_file, label in NIGHTS:
         settings = base.model_copy(update={"feed": base.feed.model_copy(update={"url": str(SAMPLE / feed_file)})})
@@ -81,16 +86,23 @@ def run(config_path: Path | None, var_dir: Path, echo: Callable[[str], None] = p
             preview_paths = [previews.write_preview(base, c)[0] for c in campaign_rows]
     finally:
         runtime.close()
-    created = sorted(set(outbox_dir.glob("*.eml")) - before)
+    created = sorted(set(outbox_dir.glob("*.eml")) - before, key=lambda path: (len(path.name), path.name))
     echo("")
     echo(f"This run sent {sent_total} emails ({'none again: everything was already sent' if not sent_total else 'see below'}).")
     echo("Outbox: " + ", ".join(f"{state} {count}" for state, count in sorted(states.items())))
     for path in created:
-        echo(f"  {path}")
+        echo(f"  {path}  {describe(path)}")
     for path in preview_paths:
         echo(f"HTML preview: {path}")
     echo("Open a preview in a browser, or an .eml file in a mail program. Run `mailer demo` again: nothing is sent twice.")
     return {"sent": sent_total, "files": len(created)}
+
+
+def describe(path: Path) -> str:
+    """"to <address>: <subject>" of an .eml file, for the summary."""
+    with open(path, "rb") as handle:
+        message = email.message_from_binary_file(handle, policy=email.policy.default)
+    return f"to {message['To'].addresses[0].addr_spec}: {message['Subject']}"
 
 
 def config_instant(settings: config.Settings, local: str) -> dt.datetime:

@@ -19,9 +19,8 @@ import secrets
 import textwrap
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from email.header import Header
 from email.headerregistry import Address
-from email.message import EmailMessage
-from email.policy import SMTP
 from pathlib import Path
 
 import nh3
@@ -116,10 +115,14 @@ def format_address(name: str, address: str) -> str:
 
 
 def _fold_header(name: str, value: str) -> bytes:
-    """One header, folded and encoded the way the `email` package does for SMTP."""
-    message = EmailMessage(policy=SMTP)
-    message[name] = value
-    return message.as_bytes().split(b"\r\n\r\n", 1)[0] + b"\r\n"
+    """One header folded at spaces to 78 columns; RFC 2047 encoded words when it is not ASCII.
+
+    (The email package's SMTP policy moves a long value whole onto a continuation line, which its own
+    parser then reads back with a leading space; Header folds between words instead.)
+    """
+    charset = "us-ascii" if value.isascii() else "utf-8"
+    folded = Header(value, charset, header_name=name, maxlinelen=78).encode(linesep="\r\n")
+    return f"{name}: {folded}\r\n".encode("ascii")
 
 
 @dataclass(frozen=True)
@@ -263,7 +266,7 @@ class Renderer:
                 _fold_header("Subject", subject),
                 b"MIME-Version: 1.0\r\n",
                 b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n" if marketing else b"",
-                f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n'.encode(),
+                f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n'.encode(),
             ]
         )
         mailbox = sender.unsubscribe_mailbox

@@ -121,3 +121,13 @@ def test_a_template_typo_fails_loudly(plain_settings: config.Settings, tmp_path)
     settings = plain_settings.model_copy(update={"paths": plain_settings.paths.model_copy(update={"templates": str(tmp_path)})})
     with pytest.raises(render.RenderError, match="frist_name"):
         render.Renderer(settings).prepare("email/broken", subject="s", preheader="")
+
+
+@pytest.mark.parametrize("subject", ["Therapy Central: Ketamines for Anxiety and Depression: How do they Work?",
+                                     "Zoë's long subject line that needs encoding and folding across lines, twice over"])
+def test_long_subjects_fold_and_read_back_unchanged(plain_settings: config.Settings, subject: str) -> None:
+    prepared = render.Renderer(plain_settings).prepare_campaign(campaign(subject=subject))
+    raw = prepared.build(render.Recipient("a@example.com", "", render.sample_values("https://x.example"),
+                                          "<3.a@therapycentral.example>"), NOW)
+    assert max(len(line) for line in raw.split(b"\r\n\r\n")[0].split(b"\r\n")) <= 78
+    assert email.message_from_bytes(raw, policy=email.policy.default)["Subject"] == subject
