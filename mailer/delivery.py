@@ -20,6 +20,7 @@ import random
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -277,7 +278,7 @@ class Delivery:
         for thread in threads:
             thread.start()
         in_flight = 0
-        pending: list[_Job] = []  # claimed, built, not yet handed to a sender thread
+        pending: deque[_Job] = deque()  # claimed, built, not yet handed to a sender thread
         claimed_total = 0
         lease = duration(settings.lease)
 
@@ -311,7 +312,7 @@ class Delivery:
                     with self.sessions.begin() as session:
                         now = self.clock()
                         rows = outbox.claim(session, self.worker, now, lease, batch)
-                        pending = [self._job(session, row, now) for row in rows]
+                        pending = deque(self._job(session, row, now) for row in rows)
                     claimed_total += len(rows)
                     if not rows:
                         if in_flight == 0:
@@ -319,16 +320,15 @@ class Delivery:
                         drain(block=True)
                         continue
                 while pending and not stop.is_set():
-                    job = pending[0]
+                    # Results are recorded before each hand-over, so a reply waits for its commit no
+                    # longer than one loop turn: that bounds what a crash could send twice.
+                    drain(block=False)
                     try:
-                        work.put(job, timeout=0.05)
+                        work.put(pending[0], timeout=0.01)
                     except queue.Full:
-                        drain(block=False)
                         continue
-                    pending.pop(0)
+                    pending.popleft()
                     in_flight += 1
-                    if in_flight % 64 == 0:
-                        drain(block=False)
         finally:
             # Jobs not yet taken by a sender were never handed to SMTP: they go back unsent.
             unsent = [job.row.id for job in pending]

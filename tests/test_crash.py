@@ -1,0 +1,136 @@
+"""Real `mailer send` processes: killed with SIGKILL mid-campaign, and several draining one campaign."""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import insert, select
+
+from mailer import campaigns, config, db, outbox
+from mailer.models import ConsentEvent, Contact, Subscription
+from tests.smtp_server import SMTPServer
+
+MAILER = str(Path(sys.executable).with_name("mailer"))
+NOW = dt.datetime(2026, 11, 23, 18, 0, tzinfo=dt.UTC)
+
+
+def bulk_subscribers(engine, n: int, topic: str = "newsletter") -> None:  # noqa: ANN001
+    """n active subscribers with their consent records, in a few set-based statements."""
+    with engine.begin() as connection:
+        connection.execute(insert(Contact), [
+            {"email": f"r{i:06d}@example.com", "name": f"Reader {i}", "created_at": NOW, "link_key": f"key{i:06d}",
+             "followups_consent": False, "soft_bounces": 0} for i in range(n)])
+        ids = connection.execute(select(Contact.id).order_by(Contact.id)).scalars().all()
+        connection.execute(insert(ConsentEvent), [
+            {"contact_id": cid, "purpose": f"topic:{topic}", "action": "granted", "source": "bulk-test",
+             "wording": "", "created_at": NOW} for cid in ids])
+        events = dict(connection.execute(select(ConsentEvent.contact_id, ConsentEvent.id)).all())
+        connection.execute(insert(Subscription), [
+            {"contact_id": cid, "topic": topic, "status": "active", "updated_at": NOW, "consent_event_id": events[cid]}
+            for cid in ids])
+
+
+def start_campaign(settings: config.Settings) -> int:
+    engine = db.make_engine(settings.database.url)
+    try:
+        with db.session_factory(engine).begin() as session:
+            campaign = campaigns.create_oneoff(session, settings, topic="newsletter", subject="Open evening",
+                                               body_markdown="Join us.", now=NOW)
+            campaigns.approve(session, campaign, by="test", now=NOW)
+            campaigns.dispatch(session, NOW)
+            return campaign.id
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def send_env(config_path: Path, environ: dict[str, str], smtp_server: SMTPServer) -> dict[str, str]:
+    text = config_path.read_text().replace('lease = "PT5M"', 'lease = "PT2S"')
+    config_path.write_text(text)
+    return {**os.environ, **environ, "MAILER_SMTP_URL": smtp_server.url, "MAILER_CONFIG": str(config_path)}
+
+
+def spawn(env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([MAILER, "send"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def outbox_counts(settings: config.Settings) -> dict[str, int]:
+    engine = db.make_engine(settings.database.url)
+    try:
+        with db.session_factory(engine)() as session:
+            return outbox.counts(session)
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.slow
+def test_sigkill_during_a_campaign_loses_nothing(config_path: Path, send_env: dict[str, str], smtp_server: SMTPServer,
+                                                 engine) -> None:  # noqa: ANN001
+    recipients = 2000
+    settings = config.load(config_path, send_env)
+    bulk_subscribers(engine, recipients)
+    start_campaign(settings)
+    smtp_server.faults.data_delay = 0.002  # a relay that takes a little time, so kills land mid-send
+    rng = random.Random(7)
+    kills = 0
+    for _ in range(5):
+        process = spawn(send_env)
+        try:
+            time.sleep(rng.uniform(0.6, 1.2))
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+                kills += 1
+        finally:
+            process.communicate(timeout=30)
+    time.sleep(2.2)  # the killed workers' leases run out
+    final = subprocess.run([MAILER, "send"], env=send_env, capture_output=True, text=True, timeout=120)
+    assert final.returncode == 0, final.stderr
+
+    per_recipient = collections.Counter(r.rcpt_tos[0] for r in smtp_server.received)
+    missing = recipients - len(per_recipient)
+    duplicates = sum(per_recipient.values()) - len(per_recipient)
+    in_flight_bound = kills * settings.delivery.connections
+    print(f"\ncrash test: {recipients} recipients, {kills} SIGKILLs, {missing} missing, {duplicates} duplicates "
+          f"(bound {in_flight_bound})")
+    assert kills >= 3
+    assert missing == 0
+    assert duplicates <= in_flight_bound
+    counts = outbox_counts(settings)
+    assert counts["sent"] == recipients and counts["sending"] == counts["queued"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("processes", [2, 4])
+def test_several_processes_drain_one_campaign_exactly_once(config_path: Path, send_env: dict[str, str],
+                                                           smtp_server: SMTPServer, engine, processes: int) -> None:  # noqa: ANN001
+    # PostgreSQL is where this scales out (FOR UPDATE SKIP LOCKED); on SQLite the processes take turns
+    # at the one write lock, and the promise is the same: nobody gets the message twice.
+    recipients = 1500
+    settings = config.load(config_path, send_env)
+    bulk_subscribers(engine, recipients)
+    start_campaign(settings)
+    env = {**send_env}
+    config_path.write_text(config_path.read_text().replace("batch_size = 200", "batch_size = 50"))
+    workers = [spawn(env) for _ in range(processes)]
+    try:
+        outputs = [w.communicate(timeout=180) for w in workers]
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+    assert all(w.returncode == 0 for w in workers), outputs
+    per_recipient = collections.Counter(r.rcpt_tos[0] for r in smtp_server.received)
+    assert len(per_recipient) == recipients
+    assert max(per_recipient.values()) == 1
+    sent_by = [int(out.decode().split("sent ")[1].split(",")[0]) for out, _err in outputs]
+    print(f"\n{processes} processes: {recipients} recipients, sent per process {sent_by}")
+    assert sum(sent_by) == recipients and sum(1 for n in sent_by if n > 0) >= 2
