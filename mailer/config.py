@@ -377,7 +377,8 @@ def load(path: Path | str | None = None, environ: dict[str, str] | None = None) 
             parse_smtp_url(settings.delivery.smtp_url)
         except ValueError as exc:
             raise ConfigError(f"{path}: delivery.smtp_url (or {ENV_PREFIX}SMTP_URL): {exc}") from None
-    if settings.delivery.transport == "smtp" and not settings.web.base_url.startswith("https://"):
+    local_web = urlsplit(settings.web.base_url).hostname in ("127.0.0.1", "localhost", "::1")
+    if settings.delivery.transport == "smtp" and not settings.web.base_url.startswith("https://") and not local_web:
         warnings.warn(
             f"{path}: web.base_url (or {ENV_PREFIX}BASE_URL) is not https: mailbox providers expect https "
             "one-click unsubscribe links (RFC 8058)",

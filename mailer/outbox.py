@@ -19,8 +19,10 @@ FINAL = ("sent", "failed", "skipped")
 
 
 def _insert(session: Session):  # noqa: ANN202
-    """INSERT with ON CONFLICT support for the session's dialect."""
-    return (sqlite.insert if session.get_bind().dialect.name == "sqlite" else postgresql.insert)(OutboxMessage)
+    """INSERT with ON CONFLICT for the session's dialect, on the Core table (the ORM form drops rowcount)."""
+    dialect_insert = sqlite.insert if session.get_bind().dialect.name == "sqlite" else postgresql.insert
+    # rowcount of an INSERT is only kept when asked for (SQLAlchemy's preserve_rowcount).
+    return dialect_insert(OutboxMessage.__table__).execution_options(preserve_rowcount=True)
 
 
 def enqueue_campaign(session: Session, campaign: Campaign, now: dt.datetime) -> int:

@@ -65,8 +65,7 @@ def html_to_text(fragment: str, width: int = 76) -> str:
     text = re.sub(r"(?i)<br\s*/?>", "\n", text)
     text = re.sub(r"(?i)</li>", "\n", text)
     text = re.sub(r"(?i)</(p|h[1-6]|ul|ol|blockquote|tr|figure|pre)>", "\n\n", text)
-    text = html.unescape(nh3.clean(text, tags=set()))
-    text = html.unescape(text)  # nh3 escapes what it keeps; undo once more for &amp;amp; from the feed
+    text = html.unescape(nh3.clean(text, tags=set()))  # nh3 escapes the text it keeps; undo that once
     paragraphs = [re.sub(r"[ \t]+", " ", block).strip() for block in re.split(r"\n\s*\n", text)]
     wrapped = []
     for block in filter(None, paragraphs):

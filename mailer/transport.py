@@ -8,7 +8,29 @@ outcome says what the outbox should do with the message.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, Protocol
+import email.parser
+import email.policy
+import hashlib
+import logging
+import os
+import re
+import smtplib
+import socket
+import ssl
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Protocol
+
+import dkim
+import dkim.crypto
+import idna
+
+from mailer.config import SmtpUrl, parse_smtp_url
+
+if TYPE_CHECKING:
+    from mailer.config import Dkim, Settings
+
+log = logging.getLogger("mailer.smtp")
 
 Outcome = Literal["sent", "temporary", "permanent", "unknown"]
 
@@ -26,6 +48,10 @@ class SendResult:
     outcome: Outcome
     code: int | None = None
     detail: str = ""
+    # Where it happened: "connect" (TCP, TLS, EHLO, AUTH), "envelope" (checked here, nothing sent),
+    # "mail", "rcpt", "data" (DATA command, message, final reply) or "" (sent / file transport).
+    # Only a "permanent" at "rcpt" (or "data") says something about the recipient's address.
+    stage: str = ""
 
 
 class Connection(Protocol):
@@ -36,3 +62,599 @@ class Connection(Protocol):
 
 class Transport(Protocol):
     def connect(self) -> Connection: ...
+
+
+# --- DKIM ----------------------------------------------------------------------------------------
+
+# The headers a signature covers when the message has them (RFC 6376 §5.4.1's list, trimmed to ours).
+DKIM_HEADERS = (
+    "From",
+    "Subject",
+    "Date",
+    "To",
+    "Message-ID",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
+    "Reply-To",
+    "MIME-Version",
+    "Content-Type",
+)
+
+
+class DkimSigner:
+    """Signs finished messages with one DKIM key (rsa-sha256, relaxed/relaxed)."""
+
+    def __init__(self, selector: str, domain: str, private_key: bytes) -> None:
+        key = private_key.replace(b"\r\n", b"\n").strip() + b"\n"
+        try:
+            dkim.crypto.parse_pem_private_key(key)
+        except Exception as exc:  # dkimpy raises several types for a bad key; one message is enough
+            raise ValueError(
+                f"the DKIM private key is not a PEM RSA key ({exc.__class__.__name__})"
+            ) from None
+        self.selector = selector
+        self.domain = domain
+        self._key = key
+
+    def sign(self, data: bytes) -> bytes:
+        """The message with a DKIM-Signature header prepended; ValueError if it cannot be signed."""
+        present = {name.lower() for name in _header_names(data)}
+        include = [name.encode() for name in DKIM_HEADERS if name.lower() in present]
+        try:
+            signature = dkim.sign(
+                data,
+                self.selector.encode("ascii"),
+                self.domain.encode("ascii"),
+                self._key,
+                canonicalize=(b"relaxed", b"relaxed"),
+                include_headers=include,
+            )
+        except dkim.DKIMException as exc:
+            raise ValueError(f"DKIM signing failed: {exc}") from None
+        return signature + data
+
+
+def _header_names(data: bytes) -> list[str]:
+    """Names of the header fields in a message (continuation lines skipped)."""
+    head = data.split(b"\r\n\r\n", 1)[0]
+    names = []
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") or b":" not in line:
+            continue
+        names.append(line.split(b":", 1)[0].strip().decode("ascii", "replace"))
+    return names
+
+
+def load_dkim(dkim_config: Dkim, private_key_pem: str = "") -> DkimSigner | None:
+    """The signer the config asks for, or None when selector, domain or key is missing."""
+    key: bytes | None = None
+    if private_key_pem:
+        # Environment variables are often set with literal "\n" instead of newlines.
+        text = private_key_pem if "\n" in private_key_pem else private_key_pem.replace("\\n", "\n")
+        key = text.encode("ascii", "replace")
+    elif dkim_config.private_key_path:
+        try:
+            key = Path(dkim_config.private_key_path).read_bytes()
+        except OSError as exc:
+            raise ValueError(
+                f"delivery.dkim.private_key_path: cannot read {dkim_config.private_key_path}: {exc.strerror}"
+            ) from None
+    if not (dkim_config.selector and dkim_config.domain and key):
+        if dkim_config.selector or dkim_config.domain or key:
+            log.warning("DKIM is partly configured (selector, domain and key are all needed); not signing")
+        return None
+    try:
+        return DkimSigner(dkim_config.selector, dkim_config.domain, key)
+    except ValueError as exc:
+        source = "MAILER_DKIM_PRIVATE_KEY" if private_key_pem else dkim_config.private_key_path
+        raise ValueError(f"delivery.dkim: {source}: {exc}") from None
+
+
+# --- SMTP ----------------------------------------------------------------------------------------
+
+
+class _Failed(Exception):
+    """Carries the SendResult of a step that cannot go on; caught in SMTPConnection.send."""
+
+    def __init__(self, result: SendResult) -> None:
+        super().__init__(result.detail)
+        self.result = result
+
+
+def _text(reply: bytes | str) -> str:
+    """A server reply as one printable line."""
+    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
+    return " ".join(text.split())
+
+
+def _describe(exc: BaseException, timeout: float) -> str:
+    """What went wrong with the network, in words staff can act on."""
+    # smtplib wraps socket errors in SMTPServerDisconnected; the interesting part is the original.
+    cause = exc
+    if isinstance(exc, smtplib.SMTPServerDisconnected) and exc.__context__ is not None:
+        cause = exc.__context__
+    if isinstance(cause, TimeoutError):
+        return f"no reply within {timeout:g} s"
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return f"TLS certificate not trusted: {cause.verify_message}"
+    if isinstance(cause, ssl.SSLError):
+        return f"TLS failed: {cause.reason or cause}"
+    if isinstance(cause, smtplib.SMTPServerDisconnected):
+        return "the relay closed the connection"
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror
+    return str(cause) or cause.__class__.__name__
+
+
+def _smtp_address(address: str) -> tuple[str, bool]:
+    """The address for MAIL FROM / RCPT TO with an IDNA domain, and whether it needs SMTPUTF8."""
+    if not address:
+        return "", False  # the null reverse-path "<>"
+    if any(char in address for char in "<>\r\n\t ") or address.count("@") < 1:
+        raise ValueError(f"not a usable envelope address: {address!r}")
+    local, _, domain = address.rpartition("@")
+    if not local or not domain:
+        raise ValueError(f"not a usable envelope address: {address!r}")
+    if not domain.isascii():
+        try:
+            domain = idna.encode(domain, uts46=True).decode("ascii")
+        except idna.IDNAError as exc:
+            raise ValueError(
+                f"the domain of {address!r} is not a valid internationalised name: {exc}"
+            ) from None
+    # A non-ASCII local part cannot be rewritten: only SMTPUTF8 can carry it.
+    return f"{local}@{domain}", not local.isascii()
+
+
+def _normalise_line_endings(data: bytes) -> bytes:
+    """CRLF everywhere: SMTP and DKIM both assume it, and a stray LF would change the signed body."""
+    if data.count(b"\n") == data.count(b"\r\n") == data.count(b"\r"):
+        return data
+    return re.sub(rb"\r\n|\r|\n", b"\r\n", data)
+
+
+def _dot_stuffed(data: bytes) -> bytes:
+    """The DATA payload: leading dots doubled, CRLF-terminated, then the final "."."""
+    payload = re.sub(rb"(?m)^\.", b"..", data)  # the same rule as smtplib's _quote_periods
+    if not payload.endswith(b"\r\n"):
+        payload += b"\r\n"
+    return payload + b".\r\n"
+
+
+class _SMTP(smtplib.SMTP):
+    """smtplib.SMTP that remembers the host it dialled, so STARTTLS checks the certificate against it."""
+
+    def connect(
+        self, host: str = "localhost", port: int = 0, source_address: tuple[str, int] | None = None
+    ) -> tuple[int, bytes]:
+        # smtplib records the host only when it is given to __init__ (which would also connect).
+        self._host = host
+        return super().connect(host, port, source_address)
+
+
+class _SMTPOverTLS(smtplib.SMTP_SSL):
+    """smtplib.SMTP_SSL with the certificate checked against the dialled host, and no socket leaked."""
+
+    def connect(
+        self, host: str = "localhost", port: int = 0, source_address: tuple[str, int] | None = None
+    ) -> tuple[int, bytes]:
+        self._host = host
+        return super().connect(host, port, source_address)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        raw = socket.create_connection((host, port), timeout, self.source_address)
+        try:
+            return self.context.wrap_socket(raw, server_hostname=host)
+        except BaseException:
+            raw.close()  # smtplib's own version leaves it to the garbage collector
+            raise
+
+
+class SMTPTransport:
+    """Hands messages to one relay; each connect() gives a lazily opened, reusable connection."""
+
+    def __init__(
+        self,
+        smtp: SmtpUrl,
+        *,
+        timeout: float,
+        local_hostname: str | None = None,
+        dkim: DkimSigner | None = None,
+    ) -> None:
+        self.smtp = smtp
+        self.timeout = timeout
+        self.dkim = dkim
+        # getfqdn() may do a slow DNS lookup; smtplib would repeat it for every connection.
+        self.local_hostname = local_hostname or smtp.helo or socket.getfqdn()
+        self.tls_context: ssl.SSLContext | None = None
+        if smtp.implicit_tls or smtp.starttls:
+            self.tls_context = self._make_tls_context()
+        elif smtp.username and smtp.host not in ("localhost", "127.0.0.1", "::1"):
+            log.warning("SMTP password for %s is sent without TLS; use smtps:// or ?starttls=true", smtp.host)
+
+    def _make_tls_context(self) -> ssl.SSLContext:
+        """Verifying by default (system CAs or `cafile`); a missing cafile is a config error."""
+        try:
+            context = ssl.create_default_context(cafile=self.smtp.cafile)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(
+                f"SMTP URL cafile {self.smtp.cafile}: cannot load: {_describe(exc, 0)}"
+            ) from None
+        if not self.smtp.verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+    def connect(self) -> SMTPConnection:
+        """A connection for the calling thread; nothing is opened until its first send."""
+        return SMTPConnection(self)
+
+
+class SMTPConnection:
+    """One SMTP session, opened on first send, reused, reopened after the relay dropped it."""
+
+    def __init__(self, transport: SMTPTransport) -> None:
+        self._transport = transport
+        self._smtp: smtplib.SMTP | None = None
+        self._needs_rset = False  # the last transaction failed part-way on a live connection
+        self._dot_sent = False  # the current message's final "." has left; a loss now is "unknown"
+
+    # -- public -----------------------------------------------------------------------------------
+
+    def send(self, envelope: Envelope) -> SendResult:
+        """Deliver one message; the result says sent, temporary, permanent or unknown."""
+        self._dot_sent = False
+        try:
+            result = self._send(envelope)
+        except _Failed as failed:
+            result = failed.result
+        except Exception as exc:  # a bug or a surprise from a library: still never raise to the loop
+            log.exception("unexpected error sending %s", envelope.key or "a message")
+            self._drop()
+            outcome: Outcome = "unknown" if self._dot_sent else "temporary"
+            result = SendResult(outcome, None, f"unexpected error: {exc!r}", "data" if self._dot_sent else "")
+        if result.outcome == "sent":
+            log.debug("sent %s: %s", envelope.key, result.detail)
+        else:
+            log.info("%s %s at %s: %s", result.outcome, envelope.key, result.stage or "-", result.detail)
+        return result
+
+    def close(self) -> None:
+        """QUIT if the connection is up; never raises."""
+        smtp, self._smtp = self._smtp, None
+        if smtp is None:
+            return
+        try:
+            smtp.quit()
+        except Exception:  # the relay may be gone already; closing must not fail
+            pass
+        finally:
+            smtp.close()
+
+    # -- one message ------------------------------------------------------------------------------
+
+    def _send(self, envelope: Envelope) -> SendResult:
+        try:
+            mail_from, sender_utf8 = _smtp_address(envelope.mail_from)
+        except ValueError as exc:
+            # The sender comes from the config: retry (and let staff fix it) rather than blame the recipient.
+            return SendResult("temporary", None, f"sender: {exc}", "envelope")
+        try:
+            rcpt, rcpt_utf8 = _smtp_address(envelope.rcpt)
+        except ValueError as exc:
+            return SendResult("permanent", None, str(exc), "envelope")
+
+        data = _normalise_line_endings(envelope.data)
+        if self._transport.dkim is not None:
+            try:
+                data = self._transport.dkim.sign(data)
+            except ValueError as exc:
+                return SendResult("temporary", None, str(exc), "envelope")
+
+        utf8 = rcpt_utf8 or sender_utf8
+        # Relays close idle connections, often silently. If a reused connection fails at RSET or MAIL
+        # FROM, nothing of this message was accepted yet, so it is safe to try once on a new one.
+        for attempt in (1, 2):
+            smtp, fresh = self._begin()
+            if utf8 and not smtp.has_extn("smtputf8"):
+                if sender_utf8:
+                    detail = "sender needs SMTPUTF8, which the relay does not offer"
+                    return SendResult("temporary", None, detail, "envelope")
+                detail = "recipient needs SMTPUTF8, which the relay does not offer"
+                return SendResult("permanent", None, detail, "envelope")
+            smtp.command_encoding = "utf-8" if utf8 else "ascii"
+            options = "".join(f" {option}" for option in self._mail_options(smtp, data, utf8=utf8))
+            try:
+                smtp.putcmd("mail", f"FROM:<{mail_from}>{options}")
+                code, reply = smtp.getreply()
+            except OSError as exc:
+                self._drop()
+                if not fresh and attempt == 1:
+                    continue
+                detail = f"MAIL FROM: {_describe(exc, self._transport.timeout)}"
+                return SendResult("temporary", None, detail, "mail")
+            if code == 421 and not fresh and attempt == 1:
+                self._drop()
+                continue
+            break
+        self._needs_rset = True  # from here on, a failure leaves a transaction open on the relay
+        if not 200 <= code < 300:
+            if code == 421:
+                self._drop()
+            # 5xx here is about our sender or the relay's policy, not the recipient: never "permanent",
+            # which would suppress an address that did nothing wrong.
+            return SendResult(
+                "temporary", code if code > 0 else None, f"MAIL FROM: {code} {_text(reply)}", "mail"
+            )
+        self._command(smtp, "rcpt", f"TO:<{rcpt}>", "RCPT TO", ok=(250, 251))
+        self._command(smtp, "data", "", "DATA", ok=(354,))
+        code, text = self._finish_data(smtp, _dot_stuffed(data))
+        self._needs_rset = False
+        return SendResult("sent", code, text)
+
+    def _begin(self) -> tuple[smtplib.SMTP, bool]:
+        """A connection ready for MAIL FROM, and whether it was opened just now."""
+        if self._smtp is not None and self._needs_rset:
+            try:
+                code, _ = self._smtp.rset()
+            except OSError:
+                code = -1
+            if code != 250:
+                self._drop()  # a relay that will not reset is not trusted with the next message
+        self._needs_rset = False
+        if self._smtp is not None:
+            return self._smtp, False
+        self._smtp = self._open()
+        return self._smtp, True
+
+    def _command(self, smtp: smtplib.SMTP, verb: str, args: str, label: str, ok: tuple[int, ...]) -> None:
+        """Send one command; raise _Failed unless its reply code is in `ok`."""
+        stage = "rcpt" if verb == "rcpt" else "data"
+        try:
+            smtp.putcmd(verb, args)
+            code, reply = smtp.getreply()
+        except OSError as exc:
+            self._drop()
+            raise _Failed(
+                SendResult("temporary", None, f"{label}: {_describe(exc, self._transport.timeout)}", stage)
+            ) from None
+        if code in ok:
+            return
+        raise _Failed(self._refused(code, reply, label, stage))
+
+    def _finish_data(self, smtp: smtplib.SMTP, payload: bytes) -> tuple[int, str]:
+        """Send the message and its final dot, then read the verdict; the dot is the point of no return."""
+        timeout = self._transport.timeout
+        try:
+            smtp.send(payload)
+        except OSError as exc:
+            # sendall() failed, so the final "." never arrived complete: the relay cannot have accepted it.
+            self._drop()
+            raise _Failed(
+                SendResult("temporary", None, f"message data: {_describe(exc, timeout)}", "data")
+            ) from None
+        self._dot_sent = True
+        try:
+            code, reply = smtp.getreply()
+        except OSError as exc:
+            # The whole message went out; the relay may have queued it before the connection died.
+            self._drop()
+            raise _Failed(
+                SendResult("unknown", None, f"after the message was sent: {_describe(exc, timeout)}", "data")
+            ) from None
+        if 200 <= code < 300:
+            return code, _text(reply)
+        raise _Failed(self._refused(code, reply, "end of DATA", "data"))
+
+    def _refused(self, code: int, reply: bytes, label: str, stage: str) -> SendResult:
+        """Classify a non-success reply: 5xx permanent, anything else temporary; 421 closes."""
+        detail = f"{label}: {code} {_text(reply)}"
+        if code == 421:
+            self._drop()  # the relay is closing this session; the next send opens a new one
+        if 500 <= code < 600:
+            return SendResult("permanent", code, detail, stage)
+        return SendResult("temporary", code if code > 0 else None, detail, stage)
+
+    def _mail_options(self, smtp: smtplib.SMTP, data: bytes, *, utf8: bool) -> list[str]:
+        """ESMTP parameters for MAIL FROM that the relay offers and the message needs."""
+        options = []
+        if smtp.has_extn("size"):
+            options.append(f"SIZE={len(data)}")  # lets the relay refuse an oversize message before DATA
+        if not data.isascii() and smtp.has_extn("8bitmime"):
+            options.append("BODY=8BITMIME")
+        if utf8:
+            options.append("SMTPUTF8")
+        return options
+
+    # -- the session ------------------------------------------------------------------------------
+
+    def _open(self) -> smtplib.SMTP:
+        """Connect, greet, secure and log in; raise _Failed("temporary") if any of it fails."""
+        transport = self._transport
+        url = transport.smtp
+        where = f"{url.host}:{url.port}"
+        smtp: smtplib.SMTP
+        if url.implicit_tls:
+            smtp = _SMTPOverTLS(
+                local_hostname=transport.local_hostname,
+                timeout=transport.timeout,
+                context=transport.tls_context,
+            )
+        else:
+            smtp = _SMTP(local_hostname=transport.local_hostname, timeout=transport.timeout)
+        try:
+            code, reply = smtp.connect(url.host, url.port)
+            if code != 220:
+                raise _Failed(
+                    SendResult("temporary", code, f"{where} greeted with {code} {_text(reply)}", "connect")
+                )
+            self._hello(smtp, where)
+            if url.starttls and not url.implicit_tls:
+                self._starttls(smtp, where)
+            if url.username:
+                self._login(smtp, where)
+        except _Failed:
+            smtp.close()
+            raise
+        except OSError as exc:  # socket, TLS and smtplib errors alike
+            smtp.close()
+            detail = f"{where}: {_describe(exc, transport.timeout)}"
+            if isinstance(exc, ssl.SSLCertVerificationError):
+                detail += " (nothing sent)"
+            log.warning("cannot open SMTP connection: %s", detail)
+            raise _Failed(SendResult("temporary", None, detail, "connect")) from None
+        log.info("SMTP connection to %s open (%s)", where, "TLS" if self._encrypted(smtp) else "plain")
+        return smtp
+
+    def _hello(self, smtp: smtplib.SMTP, where: str) -> None:
+        """EHLO, or HELO for an old relay."""
+        code, reply = smtp.ehlo()
+        if not 200 <= code < 300:
+            code, reply = smtp.helo()
+        if not 200 <= code < 300:
+            raise _Failed(
+                SendResult("temporary", code, f"{where} refused EHLO: {code} {_text(reply)}", "connect")
+            )
+
+    def _starttls(self, smtp: smtplib.SMTP, where: str) -> None:
+        """Upgrade to TLS or give up: never fall back to sending in clear text."""
+        if not smtp.has_extn("starttls"):
+            detail = f"STARTTLS refused: {where} does not offer it (nothing sent in clear text)"
+            log.warning(detail)
+            raise _Failed(SendResult("temporary", None, detail, "connect"))
+        try:
+            smtp.starttls(context=self._transport.tls_context)
+        except smtplib.SMTPResponseException as exc:  # any reply but 220
+            code = exc.smtp_code
+            detail = (
+                f"STARTTLS refused by {where}: {code} {_text(exc.smtp_error)} (nothing sent in clear text)"
+            )
+            log.warning(detail)
+            raise _Failed(SendResult("temporary", code, detail, "connect")) from None
+        self._hello(smtp, where)  # RFC 3207: forget what was said before TLS and ask again
+
+    def _login(self, smtp: smtplib.SMTP, where: str) -> None:
+        """AUTH; a refusal is a config problem, so it is temporary and never blames a recipient."""
+        url = self._transport.smtp
+        assert url.username is not None
+        if not smtp.has_extn("auth"):
+            detail = f"{where} does not offer AUTH, but the SMTP URL has a username"
+            raise _Failed(SendResult("temporary", None, detail, "connect"))
+        try:
+            smtp.login(url.username, url.password or "")
+        except smtplib.SMTPAuthenticationError as exc:
+            detail = f"authentication failed for {url.username} at {where}: {exc.smtp_code} {_text(exc.smtp_error)}"
+            log.warning(detail)
+            raise _Failed(SendResult("temporary", exc.smtp_code, detail, "connect")) from None
+        except smtplib.SMTPNotSupportedError as exc:
+            raise _Failed(SendResult("temporary", None, f"{where}: AUTH: {exc}", "connect")) from None
+        except smtplib.SMTPException as exc:
+            if isinstance(exc, smtplib.SMTPServerDisconnected):
+                raise
+            raise _Failed(SendResult("temporary", None, f"{where}: AUTH failed: {exc}", "connect")) from None
+
+    @staticmethod
+    def _encrypted(smtp: smtplib.SMTP) -> bool:
+        return isinstance(smtp.sock, ssl.SSLSocket)
+
+    def _drop(self) -> None:
+        """Forget the connection without QUIT (it is broken or closing); the next send reconnects."""
+        smtp, self._smtp = self._smtp, None
+        self._needs_rset = False
+        if smtp is not None:
+            smtp.close()
+
+
+# --- files ---------------------------------------------------------------------------------------
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def _file_name(key: str, data: bytes) -> str:
+    """A file name from the key (or the Message-ID): no separators, no leading dots, bounded length."""
+    base = key
+    if not base:
+        headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(data)
+        base = str(headers.get("Message-ID", "")).strip().strip("<>")
+    if not base:
+        return hashlib.sha256(data).hexdigest()[:32] + ".eml"
+    safe = _UNSAFE.sub("_", base).lstrip(".")[:120]
+    if safe != base:
+        # Two keys that clean up to the same text must still get different files.
+        safe = f"{safe}-{hashlib.sha256(base.encode()).hexdigest()[:12]}"
+    return safe + ".eml"
+
+
+class FileTransport:
+    """Writes each message as an .eml file: for the demo, development and relays that pick up files."""
+
+    def __init__(self, outbox_dir: Path, *, dkim: DkimSigner | None = None) -> None:
+        self.outbox_dir = Path(outbox_dir)
+        self.dkim = dkim
+
+    def connect(self) -> FileConnection:
+        """A connection; files need no session, so it is cheap."""
+        return FileConnection(self)
+
+
+class FileConnection:
+    """Writes messages atomically: a reader never sees half a file."""
+
+    def __init__(self, transport: FileTransport) -> None:
+        self._transport = transport
+
+    def send(self, envelope: Envelope) -> SendResult:
+        """Write the message to outbox_dir/<name>.eml (replacing an earlier copy of the same message)."""
+        folder = self._transport.outbox_dir
+        data = _normalise_line_endings(envelope.data)
+        if self._transport.dkim is not None:
+            try:
+                data = self._transport.dkim.sign(data)
+            except ValueError as exc:
+                return SendResult("temporary", None, str(exc), "envelope")
+        target = folder / _file_name(envelope.key, data)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            handle, temporary = tempfile.mkstemp(dir=folder, prefix=".", suffix=".tmp")
+            try:
+                with os.fdopen(handle, "wb") as file:
+                    file.write(data)
+                    file.flush()
+                    os.fsync(file.fileno())
+                os.replace(temporary, target)
+            except BaseException:
+                Path(temporary).unlink(missing_ok=True)
+                raise
+            _fsync_dir(folder)
+        except OSError as exc:
+            return SendResult("temporary", None, f"cannot write {target}: {exc.strerror or exc}", "data")
+        return SendResult("sent", None, str(target))
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename durable; not every platform can open a directory."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+# --- wiring --------------------------------------------------------------------------------------
+
+
+def make_transport(settings: Settings) -> Transport:
+    """The transport the config asks for, with DKIM when a key is configured."""
+    delivery = settings.delivery
+    signer = load_dkim(delivery.dkim, settings.dkim_private_key)
+    if delivery.transport == "smtp":
+        return SMTPTransport(parse_smtp_url(delivery.smtp_url), timeout=delivery.timeout_seconds, dkim=signer)
+    return FileTransport(Path(delivery.outbox_dir), dkim=signer)

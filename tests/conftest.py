@@ -20,6 +20,8 @@ from mailer import db, schema
 from mailer.models import Base
 from tests.smtp_server import SMTPServer
 
+pytest_plugins = ["tests.web_fixtures"]
+
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "mailer" / "sample"
 POSTGRES_URL = os.environ.get("MAILER_TEST_POSTGRES_URL", "")

@@ -107,3 +107,10 @@ def test_without_a_secret_key_a_development_key_is_kept_under_var(tmp_path: Path
     first = config.load(path, {}).secret_key
     assert first and config.load(path, {}).secret_key == first
     assert (tmp_path / "var" / "secret.key").stat().st_mode & 0o077 == 0
+
+
+def test_a_public_http_base_url_with_smtp_warns(tmp_path: Path) -> None:
+    env = {**ENV, "MAILER_SMTP_URL": "smtp://relay.internal:587?starttls=true"}
+    with pytest.warns(config.ConfigWarning, match="is not https"):
+        config.load(ROOT / "config.toml", {**env, "MAILER_BASE_URL": "http://mail.therapycentral.example"})
+    config.load(ROOT / "config.toml", {**env, "MAILER_BASE_URL": "https://mail.therapycentral.example"})

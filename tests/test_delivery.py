@@ -215,3 +215,13 @@ def test_backoff_grows_and_is_capped(settings) -> None:  # noqa: ANN001
     cap = config.duration(settings.delivery.retry_max)
     assert delays[0] < delays[2] < delays[4]
     assert all(d <= cap * 1.2 for d in delays) and delays[-1] >= cap * 0.8
+
+
+def test_enqueue_is_set_based_counts_and_repeats_safely(settings, sessions) -> None:  # noqa: ANN001
+    add_subscribers(sessions, settings, ["a@example.com", "b@example.com", "c@example.com"])
+    with sessions.begin() as session:
+        audience.suppress(session, settings.secret_key, audience.find_contact(session, "c@example.com"), "staff", T0)
+        campaign = campaigns.create_oneoff(session, settings, topic="newsletter", subject="s", body_markdown="b", now=T0)
+        assert outbox.enqueue_campaign(session, campaign, T0) == 2  # the suppressed address is not enqueued
+        assert outbox.enqueue_campaign(session, campaign, T0) == 0
+        assert outbox.counts(session, campaign.id)["queued"] == 2

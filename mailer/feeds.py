@@ -1,0 +1,628 @@
+"""The blog feed: fetch it (HTTP or file), refuse hostile XML, parse RSS/Atom, sanitise, store new posts."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import functools
+import html
+import io
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.request import url2pathname
+
+import defusedxml
+import defusedxml.ElementTree
+import feedparser
+import httpx
+import nh3
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mailer import config
+from mailer.models import FeedState, Post
+
+log = logging.getLogger("mailer.feed")
+
+MAX_REDIRECTS = 5
+USER_AGENT = "mailer-feed/0.1 (clinic newsletter)"
+ACCEPT = "application/rss+xml, application/atom+xml, application/xml;q=0.9, text/xml;q=0.9, */*;q=0.1"
+
+# Column sizes in models.Post: longer titles/authors are cut, longer guids/links skip the entry.
+TITLE_MAX, AUTHOR_MAX, URL_MAX = 500, 200, 2000
+# Column sizes in models.FeedState: a longer validator is not kept (the next fetch is a full one).
+ETAG_MAX, LAST_MODIFIED_MAX = 500, 200
+
+# What a newsletter post may contain. Everything else is stripped (its text kept), except the
+# CLEAN_CONTENT_TAGS, which go away with their content.
+ALLOWED_TAGS = frozenset(
+    "p br h2 h3 h4 ul ol li strong em b i a blockquote img figure figcaption hr code pre".split()
+    + "table thead tbody tfoot tr th td caption".split()
+)
+ALLOWED_ATTRIBUTES: Mapping[str, frozenset[str]] = {
+    "a": frozenset({"href", "title"}),
+    "img": frozenset({"src", "alt", "width", "height"}),
+    "td": frozenset({"colspan", "rowspan"}),
+    "th": frozenset({"colspan", "rowspan", "scope"}),
+}
+CLEAN_CONTENT_TAGS = frozenset({"script", "style", "iframe", "object", "embed", "template"})
+URL_SCHEMES = frozenset({"http", "https", "mailto", "tel"})
+URL_ATTRIBUTES = frozenset({"href", "src"})
+LINK_REL = "noopener noreferrer"
+
+# Tags after which plain text needs a space, so "<p>a</p><p>b</p>" reads "a b", not "ab".
+BLOCK_TAGS = frozenset(
+    "p br div li ul ol h1 h2 h3 h4 h5 h6 tr td th table blockquote hr pre figure figcaption".split()
+    + "section article header footer".split()
+)
+# feedparser's "bozo" warnings that do not make a feed unreadable.
+BENIGN_BOZO = (feedparser.CharacterEncodingOverride, feedparser.NonXMLContentType)
+OLDEST = dt.datetime.min.replace(tzinfo=dt.UTC)
+
+
+class FeedError(Exception):
+    """The feed could not be fetched or read; the message is one line naming the feed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Fetched:
+    """A fetch's outcome: body is None when the server answered 304 Not Modified."""
+
+    body: bytes | None
+    etag: str | None
+    last_modified: str | None
+    status: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ParsedPost:
+    """One feed entry, with plain-text title/summary/author and sanitised content_html."""
+
+    guid: str
+    link: str
+    title: str
+    summary: str
+    content_html: str
+    author: str
+    published_at: dt.datetime | None
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestResult:
+    """new: posts stored to go out; archived: posts stored as already published (first run only)."""
+
+    new: int
+    archived: int
+    not_modified: bool
+    total_in_feed: int
+
+
+# --- fetching ------------------------------------------------------------------------------------
+
+
+def fetch(
+    url: str,
+    *,
+    timeout: float,
+    max_bytes: int,
+    etag: str | None,
+    last_modified: str | None,
+    client: httpx.Client | None = None,
+) -> Fetched:
+    """Fetch an http(s):// URL (conditional GET), a file:// URL or a path; raise FeedError on any failure."""
+    scheme = urlsplit(url).scheme.lower()
+    if scheme in ("http", "https"):
+        return _fetch_http(url, timeout, max_bytes, etag, last_modified, client)
+    if scheme == "file":
+        return _read_file(url, _file_url_path(url), max_bytes)
+    if scheme == "" or len(scheme) == 1:  # a plain path, or a Windows drive letter ("C:\\feed.xml")
+        return _read_file(url, Path(url), max_bytes)
+    raise FeedError(
+        f"feed {_redact(url)}: unsupported URL scheme {scheme!r}; use http(s)://, file:// or a path"
+    )
+
+
+def _fetch_http(
+    url: str,
+    timeout: float,
+    max_bytes: int,
+    etag: str | None,
+    last_modified: str | None,
+    client: httpx.Client | None,
+) -> Fetched:
+    """GET with validators, following at most MAX_REDIRECTS redirects, streaming at most max_bytes."""
+    shown = _redact(url)
+    headers = {"User-Agent": USER_AGENT, "Accept": ACCEPT}
+    if etag:
+        headers["If-None-Match"] = etag
+    if last_modified:
+        headers["If-Modified-Since"] = last_modified
+    # httpx's timeout applies per connect/read; the deadline also bounds a server that trickles bytes.
+    deadline = time.monotonic() + timeout
+    own_client = client is None
+    client = client or httpx.Client()
+    try:
+        request = client.build_request("GET", url, headers=headers, timeout=timeout)
+        response = _send(client, request, shown, deadline, timeout)
+        try:
+            return _read_response(response, shown, max_bytes, deadline, timeout, etag, last_modified)
+        finally:
+            response.close()  # a refused body is left unread; closing drops the connection
+    except httpx.TimeoutException:
+        raise FeedError(f"feed {shown}: no answer within {timeout:g} s") from None
+    except httpx.ConnectError as exc:
+        raise FeedError(f"feed {shown}: cannot connect: {_one_line(exc)}") from None
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        raise FeedError(f"feed {shown}: request failed: {_one_line(exc)}") from None
+    finally:
+        if own_client:
+            client.close()
+
+
+def _send(
+    client: httpx.Client, request: httpx.Request, shown: str, deadline: float, timeout: float
+) -> httpx.Response:
+    """Send, following redirects by hand so the limit holds whatever client the caller passes."""
+    for _ in range(MAX_REDIRECTS + 1):
+        _check_deadline(deadline, shown, timeout)
+        response = client.send(request, stream=True, follow_redirects=False)
+        if response.next_request is None:
+            return response
+        response.close()
+        request = response.next_request
+        if request.url.scheme not in ("http", "https"):
+            raise FeedError(f"feed {shown}: refused a redirect to a {request.url.scheme}:// URL")
+    raise FeedError(f"feed {shown}: more than {MAX_REDIRECTS} redirects")
+
+
+def _read_response(
+    response: httpx.Response,
+    shown: str,
+    max_bytes: int,
+    deadline: float,
+    timeout: float,
+    etag: str | None,
+    last_modified: str | None,
+) -> Fetched:
+    """Turn a response into Fetched: 304 keeps the validators, errors raise, bodies are size-checked."""
+    status = response.status_code
+    if status == 304:
+        return Fetched(
+            body=None,
+            etag=response.headers.get("ETag") or etag,
+            last_modified=response.headers.get("Last-Modified") or last_modified,
+            status=status,
+        )
+    if status >= 400:
+        raise FeedError(f"feed {shown}: HTTP {status} {response.reason_phrase}".rstrip())
+    if not 200 <= status < 300:
+        raise FeedError(f"feed {shown}: unexpected HTTP {status} {response.reason_phrase}".rstrip())
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(shown, max_bytes)
+    chunks: list[bytes] = []
+    size = 0
+    # iter_bytes yields decompressed bytes, so the limit also holds against a gzip bomb.
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > max_bytes:
+            raise _too_large(shown, max_bytes)
+        _check_deadline(deadline, shown, timeout)
+        chunks.append(chunk)
+    return Fetched(
+        body=b"".join(chunks),
+        etag=response.headers.get("ETag"),
+        last_modified=response.headers.get("Last-Modified"),
+        status=status,
+    )
+
+
+def _check_deadline(deadline: float, shown: str, timeout: float) -> None:
+    """Raise FeedError once the whole fetch has taken longer than the timeout."""
+    if time.monotonic() > deadline:
+        raise FeedError(f"feed {shown}: no complete answer within {timeout:g} s")
+
+
+def _file_url_path(url: str) -> Path:
+    """The local path of a file:// URL; a file URL naming another host is refused."""
+    parts = urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        raise FeedError(f"feed {url}: file:// URLs must name a local file, not host {parts.netloc!r}")
+    return Path(url2pathname(parts.path))
+
+
+def _read_file(url: str, path: Path, max_bytes: int) -> Fetched:
+    """Read a local feed file, at most max_bytes of it."""
+    try:
+        with path.open("rb") as handle:
+            body = handle.read(max_bytes + 1)
+    except FileNotFoundError:
+        raise FeedError(f"feed {url}: file not found") from None
+    except OSError as exc:
+        raise FeedError(f"feed {url}: cannot read the file: {exc.strerror or _one_line(exc)}") from None
+    if len(body) > max_bytes:
+        raise _too_large(url, max_bytes)
+    return Fetched(body=body, etag=None, last_modified=None, status=200)
+
+
+def _too_large(shown: str, max_bytes: int) -> FeedError:
+    return FeedError(f"feed {shown}: larger than feed.max_bytes ({max_bytes} bytes); refused")
+
+
+def _redact(url: str) -> str:
+    """The URL without a password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _one_line(value: object) -> str:
+    return " ".join(str(value).split())
+
+
+# --- parsing -------------------------------------------------------------------------------------
+
+
+def parse(body: bytes, base_url: str) -> list[ParsedPost]:
+    """Refuse hostile or broken XML, then read RSS or Atom into posts; base_url resolves relative links."""
+    shown = _redact(base_url)
+    root_tag = _check_xml(body, shown)
+    # A BytesIO, never the bytes themselves: feedparser treats a str/bytes argument as a possible
+    # file name or URL and would open it.
+    document = feedparser.parse(
+        io.BytesIO(body),
+        sanitize_html=False,  # nh3 does it below, with our allowlist
+        resolve_relative_uris=False,  # resolved against each post's link below
+        # No content-location: feedparser would resolve guids against it too, and a guid like "1502"
+        # must not change (and the posts go out again) when the feed moves to another URL.
+    )
+    problem = document.get("bozo_exception")
+    if document.get("bozo") and not isinstance(problem, BENIGN_BOZO):
+        raise FeedError(f"feed {shown}: malformed feed: {_one_line(problem)}")
+    if not document.get("version"):
+        raise FeedError(f"feed {shown}: not an RSS or Atom feed (the document is <{root_tag}>)")
+    channel_link = _absolute_url(document.feed.get("link", ""), base_url if _is_http(base_url) else "")
+    posts = []
+    for number, entry in enumerate(document.entries, start=1):
+        post = _to_post(entry, number, channel_link or (base_url if _is_http(base_url) else ""), shown)
+        if post is not None:
+            posts.append(post)
+    return posts
+
+
+def _check_xml(body: bytes, shown: str) -> str:
+    """Refuse non-XML, entity declarations and external references (defusedxml); return the root's tag."""
+    if not body.strip():
+        raise FeedError(f"feed {shown}: not XML: the body is empty")
+    try:
+        # A plain <!DOCTYPE> (old RSS 0.91 feeds have one) is allowed; declaring entities is not,
+        # which covers XXE and billion laughs alike.
+        root = defusedxml.ElementTree.fromstring(
+            body, forbid_dtd=False, forbid_entities=True, forbid_external=True
+        )
+    except defusedxml.EntitiesForbidden:
+        raise FeedError(
+            f"feed {shown}: refused: the feed declares entities (DTD), "
+            "which could be an XXE or entity-expansion attack"
+        ) from None
+    except defusedxml.DefusedXmlException:
+        raise FeedError(f"feed {shown}: refused: the feed references external resources (XXE)") from None
+    except (defusedxml.ElementTree.ParseError, LookupError, ValueError) as exc:
+        # LookupError: an unknown encoding in the XML declaration.
+        raise FeedError(f"feed {shown}: not XML: {_one_line(exc)}") from None
+    return root.tag.rpartition("}")[2]
+
+
+def _to_post(entry: Any, number: int, base: str, shown: str) -> ParsedPost | None:
+    """One feedparser entry as a ParsedPost, or None (logged) when it cannot be stored."""
+    link = _absolute_url(entry.get("link", ""), base)
+    guid = (entry.get("id") or "").strip() or link
+    if not guid:
+        log.warning("feed %s: entry %d has neither an id (guid) nor a link; skipped", shown, number)
+        return None
+    if len(guid) > URL_MAX or len(link) > URL_MAX:
+        log.warning("feed %s: entry %d has an id or link over %d characters; skipped", shown, number, URL_MAX)
+        return None
+    author_detail = entry.get("author_detail") or {}
+    return ParsedPost(
+        guid=guid,
+        link=link,
+        title=_plain_field(entry, "title")[:TITLE_MAX],
+        summary=_plain_field(entry, "summary"),
+        content_html=sanitise_html(_content_html(entry), link or base, _own_hosts(base, link)),
+        author=_plain_text(author_detail.get("name") or entry.get("author") or "")[:AUTHOR_MAX],
+        published_at=_published_at(entry),
+    )
+
+
+def _plain_field(entry: Any, key: str) -> str:
+    """A title or summary as plain text, whether the feed marked it up or not."""
+    value = entry.get(key) or ""
+    if (entry.get(f"{key}_detail") or {}).get("type") == "text/plain":
+        return _one_line(value)
+    return _plain_text(value)
+
+
+def _content_html(entry: Any) -> str:
+    """content:encoded or Atom <content> if present, else the summary; plain text is escaped."""
+    details = [*(entry.get("content") or []), entry.get("summary_detail") or {}]
+    for detail in details:
+        value = detail.get("value") or ""
+        if value.strip():
+            return html.escape(value) if detail.get("type") == "text/plain" else value
+    return ""
+
+
+def _published_at(entry: Any) -> dt.datetime | None:
+    """The entry's date as an aware UTC datetime (feedparser already converted it to UTC)."""
+    parsed = entry.get("published_parsed") or entry.get("updated_parsed")
+    if parsed is None:
+        return None
+    try:
+        return dt.datetime(*parsed[:6], tzinfo=dt.UTC)
+    except ValueError:
+        return None
+
+
+def _absolute_url(url: str, base: str) -> str:
+    """url made absolute against base; "" unless the result is an http(s) URL."""
+    if not url.strip():
+        return ""  # urljoin(base, "") would be base itself: an entry without a link is not the feed
+    try:
+        absolute = urljoin(base, url.strip()) if base else url.strip()
+        return absolute if _is_http(absolute) and urlsplit(absolute).hostname else ""
+    except ValueError:  # e.g. a malformed IPv6 host
+        return ""
+
+
+def _is_http(url: str) -> bool:
+    return urlsplit(url).scheme.lower() in ("http", "https")
+
+
+def _own_hosts(*urls: str) -> frozenset[str]:
+    """The blog's own hosts: those of the channel link (else the feed URL) and of the post link."""
+    return frozenset(host for url in urls if (host := urlsplit(url).hostname))
+
+
+class _TextExtractor(HTMLParser):
+    """Collects the text of an HTML fragment, a space at block boundaries, no script/style content."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._skipping = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in CLEAN_CONTENT_TAGS:
+            self._skipping += 1
+        elif tag in BLOCK_TAGS:
+            self.parts.append(" ")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in CLEAN_CONTENT_TAGS:
+            self._skipping = max(0, self._skipping - 1)
+        elif tag in BLOCK_TAGS:
+            self.parts.append(" ")
+
+    def handle_data(self, data: str) -> None:
+        if not self._skipping:
+            self.parts.append(data)
+
+
+def _plain_text(fragment: str) -> str:
+    """An HTML fragment as one line of plain text (unescaped; escape it where it is shown)."""
+    extractor = _TextExtractor()
+    extractor.feed(fragment)
+    extractor.close()
+    return _one_line("".join(extractor.parts))
+
+
+# --- sanitising ----------------------------------------------------------------------------------
+
+
+def sanitise_html(fragment: str, base_url: str, own_hosts: Iterable[str]) -> str:
+    """Post HTML made safe for email: allowlisted, URLs absolute, tracking and foreign images removed.
+
+    Images are kept only when their host is one of own_hosts (or a subdomain of one, "www." aside)
+    and they are not pixels (width and height both <= 2): a third-party image in an email tells its
+    host who opened the newsletter and when.
+    """
+    resolved = _clean(fragment, attribute_filter=functools.partial(_resolve_url, base_url))
+    filtered = _drop_unwanted_images(resolved, frozenset(own_hosts))
+    # nh3 runs last, so nothing our own passes did can let markup through; it also re-checks the
+    # schemes of the URLs made absolute (nh3 checks schemes before calling attribute_filter).
+    return _clean(filtered)
+
+
+def _clean(fragment: str, attribute_filter: Any = None) -> str:
+    return nh3.clean(
+        fragment,
+        tags=set(ALLOWED_TAGS),
+        clean_content_tags=set(CLEAN_CONTENT_TAGS),
+        attributes={tag: set(names) for tag, names in ALLOWED_ATTRIBUTES.items()},
+        attribute_filter=attribute_filter,
+        url_schemes=set(URL_SCHEMES),
+        link_rel=LINK_REL,
+        strip_comments=True,
+    )
+
+
+def _resolve_url(base_url: str, tag: str, attribute: str, value: str) -> str | None:
+    """nh3 attribute_filter: make href/src absolute against the post's link; drop what cannot be."""
+    if attribute not in URL_ATTRIBUTES:
+        return value
+    try:
+        absolute = urljoin(base_url, value.strip()) if base_url else value.strip()
+        scheme = urlsplit(absolute).scheme.lower()
+    except ValueError:
+        return None
+    # A relative URL without a base (or anything else odd) would be a broken link in an email.
+    return absolute if scheme in URL_SCHEMES else None
+
+
+class _ImageFilter(HTMLParser):
+    """Re-emits nh3's (well-formed) output verbatim, leaving out the <img> tags that are not wanted."""
+
+    def __init__(self, own_hosts: frozenset[str]) -> None:
+        super().__init__(convert_charrefs=False)  # keep entities as they are: output == input elsewhere
+        self.own_hosts = own_hosts
+        self.parts: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "img" and not _is_wanted_image(dict(attrs), self.own_hosts):
+            return
+        self.parts.append(self.get_starttag_text() or "")
+
+    handle_startendtag = handle_starttag
+
+    def handle_endtag(self, tag: str) -> None:
+        self.parts.append(f"</{tag}>")
+
+    def handle_data(self, data: str) -> None:
+        self.parts.append(data)
+
+    def handle_entityref(self, name: str) -> None:
+        self.parts.append(f"&{name};")
+
+    def handle_charref(self, name: str) -> None:
+        self.parts.append(f"&#{name};")
+
+
+def _drop_unwanted_images(fragment: str, own_hosts: frozenset[str]) -> str:
+    image_filter = _ImageFilter(own_hosts)
+    image_filter.feed(fragment)
+    image_filter.close()
+    return "".join(image_filter.parts)
+
+
+def _is_wanted_image(attrs: Mapping[str, str | None], own_hosts: frozenset[str]) -> bool:
+    """An image with a src on the blog's own host(s) that is not a tracking pixel."""
+    src = attrs.get("src") or ""
+    host = urlsplit(src).hostname or ""
+    if not host or not _is_own_host(host, own_hosts):
+        return False
+    width, height = _pixels(attrs.get("width")), _pixels(attrs.get("height"))
+    return not (width is not None and height is not None and width <= 2 and height <= 2)
+
+
+def _is_own_host(host: str, own_hosts: frozenset[str]) -> bool:
+    """host is one of own_hosts or a subdomain of one (so www.x, x and cdn.x all belong to x)."""
+    roots = {own.removeprefix("www.") for own in own_hosts}
+    return any(host == root or host.endswith("." + root) for root in roots)
+
+
+def _pixels(value: str | None) -> int | None:
+    """The number at the start of a width/height attribute ("1", "1px"), or None."""
+    digits = ""
+    for char in (value or "").strip():
+        if not char.isdigit():
+            break
+        digits += char
+    return int(digits) if digits else None
+
+
+# --- ingesting -----------------------------------------------------------------------------------
+
+
+def ingest(
+    session: Session, feed: config.Feed, now: dt.datetime, *, client: httpx.Client | None = None
+) -> IngestResult:
+    """Fetch and parse the feed, then add the posts not stored yet; the caller commits.
+
+    On the very first ingest (no posts at all) only the feed.first_run_posts newest posts are
+    stored to go out; the rest are stored archived. On a FeedError nothing has been added.
+    """
+    if now.tzinfo is None:
+        raise ValueError("ingest needs an aware datetime for now")
+    # FOR UPDATE (ignored on SQLite, whose transactions take the write lock anyway): a second ingest
+    # of the same feed on PostgreSQL waits here instead of racing on the same guids.
+    state = session.get(FeedState, feed.url, with_for_update=True)
+    fetched = fetch(
+        feed.url,
+        timeout=feed.timeout_seconds,
+        max_bytes=feed.max_bytes,
+        etag=state.etag if state else None,
+        last_modified=state.last_modified if state else None,
+        client=client,
+    )
+    parsed = [] if fetched.body is None else parse(fetched.body, feed.url)
+    # Nothing is written before this point: a FeedError above leaves the session untouched, and the
+    # validators of a body we could not read are never kept (a 304 would hide it from us for good).
+    unseen = _unseen(session, parsed)
+    first_run = session.scalar(select(Post.id).limit(1)) is None
+    send, archive = _split_first_run(unseen, feed.first_run_posts) if first_run else (unseen, [])
+    session.add_all(_new_rows(send, archive, now))
+    _record_fetch(session, state or FeedState(url=feed.url), fetched, now)
+    session.flush()
+    result = IngestResult(
+        new=len(send), archived=len(archive), not_modified=fetched.body is None, total_in_feed=len(parsed)
+    )
+    log.info(
+        "feed %s: %s; %d in feed, %d new, %d archived%s",
+        _redact(feed.url),
+        "not modified" if result.not_modified else f"fetched ({fetched.status})",
+        result.total_in_feed,
+        result.new,
+        result.archived,
+        " (first run)" if first_run and unseen else "",
+    )
+    return result
+
+
+def _unseen(session: Session, parsed: list[ParsedPost]) -> list[ParsedPost]:
+    """The posts whose guid is not stored yet, each guid once (a feed may repeat an entry)."""
+    by_guid: dict[str, ParsedPost] = {}
+    for post in parsed:
+        by_guid.setdefault(post.guid, post)
+    if not by_guid:
+        return []
+    known = set(session.scalars(select(Post.guid).where(Post.guid.in_(list(by_guid)))))
+    return [post for guid, post in by_guid.items() if guid not in known]
+
+
+def _split_first_run(posts: list[ParsedPost], keep: int) -> tuple[list[ParsedPost], list[ParsedPost]]:
+    """(the keep newest posts, the rest); posts without a date count as the oldest."""
+    newest_first = sorted(posts, key=lambda post: post.published_at or OLDEST, reverse=True)
+    return newest_first[:keep], newest_first[keep:]
+
+
+def _new_rows(send: list[ParsedPost], archive: list[ParsedPost], now: dt.datetime) -> list[Post]:
+    """Post rows, oldest first so that ids follow publication order."""
+    rows = [_row(post, archived=False, now=now) for post in send]
+    rows += [_row(post, archived=True, now=now) for post in archive]
+    return sorted(rows, key=lambda row: row.published_at or OLDEST)
+
+
+def _row(post: ParsedPost, *, archived: bool, now: dt.datetime) -> Post:
+    return Post(
+        guid=post.guid,
+        link=post.link,
+        title=post.title,
+        summary=post.summary,
+        content_html=post.content_html,
+        author=post.author,
+        published_at=post.published_at,
+        fetched_at=now,
+        archived=archived,
+    )
+
+
+def _record_fetch(session: Session, state: FeedState, fetched: Fetched, now: dt.datetime) -> None:
+    """Keep the validators for the next conditional GET, and when and how the fetch went."""
+    # An oversized header from the server must not make every ingest fail on the column size.
+    state.etag = fetched.etag if fetched.etag and len(fetched.etag) <= ETAG_MAX else None
+    state.last_modified = (
+        fetched.last_modified
+        if fetched.last_modified and len(fetched.last_modified) <= LAST_MODIFIED_MAX
+        else None
+    )
+    state.last_fetched_at = now
+    state.last_status = "304 not modified" if fetched.body is None else f"{fetched.status} ok"
+    session.add(state)

@@ -1,0 +1,654 @@
+"""Inquiries, the follow-up sequence defined in config, enrollments, their advancement and stop rules."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, TextIO
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from mailer import audience, outbox
+from mailer.config import Settings, duration, hhmm
+from mailer.models import ConsentEvent, Contact, Enrollment, Inquiry, OutboxMessage
+from mailer.render import PreparedMessage, Renderer
+
+log = logging.getLogger("mailer.followups")
+
+# Only one sequence exists today; the column lets a clinic add more later without a migration.
+SEQUENCE = "default"
+
+MAX_NAME = 200
+MAX_SOURCE = 200
+MAX_CONSENT_TEXT = 2000
+MAX_MESSAGE = 5000
+# Clocks of the website and of this server differ a little; more than this is a wrong time, not drift.
+FUTURE_TOLERANCE = dt.timedelta(minutes=5)
+# Enrollments handled per database round trip in advance().
+BATCH = 200
+# How soon advance() looks again at an enrollment whose previous follow-up is still in the outbox.
+RECHECK = dt.timedelta(minutes=15)
+
+# A new inquiry, with its own fresh consent, may start the sequence again only after these endings.
+# Everything else (unsubscribed, consent_withdrawn, suppressed, erased, ...) was the person saying no,
+# or their address failing: a form anyone can fill in with anyone's address must not undo that.
+RESTARTABLE = frozenset({"completed", "booked", "closed", "consent_expired"})
+
+CSV_COLUMNS = ("email", "name", "consent", "consent_text", "source", "received_at")
+_TRUE = frozenset({"true", "yes", "1"})
+_FALSE = frozenset({"false", "no", "0"})
+
+# One-line fields allow no control characters; free text keeps tabs and line breaks.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_MULTILINE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+class InquiryError(Exception):
+    """Bad inquiry input or an unknown inquiry; the message is one line and names the field."""
+
+
+@dataclass(frozen=True)
+class InquiryOutcome:
+    inquiry_id: int
+    contact_id: int
+    enrolled: bool
+    duplicate: bool
+
+
+@dataclass
+class ImportReport:
+    """What an import did. Every data line is counted once: imported, duplicate or rejected."""
+
+    imported: int = 0
+    duplicates: int = 0
+    enrolled: int = 0
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class InquiryStatus:
+    """One row of the staff page. `next_step == steps` on an active enrollment: all sent, finishing."""
+
+    inquiry_id: int
+    name: str
+    email: str
+    received_at: dt.datetime
+    consent: bool
+    status: str
+    enrollment_status: str | None
+    stop_reason: str | None
+    next_step: int | None
+    next_due_at: dt.datetime | None
+
+
+# --- scheduling ----------------------------------------------------------------------------------
+
+
+def _local(wall: dt.datetime, zone: dt.tzinfo) -> dt.datetime:
+    """A local wall time as UTC. zoneinfo's fold=0 moves a time in the spring gap forward by the gap
+    (02:30 on 2026-03-08 becomes 03:30 CDT) and takes the first of the two 01:30s in the autumn."""
+    return wall.replace(tzinfo=zone).astimezone(dt.UTC)
+
+
+def _after(start: dt.datetime, delay: dt.timedelta, zone: dt.tzinfo) -> dt.datetime:
+    """`start` plus `delay`, whole days counted on the local calendar (P3D from 16:50 is 16:50 three
+    days later, even across a DST change), the rest (hours, minutes) as elapsed time."""
+    days = dt.timedelta(days=delay.days)
+    wall = start.astimezone(zone).replace(tzinfo=None) + days
+    return _local(wall, zone) + (delay - days)
+
+
+def _sending_day(settings: Settings, day: dt.date) -> bool:
+    return settings.followups.send_on_weekends or day.weekday() < 5
+
+
+def into_window(settings: Settings, moment: dt.datetime) -> dt.datetime:
+    """The first instant at or after `moment` inside the send window (local, [opens, closes))."""
+    zone = settings.zone
+    opens, closes = (hhmm(value) for value in settings.followups.send_window)
+    local = moment.astimezone(zone)
+    day = local.date()
+    if _sending_day(settings, day):
+        if local.time() < opens:
+            return _local(dt.datetime.combine(day, opens), zone)
+        if local.time() < closes:
+            return moment.astimezone(dt.UTC)
+    # After closing, or a weekend: the next sending day's opening, as a local wall time (never +24h).
+    day += dt.timedelta(days=1)
+    while not _sending_day(settings, day):
+        day += dt.timedelta(days=1)
+    return _local(dt.datetime.combine(day, opens), zone)
+
+
+def due_time(settings: Settings, anchor_at: dt.datetime, step_index: int, last_sent_at: dt.datetime | None) -> dt.datetime:
+    """When step `step_index` may go: its delay after the inquiry, at least min_gap after the previous
+    step, moved into the send window. UTC."""
+    followups = settings.followups
+    due = _after(anchor_at, duration(followups.steps[step_index].after), settings.zone)
+    if last_sent_at is not None:
+        due = max(due, last_sent_at + duration(followups.min_gap))
+    return into_window(settings, due)
+
+
+# --- validation ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Fields:
+    email: str
+    name: str
+    consent: bool
+    consent_text: str
+    source: str
+    received_at: dt.datetime
+    message: str
+
+
+def _address(value: object) -> str:
+    if not isinstance(value, str):
+        raise InquiryError("email: must be text")
+    try:
+        return audience.normalize_email(value)
+    except audience.AudienceError:
+        raise InquiryError("email: not a valid email address") from None
+
+
+def _text(name: str, value: object, *, limit: int, required: bool = False, multiline: bool = False) -> str:
+    if value is None:
+        value = ""
+    if not isinstance(value, str):
+        raise InquiryError(f"{name}: must be text")
+    text = value.strip()
+    if required and not text:
+        raise InquiryError(f"{name}: required")
+    if len(text) > limit:
+        raise InquiryError(f"{name}: longer than {limit} characters")
+    if (_CONTROL_MULTILINE if multiline else _CONTROL).search(text):
+        raise InquiryError(f"{name}: contains control characters")
+    return text
+
+
+def _received_at(value: object, now: dt.datetime) -> dt.datetime:
+    if not isinstance(value, dt.datetime):
+        raise InquiryError("received_at: must be a date and time")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InquiryError("received_at: needs a UTC offset, e.g. 2026-11-20T17:04:00-06:00")
+    if value > now + FUTURE_TOLERANCE:
+        raise InquiryError("received_at: is in the future")
+    return value.astimezone(dt.UTC)
+
+
+def _validate(*, email: object, name: object, consent: object, consent_text: object, source: object,
+              received_at: object, message: object, now: dt.datetime) -> _Fields:
+    if not isinstance(consent, bool):
+        raise InquiryError("consent: must be true or false")
+    return _Fields(
+        email=_address(email),
+        name=_text("name", name, limit=MAX_NAME),
+        consent=consent,
+        consent_text=_text("consent_text", consent_text, limit=MAX_CONSENT_TEXT, required=consent,
+                           multiline=True),
+        source=_text("source", source, limit=MAX_SOURCE, required=True),
+        received_at=_received_at(received_at, now),
+        message=_text("message", message, limit=MAX_MESSAGE, multiline=True),
+    )
+
+
+# --- recording inquiries -------------------------------------------------------------------------
+
+
+def record_inquiry(
+    session: Session,
+    settings: Settings,
+    *,
+    email: str,
+    name: str,
+    consent: bool,
+    consent_text: str,
+    source: str,
+    received_at: dt.datetime,
+    now: dt.datetime,
+    message: str = "",
+    request: audience.RequestInfo | None = None,
+) -> InquiryOutcome:
+    """Store an inquiry; with consent, record the grant in the ledger and start the sequence.
+
+    The inquiry is always stored (staff follow it up by hand). With consent=True the ledger gets a
+    "followups" grant, dated `received_at`, with the wording the person saw; then the sequence starts
+    unless one of these holds (the inquiry is stored all the same):
+
+    - an enrollment of this contact was created within `followups.duplicate_window`: a website
+      retry or a double click (`duplicate=True`);
+    - the address is suppressed (unsubscribed, bounced, erased): an inquiry form cannot undo that;
+    - an enrollment is active: one sequence at a time, the running one keeps its schedule;
+    - an earlier enrollment was stopped for a reason outside RESTARTABLE (unsubscribe, withdrawal of
+      follow-up consent, suppression, ...): a stopped sequence never restarts by itself. One that
+      completed, or ended because the person booked, the inquiry was closed or the consent expired,
+      may start again with a new inquiry and its fresh consent, once the duplicate window has passed;
+    - the consent is already older than `followups.consent_valid_days` (an old imported inquiry).
+
+    The same inquiry received again (same contact, time, source and consent, e.g. a CSV imported
+    twice) is not stored twice: its first record is returned with `duplicate=True`.
+
+    consent=False stores the inquiry only: no ledger grant, no sequence, nothing is ever sent. It
+    is not a withdrawal either: a running sequence from an earlier, consented inquiry continues.
+    """
+    fields = _validate(email=email, name=name, consent=consent, consent_text=consent_text, source=source,
+                       received_at=received_at, message=message, now=now)
+    contact, _ = audience.get_or_create_contact(session, fields.email, fields.name, now)
+    repeat = _same_inquiry(session, contact, fields)
+    if repeat is not None:
+        log.info("inquiry %s of contact %s received again; nothing new stored", repeat.id, contact.id)
+        return InquiryOutcome(repeat.id, contact.id, enrolled=False, duplicate=True)
+
+    grant = None
+    if fields.consent:
+        grant = audience.grant_followups(session, contact, source=fields.source, wording=fields.consent_text,
+                                         now=fields.received_at, request=request)
+    inquiry = Inquiry(
+        contact_id=contact.id, name=fields.name, source=fields.source, consent=fields.consent,
+        consent_text=fields.consent_text, consent_event_id=grant.id if grant else None, message=fields.message,
+        received_at=fields.received_at, created_at=now, last_activity_at=fields.received_at, status="open",
+    )
+    session.add(inquiry)
+    session.flush()
+
+    decision = "no consent"
+    if grant is not None:
+        decision = _enrollment_decision(session, settings, contact, fields.received_at, now)
+        if decision == "enroll" and not _enroll(session, settings, contact, inquiry, grant, now):
+            decision = "duplicate"  # a concurrent request enrolled the same person a moment ago
+    enrolled = decision == "enroll"
+    log.info("inquiry %s recorded for contact %s: %s", inquiry.id, contact.id,
+             "follow-ups scheduled" if enrolled else f"no follow-ups ({decision})")
+    return InquiryOutcome(inquiry.id, contact.id, enrolled=enrolled, duplicate=decision == "duplicate")
+
+
+def _same_inquiry(session: Session, contact: Contact, fields: _Fields) -> Inquiry | None:
+    return session.scalars(
+        select(Inquiry).where(
+            Inquiry.contact_id == contact.id,
+            Inquiry.received_at == fields.received_at,
+            Inquiry.source == fields.source,
+            Inquiry.consent == fields.consent,
+        ).limit(1)
+    ).first()
+
+
+def _enrollment_decision(session: Session, settings: Settings, contact: Contact, received_at: dt.datetime,
+                         now: dt.datetime) -> str:
+    """"enroll", or why not (a short phrase for the log; "duplicate" is reported to the caller)."""
+    followups = settings.followups
+    if not followups.steps:
+        return "no steps configured"
+    enrollments = session.scalars(
+        select(Enrollment).where(Enrollment.contact_id == contact.id, Enrollment.sequence == SEQUENCE)
+    ).all()
+    if any(e.created_at > now - duration(followups.duplicate_window) for e in enrollments):
+        return "duplicate"
+    if audience.suppression_for(session, settings.secret_key, contact) is not None:
+        return "suppressed"
+    if any(e.status == "active" for e in enrollments):
+        return "already active"
+    if any(e.status == "stopped" and e.stop_reason not in RESTARTABLE for e in enrollments):
+        return "stopped earlier"
+    if now - received_at > dt.timedelta(days=followups.consent_valid_days):
+        return "consent expired"
+    return "enroll"
+
+
+def _enroll(session: Session, settings: Settings, contact: Contact, inquiry: Inquiry, grant: ConsentEvent,
+            now: dt.datetime) -> bool:
+    enrollment = Enrollment(
+        contact_id=contact.id, inquiry_id=inquiry.id, sequence=SEQUENCE, status="active", next_step=0,
+        next_due_at=due_time(settings, inquiry.received_at, 0, None), anchor_at=inquiry.received_at,
+        last_sent_at=None, consent_event_id=grant.id, created_at=now,
+    )
+    try:
+        # The partial unique index (one active enrollment per contact) is the final word when two
+        # requests for the same address race; the savepoint keeps the inquiry itself.
+        with session.begin_nested():
+            session.add(enrollment)
+    except IntegrityError:
+        return False
+    return True
+
+
+# --- advancing -----------------------------------------------------------------------------------
+
+
+def advance(session: Session, settings: Settings, now: dt.datetime) -> dict[str, int]:
+    """Enqueue the next due step of every active enrollment that has fallen due, one step each.
+
+    Each enrollment is visited at most once per call (keyset pagination by id), so a late run after
+    downtime sends one step and schedules the next at least `min_gap` later, never two at once.
+    Counts: enqueued, stopped, completed, waiting (due, but held: outside the window, or the
+    previous step still in the outbox or sent less than min_gap ago).
+    """
+    counts = {"enqueued": 0, "stopped": 0, "completed": 0, "waiting": 0}
+    after_id = 0
+    while True:
+        batch = session.scalars(
+            select(Enrollment)
+            .where(Enrollment.status == "active", Enrollment.next_due_at <= now, Enrollment.id > after_id)
+            .order_by(Enrollment.id)
+            .limit(BATCH)
+            # Two schedulers by mistake: each enrollment is handled by one (the dedupe key covers the rest).
+            .with_for_update(skip_locked=True)
+        ).all()
+        if not batch:
+            return counts
+        for enrollment in batch:
+            counts[_advance_one(session, settings, enrollment, now)] += 1
+        after_id = batch[-1].id
+        session.flush()
+
+
+def _advance_one(session: Session, settings: Settings, enrollment: Enrollment, now: dt.datetime) -> str:
+    contact = session.get(Contact, enrollment.contact_id)
+    inquiry = session.get(Inquiry, enrollment.inquiry_id) if enrollment.inquiry_id is not None else None
+    reason = _stop_reason(session, settings, enrollment, contact, inquiry, now)
+    if reason is not None:
+        _stop(enrollment, reason, now)
+        return "stopped"
+    if enrollment.next_step >= len(settings.followups.steps):
+        return _finish(session, enrollment, now)
+    # A run after the window closed (late scheduler) waits for the next opening instead of sending now.
+    opening = into_window(settings, now)
+    if opening != now:
+        enrollment.next_due_at = opening
+        return "waiting"
+    hold = _hold_for_previous(session, settings, enrollment, now)
+    if hold is not None:
+        enrollment.next_due_at = hold
+        return "waiting"
+    _enqueue_step(session, settings, enrollment, now)
+    if inquiry is not None:
+        inquiry.last_activity_at = now
+    return "enqueued"
+
+
+def _stop_reason(session: Session, settings: Settings, enrollment: Enrollment, contact: Contact | None,
+                 inquiry: Inquiry | None, now: dt.datetime) -> str | None:
+    """Why this enrollment must end now, or None. Checked before every step."""
+    if contact is None:
+        return "erased"
+    if audience.suppression_for(session, settings.secret_key, contact) is not None:
+        return "suppressed"
+    if not contact.followups_consent:
+        return "consent_withdrawn"
+    if inquiry is not None and inquiry.status in ("booked", "closed"):
+        return inquiry.status
+    grant = session.get(ConsentEvent, enrollment.consent_event_id) if enrollment.consent_event_id else None
+    if grant is None:
+        return "consent_missing"  # the ledger entry this sequence relied on is gone
+    if now - grant.created_at > dt.timedelta(days=settings.followups.consent_valid_days):
+        return "consent_expired"
+    return None
+
+
+def _stop(enrollment: Enrollment, reason: str, now: dt.datetime) -> None:
+    enrollment.status = "stopped"
+    enrollment.stop_reason = reason
+    enrollment.stopped_at = now
+    enrollment.next_due_at = None
+    log.info("enrollment %s of contact %s stopped: %s", enrollment.id, enrollment.contact_id, reason)
+
+
+def _finish(session: Session, enrollment: Enrollment, now: dt.datetime) -> str:
+    """Every step is enqueued. The enrollment stays active until the last message has left the outbox,
+    because delivery's consent re-check only sends follow-ups of active enrollments. Steps leave in
+    order (see _hold_for_previous), so the last one is the only one that can still be waiting; it is
+    found by its dedupe key, which is indexed (outbox.enrollment_id is not)."""
+    last = _dedupe_key(enrollment.id, enrollment.next_step - 1)
+    state = session.scalar(select(OutboxMessage.state).where(OutboxMessage.dedupe_key == last))
+    if state in (*outbox.WAITING, "sending"):
+        enrollment.next_due_at = now + RECHECK
+        return "waiting"
+    enrollment.status = "completed"
+    enrollment.next_due_at = None
+    log.info("enrollment %s of contact %s completed", enrollment.id, enrollment.contact_id)
+    return "completed"
+
+
+def _hold_for_previous(session: Session, settings: Settings, enrollment: Enrollment,
+                       now: dt.datetime) -> dt.datetime | None:
+    """Keep steps in order and apart when delivery lagged: while the previous step is still in the
+    outbox (a relay outage), or was delivered less than min_gap ago, this step waits."""
+    if enrollment.next_step == 0:
+        return None
+    previous = session.scalar(
+        select(OutboxMessage).where(OutboxMessage.dedupe_key == _dedupe_key(enrollment.id, enrollment.next_step - 1))
+    )
+    if previous is None:
+        return None
+    if previous.state in (*outbox.WAITING, "sending"):
+        return into_window(settings, now + RECHECK)
+    if previous.state == "sent" and previous.sent_at is not None:
+        due = due_time(settings, enrollment.anchor_at, enrollment.next_step, previous.sent_at)
+        return due if due > now else None
+    return None  # failed or skipped: the stop rules have had their say
+
+
+def _dedupe_key(enrollment_id: int, step: int) -> str:
+    return f"f:{enrollment_id}:{step}"
+
+
+def _enqueue_step(session: Session, settings: Settings, enrollment: Enrollment, now: dt.datetime) -> None:
+    step = enrollment.next_step
+    inserted = outbox.enqueue_one(
+        session, dedupe_key=_dedupe_key(enrollment.id, step), kind="followup", contact_id=enrollment.contact_id,
+        consent_event_id=enrollment.consent_event_id, now=now, due_at=now, enrollment_id=enrollment.id, step=step,
+    )
+    steps = settings.followups.steps
+    log.info("enrollment %s of contact %s: step %d (%s) %s", enrollment.id, enrollment.contact_id, step,
+             steps[step].template, "enqueued" if inserted else "was already in the outbox")
+    enrollment.next_step = step + 1
+    enrollment.last_sent_at = now
+    # After the last step, look again at once: _finish completes the enrollment when the message is out.
+    enrollment.next_due_at = due_time(settings, enrollment.anchor_at, step + 1, now) if step + 1 < len(steps) else now
+
+
+# --- rendering -----------------------------------------------------------------------------------
+
+
+def why_text(settings: Settings) -> str:
+    return (f"You receive this email because you asked {settings.clinic.name} about its services "
+            "and agreed to hear from us about it.")
+
+
+def prepare_step(renderer: Renderer, settings: Settings, step_index: int) -> PreparedMessage:
+    """A follow-up step's message, rendered once. No open or click tracking: plain links only."""
+    steps = settings.followups.steps
+    if not 0 <= step_index < len(steps):
+        raise LookupError(f"follow-up step {step_index} is not in the configured sequence")
+    step = steps[step_index]
+    return renderer.prepare(f"email/followup/{step.template}", subject=step.subject, preheader=step.preheader,
+                            marketing=True, step=step, why=why_text(settings))
+
+
+# --- staff actions -------------------------------------------------------------------------------
+
+
+def close(session: Session, settings: Settings, email: str, reason: Literal["booked", "closed"],
+          now: dt.datetime) -> int:
+    """The contact booked, or staff closed the inquiry: mark their open inquiries and stop their
+    sequence at once (a message already queued is skipped by delivery's re-check). Returns how many
+    sequences were stopped."""
+    if reason not in ("booked", "closed"):
+        raise InquiryError("reason: must be booked or closed")
+    address = _address(email)
+    contact = session.scalar(select(Contact).where(Contact.email == address))
+    inquiries = [] if contact is None else session.scalars(
+        select(Inquiry).where(Inquiry.contact_id == contact.id)).all()
+    if contact is None or not inquiries:
+        raise InquiryError(f"no inquiry from {address}")
+    marked = 0
+    for inquiry in inquiries:
+        if inquiry.status == "open":
+            inquiry.status = reason
+            inquiry.closed_at = now
+            inquiry.last_activity_at = now
+            marked += 1
+    stopped = audience.stop_enrollments(session, contact.id, reason, now)
+    log.info("contact %s marked %s: %d inquiries, %d sequences stopped", contact.id, reason, marked, stopped)
+    return stopped
+
+
+def purge_inactive(session: Session, settings: Settings, now: dt.datetime) -> int:
+    """Delete inquiries (and so their messages) with no activity for retention_days, unless their
+    sequence is still running. The consent ledger keeps its rows; enrollments lose their link."""
+    cutoff = now - dt.timedelta(days=settings.followups.retention_days)
+    running = (select(Enrollment.id)
+               .where(Enrollment.inquiry_id == Inquiry.id, Enrollment.status == "active")
+               .exists())
+    result = session.execute(
+        delete(Inquiry).where(Inquiry.last_activity_at < cutoff, ~running)
+        .execution_options(synchronize_session=False)
+    )
+    purged = result.rowcount or 0
+    if purged:
+        log.info("%d inquiries older than %d days purged", purged, settings.followups.retention_days)
+    return purged
+
+
+def status_rows(session: Session, limit: int = 200) -> list[InquiryStatus]:
+    """The newest inquiries with their sequence state, for the staff pages (never the message)."""
+    rows = session.execute(
+        select(
+            Inquiry.id, Inquiry.name, Contact.name, Contact.email, Inquiry.received_at, Inquiry.consent,
+            Inquiry.status, Enrollment.status, Enrollment.stop_reason, Enrollment.next_step, Enrollment.next_due_at,
+        )
+        .join(Contact, Contact.id == Inquiry.contact_id)
+        .outerjoin(Enrollment, Enrollment.inquiry_id == Inquiry.id)
+        .order_by(Inquiry.received_at.desc(), Inquiry.id.desc())
+        .limit(limit)
+    ).all()
+    return [
+        InquiryStatus(inquiry_id=row[0], name=row[1] or row[2] or "", email=row[3], received_at=row[4],
+                      consent=row[5], status=row[6], enrollment_status=row[7], stop_reason=row[8],
+                      next_step=row[9], next_due_at=row[10])
+        for row in rows
+    ]
+
+
+# --- CSV import ----------------------------------------------------------------------------------
+
+
+def import_csv(session: Session, settings: Settings, source: str | Path | TextIO, now: dt.datetime) -> ImportReport:
+    """Import inquiries from CSV (columns: email,name,consent,consent_text,source,received_at).
+
+    Each line is validated like record_inquiry and stored in its own savepoint: a bad line is
+    reported (line number and reason) and skipped, the good lines are imported. A file whose columns
+    are wrong raises InquiryError naming them. `source` is a path or an open text stream.
+    """
+    if isinstance(source, str | Path):
+        try:
+            with open(source, encoding="utf-8-sig", newline="") as stream:
+                return _import_stream(session, settings, stream, now)
+        except FileNotFoundError:
+            raise InquiryError(f"{source}: file not found") from None
+        except UnicodeDecodeError:
+            raise InquiryError(f"{source}: not UTF-8 text") from None
+        except OSError as exc:
+            raise InquiryError(f"{source}: cannot read: {exc.strerror or exc}") from None
+    try:
+        return _import_stream(session, settings, source, now)
+    except UnicodeDecodeError:
+        raise InquiryError("the file is not UTF-8 text") from None
+
+
+def _check_columns(names: list[str]) -> None:
+    problems = []
+    missing = [column for column in CSV_COLUMNS if column not in names]
+    unknown = [name for name in names if name not in CSV_COLUMNS]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if missing:
+        problems.append("missing columns: " + ", ".join(missing))
+    if unknown:
+        problems.append("unknown columns: " + ", ".join(name or "(empty)" for name in unknown))
+    if repeated:
+        problems.append("repeated columns: " + ", ".join(repeated))
+    if problems:
+        raise InquiryError("; ".join(problems) + f" (expected {','.join(CSV_COLUMNS)})")
+
+
+def _rows(reader: Iterator[list[str]], report: ImportReport) -> Iterator[tuple[int, list[str]]]:
+    """(first line number, fields) of each record; quoted fields may span lines. Unreadable CSV ends
+    the import at that line, reported, with the lines before it kept."""
+    while True:
+        line = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            report.rejected.append((line, f"not valid CSV ({exc}); the rest of the file was not read"))
+            return
+        if any(cell.strip() for cell in row):
+            yield line, row
+
+
+def _parse_consent(value: str) -> bool:
+    word = value.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise InquiryError("consent: must be true or false (or yes/no, 1/0)")
+
+
+def _parse_time(value: str) -> dt.datetime:
+    text = value.strip()
+    if not text:
+        raise InquiryError("received_at: required")
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise InquiryError("received_at: not an ISO-8601 date and time, e.g. 2026-11-20T17:04:00-06:00") from None
+    if moment.tzinfo is None:
+        raise InquiryError("received_at: needs a UTC offset, e.g. 2026-11-20T17:04:00-06:00")
+    return moment
+
+
+def _import_stream(session: Session, settings: Settings, stream: TextIO, now: dt.datetime) -> ImportReport:
+    reader = csv.reader(stream)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise InquiryError(f"the file is empty (expected columns {','.join(CSV_COLUMNS)})") from None
+    except csv.Error as exc:
+        raise InquiryError(f"line 1: not valid CSV ({exc})") from None
+    names = [name.strip().lstrip("\ufeff").lower() for name in header]
+    _check_columns(names)
+    report = ImportReport()
+    for line, row in _rows(reader, report):
+        if len(row) != len(names):
+            report.rejected.append((line, f"expected {len(names)} fields, found {len(row)}"))
+            continue
+        values = dict(zip(names, row, strict=True))
+        try:
+            with session.begin_nested():
+                outcome = record_inquiry(
+                    session, settings, email=values["email"], name=values["name"],
+                    consent=_parse_consent(values["consent"]), consent_text=values["consent_text"],
+                    source=values["source"], received_at=_parse_time(values["received_at"]), now=now,
+                )
+        except InquiryError as exc:
+            report.rejected.append((line, str(exc)))
+            continue
+        if outcome.duplicate:
+            report.duplicates += 1
+        else:
+            report.imported += 1
+        report.enrolled += outcome.enrolled
+    log.info("inquiry import: %d imported, %d duplicates, %d enrolled, %d rejected", report.imported,
+             report.duplicates, report.enrolled, len(report.rejected))
+    return report
