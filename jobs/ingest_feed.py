@@ -11,6 +11,5 @@ TRIGGER = "interval"  # minutes = settings.feed.poll_minutes
 
 
 def run(runtime: Runtime, now: dt.datetime) -> dict[str, int]:
-    with runtime.sessions.begin() as session:
-        result = feeds.ingest(session, runtime.settings.feed, now)
+    result = feeds.ingest_with(runtime.sessions, runtime.settings.feed, now)
     return {"new": result.new, "archived": result.archived, "not_modified": int(result.not_modified)}

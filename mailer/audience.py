@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mailer.links import email_hash
@@ -71,8 +72,15 @@ def get_or_create_contact(session: Session, email: str, name: str | None, now: d
         return contact, False
     contact = Contact(email=normalized, name=name, created_at=now, link_key=secrets.token_urlsafe(24),
                       followups_consent=False, soft_bounces=0)
-    session.add(contact)
-    session.flush()
+    try:
+        with session.begin_nested():  # two first sign-ups for one address at once: the loser reads the winner's
+            session.add(contact)
+            session.flush()
+    except IntegrityError:
+        existing = session.scalar(select(Contact).where(Contact.email == normalized))
+        if existing is None:
+            raise
+        return existing, False
     return contact, True
 
 

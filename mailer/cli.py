@@ -148,8 +148,7 @@ def ingest(ctx: Context) -> None:
     """Pull the blog feed now and store new posts."""
     from mailer import feeds
 
-    with ctx.runtime.sessions.begin() as session:
-        result = feeds.ingest(session, ctx.settings.feed, ctx.now())
+    result = feeds.ingest_with(ctx.runtime.sessions, ctx.settings.feed, ctx.now())
     if result.not_modified:
         click.echo("Feed not modified since the last pull: 0 new posts.")
     else:

@@ -386,11 +386,12 @@ def load(path: Path | str | None = None, environ: dict[str, str] | None = None) 
             stacklevel=2,
         )
     for step in settings.followups.steps:
-        words = [w for w in settings.followups.sensitive_words if re.search(rf"\b{re.escape(w)}\b", step.subject, re.I)]
+        shown = f"{step.subject} {step.preheader}"
+        words = [w for w in settings.followups.sensitive_words if re.search(rf"\b{re.escape(w)}\b", shown, re.I)]
         if words:
             warnings.warn(
-                f"{path}: followups.steps[{step.template}].subject names {', '.join(words)}: "
-                "subjects are visible in inbox lists; keep conditions and treatments out of them",
+                f"{path}: followups.steps[{step.template}] subject or preheader names {', '.join(words)}: "
+                "they are visible in inbox lists; keep conditions and treatments out of them",
                 ConfigWarning,
                 stacklevel=2,
             )

@@ -22,7 +22,7 @@ import feedparser
 import httpx
 import nh3
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from mailer import config
 from mailer.models import FeedState, Post
@@ -544,7 +544,28 @@ def ingest(
     # FOR UPDATE (ignored on SQLite, whose transactions take the write lock anyway): a second ingest
     # of the same feed on PostgreSQL waits here instead of racing on the same guids.
     state = session.get(FeedState, feed.url, with_for_update=True)
-    fetched = fetch(
+    fetched = _fetch_for(feed, state, client)
+    return store(session, feed, fetched, now, state)
+
+
+def ingest_with(
+    sessions: sessionmaker[Session], feed: config.Feed, now: dt.datetime, *, client: httpx.Client | None = None
+) -> IngestResult:
+    """`ingest` for the scheduler and the CLI: the network fetch happens outside any transaction, so a
+    slow blog never holds SQLite's write lock (an unsubscribe arriving meanwhile must not wait)."""
+    if now.tzinfo is None:
+        raise ValueError("ingest needs an aware datetime for now")
+    with sessions() as session:
+        state = session.get(FeedState, feed.url)
+        if state is not None:
+            session.expunge(state)
+    fetched = _fetch_for(feed, state, client)
+    with sessions.begin() as session:
+        return store(session, feed, fetched, now, session.get(FeedState, feed.url, with_for_update=True))
+
+
+def _fetch_for(feed: config.Feed, state: FeedState | None, client: httpx.Client | None) -> Fetched:
+    return fetch(
         feed.url,
         timeout=feed.timeout_seconds,
         max_bytes=feed.max_bytes,
@@ -552,6 +573,10 @@ def ingest(
         last_modified=state.last_modified if state else None,
         client=client,
     )
+
+
+def store(session: Session, feed: config.Feed, fetched: Fetched, now: dt.datetime, state: FeedState | None) -> IngestResult:
+    """Parse a fetched body and add the posts not stored yet (nothing is written if parsing fails)."""
     parsed = [] if fetched.body is None else parse(fetched.body, feed.url)
     # Nothing is written before this point: a FeedError above leaves the session untouched, and the
     # validators of a body we could not read are never kept (a 304 would hide it from us for good).

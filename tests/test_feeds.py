@@ -753,3 +753,48 @@ def test_oversized_validators_are_not_kept(sessions: Sessions, server: FeedServe
     with sessions() as session:
         state = session.get(FeedState, url)
         assert (state.etag, state.last_modified) == (None, LAST_MODIFIED)
+
+
+def test_ingest_with_fetches_outside_the_write_transaction(sessions, tmp_path) -> None:  # noqa: ANN001
+    """While a slow blog is being fetched, the database stays writable (an unsubscribe must not wait)."""
+    from mailer import config as config_module
+    from mailer import feeds as feeds_module
+    from mailer.models import Contact
+
+    body = RSS
+    fetching = threading.Event()
+    release = threading.Event()
+
+    class Slow(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            fetching.set()
+            release.wait(5)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/rss+xml")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:  # noqa: ANN002
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    feed = config_module.Feed(url=f"http://127.0.0.1:{server.server_address[1]}/feed", poll_minutes=30,
+                              first_run_posts=1, timeout_seconds=10, max_bytes=1_000_000)
+    now = dt.datetime(2026, 11, 23, tzinfo=dt.UTC)
+    results = []
+    worker = threading.Thread(target=lambda: results.append(feeds_module.ingest_with(sessions, feed, now)))
+    worker.start()
+    try:
+        assert fetching.wait(5)
+        started = time.monotonic()
+        with sessions.begin() as session:  # would wait for the fetch if it held SQLite's write lock
+            session.add(Contact(email="w@example.com", name="", created_at=now, link_key="k",
+                                followups_consent=False, soft_bounces=0))
+        assert time.monotonic() - started < 2
+    finally:
+        release.set()
+        worker.join(10)
+        server.shutdown()
+        server.server_close()
+    assert results and results[0].new == 1
