@@ -163,17 +163,22 @@ def cancel(session: Session, campaign: Campaign, now: dt.datetime) -> int:
     return result.rowcount or 0
 
 
-def dispatch(session: Session, now: dt.datetime) -> dict[int, int]:
-    """Enqueue every approved campaign whose time has come; returns {campaign id: rows enqueued}."""
-    ready = session.scalars(
+def ready(session: Session, now: dt.datetime, *, lock: bool = False) -> list[Campaign]:
+    """Approved campaigns whose time has come (what the next delivery run enqueues)."""
+    query = (
         select(Campaign)
         .where(Campaign.state == "approved")
         .where((Campaign.send_after.is_(None)) | (Campaign.send_after <= now))
         .order_by(Campaign.id)
-        .with_for_update(skip_locked=True)
-    ).all()
+    )
+    # Two workers dispatching at once: each campaign is enqueued by one of them (the other skips it).
+    return list(session.scalars(query.with_for_update(skip_locked=True) if lock else query))
+
+
+def dispatch(session: Session, now: dt.datetime) -> dict[int, int]:
+    """Enqueue every approved campaign whose time has come; returns {campaign id: rows enqueued}."""
     enqueued = {}
-    for campaign in ready:
+    for campaign in ready(session, now, lock=True):
         enqueued[campaign.id] = outbox.enqueue_campaign(session, campaign, now)
         campaign.state = "sending"
         campaign.enqueued_at = now

@@ -189,11 +189,9 @@ def send(ctx: Context, dry_run: bool) -> None:
     runtime = ctx.runtime
     now = ctx.now()
     if dry_run:
-        with runtime.sessions.begin() as session:
-            ready = campaigns.dispatch(session, now)
-            session.rollback()
         with runtime.sessions() as session:
             due = outbox.due_summary(session, now)
+            ready = {c.id: outbox.audience_size(session, c.topic) for c in campaigns.ready(session, now)}
         total = sum(count for *_, count in due) + sum(ready.values())
         for kind, campaign_id, count in due:
             click.echo(f"would send {count} {kind} message(s)" + (f" of campaign {campaign_id}" if campaign_id else ""))

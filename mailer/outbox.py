@@ -25,12 +25,21 @@ def _insert(session: Session):  # noqa: ANN202
     return dialect_insert(OutboxMessage.__table__).execution_options(preserve_rowcount=True)
 
 
+def _audience(topic: str):  # noqa: ANN202
+    """Active subscribers of a topic who are not suppressed: the consent check at enqueue time."""
+    suppressed = select(Suppression.id).where(Suppression.contact_id == Subscription.contact_id).exists()
+    return (Subscription.topic == topic, Subscription.status == "active", not_(suppressed))
+
+
+def audience_size(session: Session, topic: str) -> int:
+    return int(session.scalar(select(func.count()).select_from(Subscription).where(*_audience(topic))) or 0)
+
+
 def enqueue_campaign(session: Session, campaign: Campaign, now: dt.datetime) -> int:
     """One row per active, unsuppressed subscriber of the campaign's topic, in one INSERT ... SELECT.
 
     The dedupe key makes this safe to repeat: a second run inserts nothing.
     """
-    suppressed = select(Suppression.id).where(Suppression.contact_id == Subscription.contact_id).exists()
     rows = select(
         literal(f"c:{campaign.id}:") + cast(Subscription.contact_id, String),
         literal(campaign.kind),
@@ -42,7 +51,7 @@ def enqueue_campaign(session: Session, campaign: Campaign, now: dt.datetime) -> 
         literal(False),
         literal(now, OutboxMessage.created_at.type),
         literal(now, OutboxMessage.due_at.type),
-    ).where(Subscription.topic == campaign.topic, Subscription.status == "active", not_(suppressed))
+    ).where(*_audience(campaign.topic))
     columns = ["dedupe_key", "kind", "campaign_id", "contact_id", "consent_event_id", "state", "attempts",
                "was_unknown", "created_at", "due_at"]
     statement = _insert(session).from_select(columns, rows).on_conflict_do_nothing(index_elements=["dedupe_key"])

@@ -235,3 +235,17 @@ def test_outbox_rows_record_the_consent_they_rely_on(cli, config_path: Path, mai
             assert row.dedupe_key == f"c:{row.campaign_id}:{row.contact_id}"
     finally:
         engine.dispose()
+
+
+def test_send_dry_run_sends_and_changes_nothing(cli, smtp_server: SMTPServer, config_path: Path, mailer_env) -> None:  # noqa: ANN001
+    config_path.write_text(config_path.read_text().replace('approval = "auto"', 'approval = "manual"'))
+    cli("subscribers", "import", str(SAMPLE / "subscribers.csv"))
+    cli("tick", "--at", "2026-11-23T18:00")
+    (campaign,) = newsletters(config.load(config_path, mailer_env))
+    cli("campaigns", "approve", str(campaign.id))
+    result = cli("send", "--dry-run")
+    assert f"would enqueue and send 3 message(s) of approved campaign {campaign.id}" in result.output
+    assert "3 message(s) due; nothing sent (dry run)." in result.output
+    assert smtp_server.received == []
+    assert newsletters(config.load(config_path, mailer_env))[0].state == "approved"
+    assert "sent 3" in cli("send").output
