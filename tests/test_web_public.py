@@ -8,13 +8,15 @@ import json
 import logging
 import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import create_engine, func, select
 
-from mailer import audience
-from mailer.config import Settings
+from mailer import audience, campaigns
+from mailer.config import Settings, parse_smtp_url
+from mailer.delivery import Delivery
 from mailer.links import make_token
 from mailer.models import (
     ConsentEvent,
@@ -26,8 +28,10 @@ from mailer.models import (
     Suppression,
 )
 from mailer.runtime import Runtime
+from mailer.transport import SMTPTransport
 from mailer.web import create_app
 from tests.conftest import free_port
+from tests.smtp_server import SMTPServer
 from tests.web_fixtures import SettableClock
 
 UA = "Mozilla/5.0 (test; mailer)"
@@ -791,3 +795,66 @@ def test_healthz_is_503_with_an_unusable_sqlite_file(settings: Settings, tmp_pat
         engine.dispose()
     assert response.status_code == 503
     assert response.json["database"] is False
+
+
+# --- end to end, through the real SMTP fixture ----------------------------------------------------------
+
+
+def _deliver(runtime: Runtime, server: SMTPServer) -> None:
+    transport = SMTPTransport(parse_smtp_url(server.url), timeout=5.0, local_hostname="mailer.test")
+    Delivery(runtime.settings, runtime.engine, transport, runtime.clock).run()
+
+
+def _path_of(url: str) -> str:
+    parts = urlsplit(url)
+    assert f"{parts.scheme}://{parts.netloc}" == "https://mail.therapycentral.example"
+    return parts.path
+
+
+def test_the_link_in_the_confirmation_email_confirms(client: FlaskClient, runtime: Runtime, smtp_server: SMTPServer,
+                                                     clock: SettableClock) -> None:
+    client.post("/subscribe", data={"email": "reader@example.com", "name": "Rea Der"})
+    _deliver(runtime, smtp_server)
+    (message,) = smtp_server.messages_to("reader@example.com")
+    text = message.get_body(("plain",)).get_content()
+    confirm_url = re.search(r"https://\S+/confirm/\S+", text).group(0)
+    # A second sign-up the same day sends nothing more.
+    clock.advance(hours=3)
+    client.post("/subscribe", data={"email": "reader@example.com"})
+    _deliver(runtime, smtp_server)
+    assert len(smtp_server.messages_to("reader@example.com")) == 1
+
+    path = _path_of(confirm_url)
+    assert client.get(path).status_code == 200
+    contact = contact_by_email(runtime, "reader@example.com")
+    assert state(runtime, contact.id).topics == {"newsletter": "pending"}
+    assert client.post(path).status_code == 200
+    assert state(runtime, contact.id).topics == {"newsletter": "active"}
+
+
+def test_one_click_from_a_received_email_and_the_next_campaign_skips(client: FlaskClient, runtime: Runtime,
+                                                                     smtp_server: SMTPServer,
+                                                                     clock: SettableClock) -> None:
+    add_subscriber(runtime, "leaver@example.com")
+    add_subscriber(runtime, "stayer@example.com")
+
+    def campaign(subject: str) -> None:
+        with runtime.sessions.begin() as session:
+            created = campaigns.create_oneoff(session, runtime.settings, topic="newsletter", subject=subject,
+                                              body_markdown="Join us.", now=clock.now)
+            campaigns.approve(session, created, by="test", now=clock.now)
+            campaigns.dispatch(session, clock.now)
+        _deliver(runtime, smtp_server)
+
+    campaign("Open evening")
+    (first,) = smtp_server.messages_to("leaver@example.com")
+    assert first["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    unsubscribe_url = re.search(r"<(https://[^>]+/unsubscribe/[^>]+)>", first["List-Unsubscribe"]).group(1)
+    # What a mailbox provider does: a POST with the one-click body, no cookie, no page visit first.
+    response = client.post(_path_of(unsubscribe_url), data=ONE_CLICK, headers={"User-Agent": "MailProvider/1.0"})
+    assert response.status_code == 200
+
+    clock.advance(days=1)
+    campaign("Talk on Thursday")
+    assert len(smtp_server.messages_to("leaver@example.com")) == 1
+    assert len(smtp_server.messages_to("stayer@example.com")) == 2
