@@ -17,6 +17,7 @@ import logging
 import os
 import queue
 import random
+import re
 import socket
 import threading
 import time
@@ -56,6 +57,20 @@ RECHECK_SQL = {
         "(SELECT 1 FROM suppressions x WHERE x.contact_id = :contact_id AND x.reason IN ('hard_bounce', 'complaint'))"
     ),
 }
+
+
+_MAILBOX_STATUS = re.compile(r"\b5\.1\.\d{1,3}\b")
+
+
+def bounces_the_address(result: SendResult) -> bool:
+    """A permanent refusal of this recipient (suppress it), not of this message or of us.
+
+    5xx to RCPT refuses the address. 5xx after DATA is usually about the content (spam, size,
+    policy), so it suppresses only when its enhanced status says the mailbox is bad (5.1.x).
+    """
+    if result.code is None or not 500 <= result.code < 600:
+        return False
+    return result.stage == "rcpt" or (result.stage == "data" and bool(_MAILBOX_STATUS.search(result.detail)))
 
 
 def recheck_kind(kind: str) -> str:
@@ -216,7 +231,7 @@ class Delivery:
             return {**base, "state": "skipped", "last_error": result.detail}
         if result.outcome == "permanent":
             report.add("failed")
-            if result.code is not None and 500 <= result.code < 600 and row.contact_id is not None:
+            if bounces_the_address(result) and row.contact_id is not None:
                 contact = session.get(Contact, row.contact_id)
                 if contact is not None:
                     audience.suppress(session, self.settings.secret_key, contact, "hard_bounce", now,

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mailer.smtp")
 
-Outcome = Literal["sent", "temporary", "permanent", "unknown"]
+Outcome = Literal["sent", "temporary", "permanent", "unknown", "skipped"]  # "skipped": never handed over (delivery)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -107,12 +107,25 @@ def test_permanent_rcpt_failure_fails_and_suppresses_only_that_recipient(setting
     assert [r.rcpt_tos for r in smtp_server.received].count(["gone@example.com"]) == 0
 
 
-def test_permanent_data_failure(settings, sessions, engine, smtp_server) -> None:  # noqa: ANN001
+@pytest.mark.parametrize(("reply", "suppression"), [("554 5.7.1 message refused as spam", []),
+                                                    ("550 5.1.1 user unknown", ["hard_bounce"])])
+def test_permanent_data_failure(settings, sessions, engine, smtp_server, reply, suppression) -> None:  # noqa: ANN001
+    """5xx after DATA fails the message; only a bad-mailbox status (5.1.x) suppresses the address."""
     add_subscribers(sessions, settings, ["x@example.com"])
     start_campaign(sessions, settings)
-    smtp_server.faults.data = "554 5.7.1 message refused"
+    smtp_server.faults.data = reply
     assert deliver(settings, engine, smtp_server, T0).failed == 1
-    assert rows(sessions)["x@example.com"].smtp_code == 554 and suppressed(sessions) == ["hard_bounce"]
+    row = rows(sessions)["x@example.com"]
+    assert row.state == "failed" and row.smtp_code == int(reply[:3]) and reply[4:] in row.last_error
+    assert suppressed(sessions) == suppression
+
+
+def test_a_refused_sender_is_temporary_and_suppresses_nobody(settings, sessions, engine, smtp_server) -> None:  # noqa: ANN001
+    add_subscribers(sessions, settings, ["a@example.com", "b@example.com"])
+    start_campaign(sessions, settings)
+    smtp_server.faults.mail = "553 5.7.1 sender not allowed"
+    report = deliver(settings, engine, smtp_server, T0)
+    assert report.deferred == 2 and suppressed(sessions) == []
 
 
 def test_temporary_failures_give_up_after_max_age_without_suppression(settings, sessions, engine, smtp_server) -> None:  # noqa: ANN001
