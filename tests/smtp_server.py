@@ -60,6 +60,13 @@ class _Handler:
     def __init__(self, server: SMTPServer) -> None:
         self.server = server
 
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses):  # noqa: ANN001, ANN201
+        # Real relays (Postfix, Exchange) offer PIPELINING; aiosmtpd reads pipelined commands in order anyway.
+        session.host_name = hostname
+        if self.server.pipelining:
+            responses = [*responses[:-1], "250-PIPELINING", responses[-1]]
+        return responses
+
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options
     ):  # noqa: ANN001
@@ -172,9 +179,13 @@ class _Controller(Controller):
 class SMTPServer:
     """aiosmtpd Controller on 127.0.0.1 and a free port; `received` lists accepted messages.
 
+    `pipelining` (default True, as real relays do) offers PIPELINING in the EHLO reply.
+
     Keyword arguments go to aiosmtpd's Controller/SMTP: e.g. `tls_context=` (offer STARTTLS),
     `ssl_context=` (implicit TLS), `authenticator=`, `enable_SMTPUTF8=False`.
     """
+
+    pipelining = True
 
     def __init__(self, **controller_kwargs) -> None:  # noqa: ANN003
         self.received: list[Received] = []

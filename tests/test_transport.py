@@ -72,6 +72,14 @@ def smtp_transport(
     return SMTPTransport(parse_smtp_url(url), timeout=timeout, local_hostname="mailer.test", **kwargs)
 
 
+@pytest.fixture(autouse=True, params=["pipelining", "no-pipelining"])
+def relay_pipelining(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Every transport test runs against a relay that offers PIPELINING (one round trip for the envelope)
+    and one that does not (a command at a time)."""
+    monkeypatch.setattr(SMTPServer, "pipelining", request.param == "pipelining")
+    return request.param == "pipelining"
+
+
 @pytest.fixture
 def connect() -> Iterator[Callable[[SMTPTransport], SMTPConnection]]:
     """Open connections through this, so every test closes what it opened."""
