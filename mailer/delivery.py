@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailer import audience, campaigns, outbox
@@ -39,24 +39,52 @@ log = logging.getLogger("mailer.delivery")
 
 Clock = Callable[[], dt.datetime]
 
-# The consent re-check, one indexed lookup per message, by kind of message.
+# The consent re-check, one indexed lookup per message, by kind of message. Plain SQL on the driver's
+# own cursor: it runs for every recipient, right before SMTP, and the ORM's overhead would dominate it.
 RECHECK_SQL = {
-    "campaign": text(
+    "campaign": (
         "SELECT 1 FROM subscriptions s JOIN campaigns c ON c.id = :campaign_id "
         "WHERE s.contact_id = :contact_id AND s.topic = c.topic AND s.status = 'active' "
         "AND c.state = 'sending' "
         "AND NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.contact_id = :contact_id)"
     ),
-    "followup": text(
+    "followup": (
         "SELECT 1 FROM contacts k JOIN enrollments e ON e.id = :enrollment_id "
         "WHERE k.id = :contact_id AND k.followups_consent AND e.status = 'active' "
         "AND NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.contact_id = :contact_id)"
     ),
-    "confirm": text(
+    "confirm": (
         "SELECT 1 FROM contacts k WHERE k.id = :contact_id AND NOT EXISTS "
         "(SELECT 1 FROM suppressions x WHERE x.contact_id = :contact_id AND x.reason IN ('hard_bounce', 'complaint'))"
     ),
 }
+
+
+class ConsentCheck:
+    """One sender thread's re-check: a driver connection in autocommit mode (no lock, no open snapshot)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.raw = engine.raw_connection()
+        self.driver = self.raw.driver_connection
+        if engine.dialect.name == "sqlite":
+            self.sql = RECHECK_SQL  # sqlite3 takes :name parameters as they are
+        else:
+            self.sql = {k: re.sub(r":(\w+)", r"%(\1)s", v) for k, v in RECHECK_SQL.items()}
+            self.driver.autocommit = True
+        self.cursor = self.raw.cursor()
+
+    def allows(self, kind: str, params: dict[str, int]) -> bool:
+        self.cursor.execute(self.sql[kind], params)
+        return self.cursor.fetchone() is not None
+
+    def close(self) -> None:
+        self.cursor.close()
+        if getattr(self.driver, "autocommit", None) is True:
+            try:
+                self.driver.autocommit = False  # back to the pool as SQLAlchemy expects it
+            except Exception:  # a broken connection: the pool discards it
+                pass
+        self.raw.close()
 
 
 _MAILBOX_STATUS = re.compile(r"\b5\.1\.\d{1,3}\b")
@@ -257,11 +285,21 @@ class Delivery:
                 "due_at": now + backoff(self.settings, attempts, self.rng), "last_error": result.detail[:2000]}
 
     def _record(self, results: list[_Result], report: Report) -> None:
+        """Write results: the common case (sent) in one executemany on a kept connection, the rest
+        (retries, failures, suppressions) through the ORM."""
         if not results:
             return
-        with self.sessions.begin() as session:
-            updates = [self._outcome(session, item, report) for item in results]
-            outbox.record(session, updates)
+        sent = [item for item in results if item.result.outcome == "sent"]
+        if sent:
+            with self._recorder.begin():
+                outbox.record_sent(self._recorder, [
+                    (item.job.row.id, item.finished_at, item.job.message_id, item.result.code) for item in sent
+                ])
+            report.sent += len(sent)
+        others = [item for item in results if item.result.outcome != "sent"]
+        if others:
+            with self.sessions.begin() as session:
+                outbox.record(session, [self._outcome(session, item, report) for item in others])
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -277,6 +315,7 @@ class Delivery:
         stop = stop or threading.Event()
         settings = self.settings.delivery
         report = Report()
+        self._recorder = self.engine.connect()
         with self.sessions.begin() as session:
             reclaimed = outbox.reclaim_expired(session, self.clock())
         if reclaimed:
@@ -363,17 +402,18 @@ class Delivery:
             drain(block=False)
             with self.sessions.begin() as session:
                 report.released = outbox.release(session, unsent)
+            self._recorder.close()
         return report
 
     def _sender(self, work: queue.Queue, results: queue.Queue, limiter: RateLimiter) -> None:
         """One connection, reused: take a job, re-check consent, send, report."""
         connection = None
-        db = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        check = ConsentCheck(self.engine)
         try:
             while (job := work.get()) is not None:
                 if job.envelope is None:
                     result = SendResult("skipped", None, job.reason)
-                elif db.execute(RECHECK_SQL[job.recheck[0]], job.recheck[1]).first() is None:
+                elif not check.allows(*job.recheck):
                     result = SendResult("skipped", None, "no consent or suppressed at send time")
                 else:
                     if connection is None:
@@ -388,7 +428,7 @@ class Delivery:
         finally:
             if connection is not None:
                 connection.close()
-            db.close()
+            check.close()
 
 
 def finish_campaigns(sessions: sessionmaker[Session], now: dt.datetime) -> list[int]:

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import String, and_, cast, func, literal, not_, select, update
+from sqlalchemy import Connection, String, and_, bindparam, cast, func, literal, not_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -145,6 +145,20 @@ def record(session: Session, updates: Sequence[Mapping[str, Any]]) -> None:
     """Write results for many rows at once (an executemany of UPDATE ... WHERE id = ?)."""
     if updates:
         session.execute(update(OutboxMessage), [dict(item) for item in updates])
+
+
+_T = OutboxMessage.__table__
+_SENT = (
+    update(_T)
+    .where(_T.c.id == bindparam("b_id"))
+    .values(state="sent", attempts=_T.c.attempts + 1, sent_at=bindparam("b_at"), message_id=bindparam("b_mid"),
+            smtp_code=bindparam("b_code"), last_error=None, lease_until=None, claimed_by=None)
+)
+
+
+def record_sent(connection: Connection, rows: Sequence[tuple[int, dt.datetime, str | None, int | None]]) -> None:
+    """Mark many rows sent in one executemany (id, sent at, Message-ID, SMTP code): the hot path."""
+    connection.execute(_SENT, [{"b_id": i, "b_at": at, "b_mid": mid, "b_code": code} for i, at, mid, code in rows])
 
 
 def release(session: Session, ids: Iterable[int]) -> int:
