@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mailer.links import email_hash
-from mailer.models import ConsentEvent, Contact, Enrollment, Subscription, Suppression
+from mailer.models import ConsentEvent, Contact, Enrollment, OutboxMessage, Subscription, Suppression
 from mailer.render import one_line
 
 log = logging.getLogger("mailer.audience")
@@ -329,6 +329,9 @@ def erase(session: Session, secret: str, contact: Contact, now: dt.datetime) -> 
         row.contact_id = None
         row.detail = ""
     stop_enrollments(session, contact.id, "erased", now)
+    # Relay replies often repeat the address; the outbox rows outlive the contact (campaign figures).
+    session.execute(update(OutboxMessage).where(OutboxMessage.contact_id == contact.id)
+                    .values(last_error=None, message_id=None))
     session.flush()
     session.execute(delete(ConsentEvent).where(ConsentEvent.contact_id == contact.id))
     session.delete(contact)
@@ -403,7 +406,7 @@ def import_subscribers(session: Session, secret: str, topics: dict[str, str], st
 
 def export_contact(session: Session, email: str) -> dict[str, object]:
     """Everything stored about one person (access request): profile, subscriptions, ledger, messages."""
-    from mailer.models import Inquiry, OutboxMessage
+    from mailer.models import Inquiry
 
     contact = find_contact(session, email)
     if contact is None:

@@ -241,6 +241,7 @@ class Settings(_Section):
     secret_key: str = Field(default="", repr=False)
     intake_token: str = Field(default="", repr=False)
     dkim_private_key: str = Field(default="", repr=False)
+    imap_password: str = Field(default="", repr=False)
     source: str = ""
 
     @field_validator("topics")
@@ -277,7 +278,8 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "FEED_URL": ("feed", "url"),
     "BASE_URL": ("web", "base_url"),
 }
-ENV_SECRETS = {"SECRET_KEY": "secret_key", "INTAKE_TOKEN": "intake_token", "DKIM_PRIVATE_KEY": "dkim_private_key"}
+ENV_SECRETS = {"SECRET_KEY": "secret_key", "INTAKE_TOKEN": "intake_token", "DKIM_PRIVATE_KEY": "dkim_private_key",
+               "IMAP_PASSWORD": "imap_password"}
 
 
 def default_config_path(environ: dict[str, str] | None = None) -> Path:

@@ -200,7 +200,10 @@ def undelivered(session: Session, campaign_id: int, limit: int = 200) -> list[tu
     rows = session.execute(
         select(OutboxMessage.id, Contact.email, OutboxMessage.state, OutboxMessage.last_error, OutboxMessage.smtp_code)
         .outerjoin(Contact, Contact.id == OutboxMessage.contact_id)
-        .where(OutboxMessage.campaign_id == campaign_id, OutboxMessage.state.in_(("failed", "skipped", "deferred", "unknown")))
+        .where(OutboxMessage.campaign_id == campaign_id)
+        # Not delivered, or delivered and then bounced (a bounce report notes it on the sent row).
+        .where(OutboxMessage.state.in_(("failed", "skipped", "deferred", "unknown"))
+               | ((OutboxMessage.state == "sent") & OutboxMessage.last_error.is_not(None)))
         .order_by(OutboxMessage.id)
         .limit(limit)
     ).all()

@@ -1,0 +1,691 @@
+"""Bounce processing: delivery status notifications, complaints and the bounce mailbox they arrive in.
+
+Reads RFC 3464 delivery status notifications (and their RFC 6533 UTF-8 form), RFC 5965 feedback
+reports (spam complaints) and, only when clearly a bounce, the plain-text notices some mail servers
+still send. Hard bounces and complaints suppress the address, soft bounces are counted, and automatic
+replies ("out of office") are never taken for either.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.errors
+import email.policy
+import email.utils
+import imaplib
+import logging
+import mailbox
+import os
+import re
+import ssl
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, fields
+from email.message import EmailMessage, Message
+from email.parser import BytesParser, HeaderParser
+from pathlib import Path
+from types import TracebackType
+from typing import Literal, Protocol, Self, cast
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from mailer import audience
+from mailer.config import Settings
+from mailer.models import Contact, OutboxMessage
+from mailer.render import one_line as _header_safe
+
+log = logging.getLogger("mailer.bounces")
+
+Kind = Literal["hard", "soft", "complaint"]
+
+_POLICY = email.policy.default
+# Enhanced status codes (RFC 3463): class.subject.detail, e.g. 5.1.1 or Exchange's 5.1.10.
+_STATUS = re.compile(r"(?<![\w.])([245])\.(\d{1,3})\.(\d{1,3})(?![\w.])")
+# A basic SMTP reply code as it appears in a transcript ("550 ..." or "550-..."), not inside a number or price.
+_REPLY_550 = re.compile(r"(?<![\w$€£.,])550(?=[ -])")
+_MSGID = re.compile(r"<[^<>\s@]+@[^<>\s]+>")
+# Where a plain-text bounce starts quoting the returned message: words below it are ours, not the server's.
+_QUOTED_COPY = re.compile(
+    r"^[ \t]*-{2,}.*?(copy of the (original )?message|below this line|original message|message follows"
+    r"|returned message|undelivered message)",
+    re.I | re.M,
+)
+# qmail and some others name each failed recipient on a line of its own: "<someone@example.org>:".
+_RECIPIENT_LINE = re.compile(r"^[ \t]*<([^<>\s@]+@[^<>\s]+)>:?[ \t]*$", re.M)
+_ADDRESS = re.compile(r"[^\s<>\"'(),;:@\[\]]+@([^\s<>\"'(),;:@\[\]]+)")
+_XTEXT_UTF8 = re.compile(r"\\x\{([0-9A-Fa-f]{1,6})\}")
+
+DAEMON_NAMES = frozenset({"mailer-daemon", "mailerdaemon", "mail-daemon", "postmaster"})
+# Persistent failures that are not about the address (RFC 3463): a full mailbox ("persistent transient
+# failure" by the RFC's own words), a message too big, a delivery that expired. They count as soft.
+_NOT_THE_ADDRESS = frozenset({"2.2", "2.3", "3.4", "4.7"})
+# Parts that carry the returned message, or its headers, as a parsed message.
+_RETURNED_MESSAGE_TYPES = frozenset({"message/rfc822", "message/global", "message/rfc822-headers",
+                                     "message/global-headers"})
+# Feedback types that are the recipient objecting to the message (RFC 5965); not-spam, virus,
+# auth-failure (DMARC reports) and other are not complaints about us.
+_COMPLAINT_TYPES = frozenset({"abuse", "fraud"})
+
+_AUTO_REPLY_SUBJECT = re.compile(
+    r"out of (the )?office|automatic reply|auto[- ]?reply|autoreply|auto[- ]?response|vacation reply"
+    r"|on vacation|away from (the|my) (office|desk)|abwesenheitsnotiz|abwesenheit|automatische antwort"
+    r"|r[ée]ponse automatique|absence du bureau|respuesta autom[áa]tica|risposta automatica"
+    r"|automatisch antwoord|autosvar|fr[åa]nvaro",
+    re.I,
+)
+_AUTO_REPLY_BODY = re.compile(
+    r"out of (the )?office|on (vacation|holiday|annual leave|parental leave|leave) (until|from|and|till)"
+    r"|away from (the|my) (office|desk)|limited access to (my )?e-?mail|currently away"
+    r"|nicht im b[üu]ro|abwesend|absent du bureau|en vacances",
+    re.I,
+)
+
+
+def one_line(text: str) -> str:
+    """Control characters out and runs of whitespace (folded header lines) made one space."""
+    return " ".join(_header_safe(text).split())
+
+
+class BounceSourceError(Exception):
+    """The bounce mailbox cannot be read (no such folder, login refused, untrusted certificate); one line."""
+
+
+@dataclass(frozen=True)
+class Bounce:
+    """One recipient's failed delivery, or complaint, as a report describes it."""
+
+    kind: Kind
+    recipient: str | None
+    status: str = ""
+    diagnostic: str = ""
+    original_message_id: str | None = None
+    # Other addresses the report gives for the same person (Final-Recipient when Original-Recipient was
+    # used, the returned message's To): tried in turn when `recipient` matches no contact.
+    other_addresses: tuple[str, ...] = ()
+
+    @property
+    def detail(self) -> str:
+        """Status and diagnostic as one line, for the suppression list and the outbox row.
+
+        Local parts of addresses are masked: servers echo the address in their replies, and the stored
+        detail should not keep it (an outbox row outlives its contact's erasure).
+        """
+        text = one_line(" ".join(part for part in (self.status, self.diagnostic) if part))
+        return _ADDRESS.sub(r"*@\1", text)[:480]
+
+
+# --- reading one message ---------------------------------------------------------------------------
+
+
+def parse(raw: bytes) -> EmailMessage:
+    """A message from the mailbox, parsed with the modern email policy."""
+    return cast(EmailMessage, BytesParser(policy=_POLICY).parsebytes(raw))
+
+
+def classify(message: Message) -> Bounce | None:
+    """What this message says about a delivery we made: a hard or soft bounce, a complaint, or nothing.
+
+    A report about several recipients gives its first failure here; `classify_all` gives every one.
+    """
+    found = classify_all(message)
+    return found[0] if found else None
+
+
+def classify_all(message: Message) -> list[Bounce]:
+    """Every failed recipient or complaint this message reports; empty for anything else."""
+    # Structure first: mail servers mark their reports Auto-Submitted too (Postfix, Exim and Exchange
+    # do, as RFC 3834 asks), so a delivery-status or feedback part decides before any auto-reply sign.
+    for part in _own_parts(message):
+        content_type = part.get_content_type()
+        if content_type in ("message/delivery-status", "message/global-delivery-status"):
+            return _from_delivery_status(message, part)
+        if content_type == "message/feedback-report":
+            return _from_feedback_report(message, part)
+    if is_auto_reply(message):
+        return []
+    if is_from_mail_server(message):
+        return _from_plain_notice(message)
+    return []
+
+
+def is_auto_reply(message: Message) -> bool:
+    """An out-of-office or other automatic answer from a person's mailbox: never a bounce or an unsubscribe."""
+    if any(_header(message, name) for name in ("X-Autoreply", "X-Autorespond", "X-Autoresponder")):
+        return True
+    if _header(message, "Precedence").strip().lower() == "auto_reply":
+        return True
+    if _AUTO_REPLY_SUBJECT.search(_header(message, "Subject")):
+        return True
+    if is_from_mail_server(message):
+        # A mail server's own notice is a bounce or nothing; its Auto-Submitted says no more than that.
+        return False
+    auto_submitted = _header(message, "Auto-Submitted").strip().lower()
+    if auto_submitted and not auto_submitted.startswith("no"):
+        return True
+    # Some vacation replies carry no header at all: the person's own words are the only sign.
+    return bool(_AUTO_REPLY_BODY.search(_own_text(message)[:3000]))
+
+
+def is_from_mail_server(message: Message) -> bool:
+    """From MAILER-DAEMON or postmaster, as mail servers sign their notices."""
+    _name, address = email.utils.parseaddr(_header(message, "From"))
+    return address.partition("@")[0].lower() in DAEMON_NAMES
+
+
+def _from_delivery_status(message: Message, part: Message) -> list[Bounce]:
+    original = _returned_headers(message)
+    message_id = _message_id(original)
+    returned_to = _single_address(original, "To")
+    bounces = []
+    for group in _status_groups(part):
+        final = _typed_address(_header(group, "Final-Recipient"))
+        original_recipient = _typed_address(_header(group, "Original-Recipient"))
+        # Original-Recipient is the address we sent to; Final-Recipient may be an alias it expanded to.
+        recipient = original_recipient or final
+        if recipient is None:
+            continue  # the per-message group, or a recipient group without an address we could use
+        action = (_header(group, "Action").split() or [""])[0].lower()
+        diagnostic = _diagnostic(_header(group, "Diagnostic-Code"))
+        status = _status(_header(group, "Status"), diagnostic)
+        kind = _kind(action, status)
+        if kind is None:
+            log.debug("delivery report with action %r, status %s: not a failure", action, status or "-")
+            continue
+        others = tuple(dict.fromkeys(a for a in (final, returned_to) if a and a != recipient))
+        bounces.append(Bounce(kind, recipient, status, diagnostic, message_id, others))
+    return bounces
+
+
+def _from_feedback_report(message: Message, part: Message) -> list[Bounce]:
+    report = _first_subpart(part) or HeaderParser(policy=_POLICY).parsestr(_part_text(part))
+    feedback_type = _header(report, "Feedback-Type").strip().lower()
+    if feedback_type not in _COMPLAINT_TYPES:
+        log.debug("feedback report of type %r: not a complaint", feedback_type)
+        return []
+    original = _returned_headers(message)
+    returned_to = _single_address(original, "To")
+    # Many providers redact the recipient; then only the returned Message-ID ties it to us.
+    recipient = _single_address(report, "Original-Rcpt-To") or returned_to
+    user_agent = one_line(_header(report, "User-Agent"))
+    diagnostic = f"feedback-type {feedback_type}" + (f" from {user_agent}" if user_agent else "")
+    others = (returned_to,) if returned_to and returned_to != recipient else ()
+    return [Bounce("complaint", recipient, "", diagnostic, _message_id(original), others)]
+
+
+def _from_plain_notice(message: Message) -> list[Bounce]:
+    """A mail server's notice without a delivery-status part: a bounce only with a permanent failure code."""
+    text = _own_text(message)
+    quoted = _QUOTED_COPY.search(text)
+    notice, copy = (text[: quoted.start()], text[quoted.start():]) if quoted else (text, "")
+    permanent = [m for m in _STATUS.finditer(notice) if m.group(1) == "5"]
+    if permanent:
+        status, at = permanent[0].group(0), permanent[0].start()
+    elif reply := _REPLY_550.search(notice):
+        status, at = "5.0.0", reply.start()
+    else:
+        return []  # a delay warning or a notice we do not understand: not clearly a bounce
+    line_start = notice.rfind("\n", 0, at) + 1
+    line_end = notice.find("\n", at)
+    diagnostic = one_line(notice[line_start: line_end if line_end >= 0 else None])[:300]
+    kind = _kind("failed", status) or "hard"
+
+    original = _returned_headers(message)
+    message_id = _message_id(original) or _quoted_message_id(copy)
+    recipients = [a for _n, a in email.utils.getaddresses([_header(message, "X-Failed-Recipients")]) if "@" in a]
+    recipients = recipients or [a for a in [_single_address(original, "To")] if a]
+    recipients = recipients or list(dict.fromkeys(_RECIPIENT_LINE.findall(notice)))
+    if not recipients:
+        return [Bounce(kind, None, status, diagnostic, message_id)]
+    return [Bounce(kind, recipient, status, diagnostic, message_id) for recipient in recipients]
+
+
+def _kind(action: str, status: str) -> Kind | None:
+    """hard, soft, or None (not a final failure) for a recipient's Action and Status."""
+    status_class = status[:1]
+    if action == "failed" or (not action and status_class == "5"):
+        if status_class != "5":
+            return "soft"  # the relay gave up on a temporary condition (4.x.x), or said nothing clear
+        _class, subject, detail = status.split(".")
+        # Policy refusals (5.7.x: spam filters, DMARC, blocklists) are about the sender, not the address:
+        # suppressing every recipient at a provider because our DKIM broke would be the wrong repair.
+        if subject == "7" or f"{subject}.{detail}" in _NOT_THE_ADDRESS:
+            return "soft"
+        return "hard"
+    # delayed: the relay is still trying and will report the outcome; delivered, relayed, expanded: fine.
+    return None
+
+
+def _status(field: str, diagnostic: str) -> str:
+    """The Status field's code; a generic X.0.0 is refined by the code in the diagnostic, if any."""
+    found = _STATUS.search(field)
+    status = found.group(0) if found else ""
+    in_diagnostic = _STATUS.search(diagnostic)
+    if in_diagnostic and (not status or (status.endswith(".0.0") and in_diagnostic.group(1) == status[0])):
+        return in_diagnostic.group(0)
+    if not status:
+        reply = re.search(r"(?<!\d)([45])\d\d(?=[ -]|$)", diagnostic)
+        if reply:
+            return f"{reply.group(1)}.0.0"
+    return status
+
+
+def _diagnostic(field: str) -> str:
+    """The text of a Diagnostic-Code ("smtp; 550 5.1.1 ..."), on one line."""
+    kind, sep, text = field.partition(";")
+    return one_line(text if sep else kind)[:400]
+
+
+def _typed_address(field: str) -> str | None:
+    """The address of an "rfc822; someone@example.org" (or RFC 6533 "utf-8; ...") recipient field."""
+    address_type, sep, address = field.partition(";")
+    if not sep:
+        address, address_type = address_type, "rfc822"  # some servers leave the type out
+    if address_type.strip().lower() not in ("rfc822", "utf-8"):
+        return None
+    address = _XTEXT_UTF8.sub(lambda m: chr(int(m.group(1), 16)), address).strip().strip("<>").strip()
+    return address if "@" in address and " " not in address else None
+
+
+def _status_groups(part: Message) -> list[Message]:
+    """The field groups of a delivery-status part: per message first, then one per recipient."""
+    payload = part.get_payload()
+    if part.get_content_type() == "message/delivery-status" and isinstance(payload, list):
+        return payload
+    # The parser splits only message/delivery-status into groups. The UTF-8 form (RFC 6533) comes as
+    # its first group with the others as that group's text; parse those groups the same way.
+    first = _first_subpart(part)
+    if first is None:
+        return []
+    # As bytes: the text form would have had its UTF-8 replaced as undecodable ASCII.
+    raw = first.get_payload(decode=True)
+    rest = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else ""
+    parser = HeaderParser(policy=_POLICY)
+    groups = re.split(r"\n[ \t]*\n", rest.replace("\r\n", "\n"))
+    return [first, *(parser.parsestr(group) for group in groups if group.strip())]
+
+
+def _returned_headers(message: Message) -> Message | None:
+    """The headers of the returned message (message/rfc822 or text/rfc822-headers), if the report has them."""
+    for part in _own_parts(message):
+        content_type = part.get_content_type()
+        if content_type in _RETURNED_MESSAGE_TYPES:
+            return _first_subpart(part)
+        if content_type == "text/rfc822-headers":
+            return HeaderParser(policy=_POLICY).parsestr(_part_text(part))
+    return None
+
+
+def _message_id(headers: Message | None) -> str | None:
+    found = _MSGID.search(_header(headers, "Message-ID")) if headers is not None else None
+    return found.group(0) if found else None
+
+
+def _quoted_message_id(text: str) -> str | None:
+    """The Message-ID line of a returned message quoted as text below a plain-text notice."""
+    header = re.search(r"^Message-ID:[ \t]*(<[^<>\s@]+@[^<>\s]+>)", text, re.I | re.M)
+    return header.group(1) if header else None
+
+
+def _single_address(headers: Message | None, name: str) -> str | None:
+    """The address in a header that names exactly one (ours do), else None: several would be a guess."""
+    if headers is None:
+        return None
+    found = [address for _name, address in email.utils.getaddresses([_header(headers, name)]) if "@" in address]
+    return found[0] if len(found) == 1 else None
+
+
+def _header(message: Message | None, name: str) -> str:
+    """A header's value as text ("" when absent or unreadable: reports come from every kind of software)."""
+    if message is None:
+        return ""
+    try:
+        value = message.get(name)
+        return "" if value is None else str(value)
+    except (LookupError, ValueError, TypeError, AttributeError, email.errors.MessageError):
+        return ""
+
+
+def _own_parts(message: Message) -> Iterator[Message]:
+    """The message and its parts, without looking inside attached messages (their parts are not the report)."""
+    yield message
+    if message.get_content_maintype() == "multipart":
+        for part in message.get_payload():
+            if isinstance(part, Message):
+                yield from _own_parts(part)
+
+
+def _own_text(message: Message) -> str:
+    """The text/plain parts of the message itself (not of attached messages), joined."""
+    texts = [_part_text(part) for part in _own_parts(message)
+             if part.get_content_type() == "text/plain" and not part.is_multipart()]
+    return "\n".join(texts)
+
+
+def _part_text(part: Message) -> str:
+    if isinstance(part, EmailMessage):
+        try:
+            content = part.get_content()
+            if isinstance(content, str):
+                return content
+        except (LookupError, ValueError, TypeError, AttributeError, email.errors.MessageError):
+            pass  # an unknown charset or a broken encoding: decode by hand below
+    payload = part.get_payload(decode=True)
+    return payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
+
+
+def _first_subpart(part: Message) -> Message | None:
+    payload = part.get_payload()
+    return payload[0] if isinstance(payload, list) and payload and isinstance(payload[0], Message) else None
+
+
+# --- applying bounces to the audience ---------------------------------------------------------------
+
+
+@dataclass
+class BounceReport:
+    """What one run found: counts of messages and of what they said."""
+
+    messages: int = 0
+    hard: int = 0
+    soft: int = 0
+    complaints: int = 0
+    ignored: int = 0
+    unknown_recipient: int = 0
+    suppressed: int = 0  # addresses newly put on the suppression list
+
+    def __iadd__(self, other: BounceReport) -> Self:
+        for item in fields(self):
+            setattr(self, item.name, getattr(self, item.name) + getattr(other, item.name))
+        return self
+
+    def counts(self) -> dict[str, int]:
+        return {item.name: getattr(self, item.name) for item in fields(self)}
+
+
+def process(session: Session, settings: Settings, messages: Iterable[tuple[str, bytes]],
+            now: dt.datetime) -> BounceReport:
+    """Apply each message: hard bounces and complaints suppress, soft bounces count up to the limit."""
+    report = BounceReport()
+    for key, raw in messages:
+        report.messages += 1
+        try:
+            found = classify_all(parse(raw))
+        except Exception as exc:  # one malformed message must not stop the whole mailbox
+            log.warning("bounce mailbox message %s could not be read (%s); ignored", key, type(exc).__name__)
+            report.ignored += 1
+            continue
+        if not found:
+            log.debug("bounce mailbox message %s is not a bounce or complaint; ignored", key)
+            report.ignored += 1
+            continue
+        for bounce in found:
+            _apply(session, settings, bounce, now, report, key)
+    return report
+
+
+def _apply(session: Session, settings: Settings, bounce: Bounce, now: dt.datetime,
+           report: BounceReport, key: str) -> None:
+    contact, row = _resolve(session, bounce)
+    if contact is None:
+        report.unknown_recipient += 1
+        log.info("%s in message %s is for no known contact; ignored", _what(bounce), key)
+        log.debug("unknown bounce recipient %s (message id %s)", bounce.recipient, bounce.original_message_id)
+        return
+    if row is not None:
+        # The outbox row keeps its state (it was handed over, so "sent" stays true); the error says what
+        # happened after, for staff looking at the message.
+        row.last_error = f"{_what(bounce)} after sending: {bounce.detail}"[:500]
+    secret = settings.secret_key
+    if bounce.kind == "hard":
+        report.hard += 1
+        report.suppressed += _suppress(session, secret, contact, "hard_bounce", now, bounce.detail)
+    elif bounce.kind == "complaint":
+        report.complaints += 1
+        report.suppressed += _suppress(session, secret, contact, "complaint", now, bounce.detail)
+    else:
+        report.soft += 1
+        contact.soft_bounces = (contact.soft_bounces or 0) + 1
+        limit = settings.bounces.soft_bounce_limit
+        if contact.soft_bounces >= limit:
+            detail = f"{contact.soft_bounces} soft bounces; last: {bounce.detail}"
+            report.suppressed += _suppress(session, secret, contact, "soft_bounces", now, detail)
+    log.info("%s for contact %s (%s)", _what(bounce), contact.id, bounce.status or "no status")
+
+
+def _what(bounce: Bounce) -> str:
+    return "complaint" if bounce.kind == "complaint" else f"{bounce.kind} bounce"
+
+
+def _suppress(session: Session, secret: str, contact: Contact, reason: str,
+              now: dt.datetime, detail: str) -> int:
+    """Suppress (stopping follow-ups too); 1 when the address was not suppressed before, else 0."""
+    existing = audience.suppression_for(session, secret, contact)
+    audience.suppress(session, secret, contact, reason, now, detail=detail)
+    return 0 if existing is not None else 1
+
+
+def _resolve(session: Session, bounce: Bounce) -> tuple[Contact | None, OutboxMessage | None]:
+    """The contact a bounce is about, and the outbox row it answers when its Message-ID is ours."""
+    row = _outbox_row(session, bounce.original_message_id)
+    if row is not None and row.contact_id is not None:
+        contact = session.get(Contact, row.contact_id)
+        if contact is not None:
+            return contact, row
+    for address in (bounce.recipient, *bounce.other_addresses):
+        contact = _contact_by_address(session, address)
+        if contact is not None:
+            return contact, row
+    return None, row
+
+
+def _outbox_row(session: Session, message_id: str | None) -> OutboxMessage | None:
+    """Our outbox row for a returned Message-ID, found by primary key.
+
+    Our Message-IDs start with the outbox id ("<123.tag@domain>", see render.message_id), so no index on
+    message_id is needed; the stored value must match exactly, and its keyed tag cannot be guessed.
+    """
+    found = re.fullmatch(r"<(\d{1,18})\.[^<>\s@]+@[^<>\s]+>", message_id or "")
+    if not found:
+        return None
+    row = session.get(OutboxMessage, int(found.group(1)))
+    return row if row is not None and row.message_id == message_id else None
+
+
+def _contact_by_address(session: Session, address: str | None) -> Contact | None:
+    if not address:
+        return None
+    try:
+        normalized = audience.normalize_email(address)
+    except audience.AudienceError:
+        return None
+    contact = session.scalar(select(Contact).where(Contact.email == normalized))
+    if contact is not None:
+        return contact
+    # Some servers change the case of the local part in their reports; accept that only when one contact fits.
+    same = select(Contact).where(func.lower(Contact.email) == normalized.lower()).limit(2)
+    matches = session.scalars(same).all()
+    return matches[0] if len(matches) == 1 else None
+
+
+# --- the bounce mailbox -----------------------------------------------------------------------------
+
+
+class BounceSource(Protocol):
+    """Where bounces arrive: gives unprocessed messages as (key, bytes) and remembers which were processed."""
+
+    def __iter__(self) -> Iterator[tuple[str, bytes]]: ...
+
+    def mark_processed(self, keys: Sequence[str]) -> None: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None: ...
+
+
+class _Closing:
+    def close(self) -> None:  # pragma: no cover - overridden
+        pass
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
+
+
+class MaildirBounces(_Closing):
+    """The messages in a maildir's new/ and cur/; processed ones are moved to its `.processed` folder.
+
+    Moving (rather than flagging them seen in place) keeps the inbox meaning "not yet processed" even when
+    someone reads the mailbox with a mail client, and keeps every report for staff to look at. A message
+    is moved only after the database transaction that applied it committed, so a crash in between means
+    it is processed again on the next run (a hard bounce or complaint twice changes nothing; a soft
+    bounce may count twice).
+    """
+
+    PROCESSED = "processed"
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        if not (self.path / "new").is_dir() or not (self.path / "cur").is_dir():
+            raise BounceSourceError(f"{self.path}: not a maildir (it needs new/ and cur/ folders)")
+        self._inbox = mailbox.Maildir(self.path, factory=None, create=False)
+
+    def __iter__(self) -> Iterator[tuple[str, bytes]]:
+        # The keys are listed once (sorted: maildir names begin with the arrival time), so moving
+        # processed messages away while we go does not disturb the listing.
+        for key in sorted(self._inbox.keys()):
+            try:
+                yield key, self._inbox.get_bytes(key)
+            except (KeyError, FileNotFoundError):
+                continue  # another reader moved it meanwhile
+
+    def mark_processed(self, keys: Sequence[str]) -> None:
+        folder = self._processed_folder()
+        for key in keys:
+            try:
+                message = self._inbox.get_message(key)
+            except (KeyError, FileNotFoundError):
+                continue
+            # Seen in the archive, so a mail client does not show old reports as new mail.
+            message.set_subdir("cur")
+            message.add_flag("S")
+            folder.add(message)
+            self._inbox.discard(key)
+
+    def _processed_folder(self) -> mailbox.Maildir:
+        if self.PROCESSED in self._inbox.list_folders():
+            return self._inbox.get_folder(self.PROCESSED)
+        return self._inbox.add_folder(self.PROCESSED)
+
+
+class ImapBounces(_Closing):
+    """The unseen messages of an IMAP folder over TLS (certificate verified); processed ones get \\Seen.
+
+    Messages are fetched with BODY.PEEK so reading does not mark them; \\Seen is set only after the
+    database transaction that applied them committed. Use a mailbox or folder of its own for bounces:
+    a person reading it in a mail client marks messages seen, and seen messages are not processed.
+    """
+
+    def __init__(self, host: str, port: int, user: str, password: str, folder: str = "INBOX", *,
+                 ssl_context: ssl.SSLContext | None = None, timeout: float = 60.0) -> None:
+        self.where = f"IMAP {host}:{port}"
+        context = ssl_context or ssl.create_default_context()
+        try:
+            self._imap = imaplib.IMAP4_SSL(host, port, ssl_context=context, timeout=timeout)
+        except ssl.SSLCertVerificationError as exc:
+            raise BounceSourceError(f"{self.where}: certificate not trusted ({exc.verify_message})") from None
+        except (OSError, imaplib.IMAP4.error) as exc:
+            raise BounceSourceError(f"{self.where}: cannot connect: {_one_line_error(exc)}") from None
+        try:
+            self._imap.login(user, password)
+            kind, data = self._imap.select(_quote(folder))
+            if kind != "OK":
+                raise BounceSourceError(f"{self.where}: cannot open folder {folder!r}: {_imap_text(data)}")
+        except imaplib.IMAP4.error as exc:
+            self._shutdown()
+            raise BounceSourceError(f"{self.where}: {_one_line_error(exc)}") from None
+        except BaseException:
+            self._shutdown()
+            raise
+
+    def __iter__(self) -> Iterator[tuple[str, bytes]]:
+        try:
+            _kind, data = self._imap.uid("SEARCH", None, "UNSEEN")
+            uids = data[0].split() if data and isinstance(data[0], bytes) else []
+            for uid in uids:
+                _kind, fetched = self._imap.uid("FETCH", uid, "(BODY.PEEK[])")
+                body = fetched_body(fetched)
+                if body is not None:
+                    yield uid.decode("ascii"), body
+        except (imaplib.IMAP4.error, OSError) as exc:
+            raise BounceSourceError(f"{self.where}: {_one_line_error(exc)}") from None
+
+    def mark_processed(self, keys: Sequence[str]) -> None:
+        try:
+            for start in range(0, len(keys), 200):
+                self._imap.uid("STORE", ",".join(keys[start:start + 200]), "+FLAGS.SILENT", r"(\Seen)")
+        except (imaplib.IMAP4.error, OSError) as exc:
+            raise BounceSourceError(f"{self.where}: {_one_line_error(exc)}") from None
+
+    def close(self) -> None:
+        try:
+            self._imap.close()
+            self._imap.logout()
+        except (imaplib.IMAP4.error, OSError):
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        try:
+            self._imap.shutdown()
+        except OSError:
+            pass
+
+
+def read_maildir(path: str | os.PathLike[str]) -> MaildirBounces:
+    """The unprocessed messages of a maildir, as (key, bytes); see MaildirBounces."""
+    return MaildirBounces(path)
+
+
+def read_imap(host: str, port: int, user: str, password: str, folder: str = "INBOX", *,
+              ssl_context: ssl.SSLContext | None = None) -> ImapBounces:
+    """The unseen messages of an IMAP folder, as (uid, bytes); see ImapBounces."""
+    return ImapBounces(host, port, user, password, folder, ssl_context=ssl_context)
+
+
+def fetched_body(data: Sequence[object]) -> bytes | None:
+    """The message bytes of a `UID FETCH ... (BODY.PEEK[])` answer, as imaplib returns it.
+
+    imaplib gives a list mixing (b'1 (UID 7 BODY[] {1234}', b'<literal>') pairs with bare bytes such as
+    b')' or unsolicited b'2 (FLAGS (\\Seen))' lines; the literal after the BODY[] item is the message.
+    """
+    for item in data:
+        if not (isinstance(item, tuple) and len(item) >= 2):
+            continue
+        head, literal = item[0], item[1]
+        if isinstance(head, bytes) and isinstance(literal, bytes) and (b"BODY[]" in head.upper()
+                                                                        or b"RFC822 " in head.upper()):
+            return literal
+    return None
+
+
+def _quote(folder: str) -> str:
+    """An IMAP quoted string: imaplib does not quote mailbox names itself (spaces would break SELECT)."""
+    return '"' + folder.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _imap_text(data: Sequence[object]) -> str:
+    parts = [item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item) for item in data or []]
+    return one_line(" ".join(parts))[:200]
+
+
+def _one_line_error(exc: BaseException) -> str:
+    text = str(exc)
+    # imaplib puts the server's bytes repr in its errors: b'[AUTHENTICATIONFAILED] Invalid credentials'
+    if text.startswith(("b'", 'b"')) and text.endswith(("'", '"')):
+        text = text[2:-1]
+    return one_line(text)[:200] or type(exc).__name__

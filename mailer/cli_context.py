@@ -1,0 +1,97 @@
+"""What every `mailer` command shares: the lazily built context, one-line errors, time parsing."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from sqlalchemy.exc import OperationalError, ProgrammingError
+
+from mailer import audience, campaigns, config
+from mailer.runtime import Runtime, fixed_clock, system_clock
+
+
+class UserError(click.ClickException):
+    """A mistake the user can fix: printed as one line, exit 1, no traceback."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"mailer: error: {self.format_message()}", err=True, file=file)
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from mailer.feeds import FeedError
+    from mailer.followups import InquiryError
+    from mailer.render import RenderError
+
+    return (config.ConfigError, audience.AudienceError, campaigns.CampaignError, FeedError, InquiryError,
+            RenderError, ValueError)
+
+
+def friendly(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the errors a user can cause into one-line messages instead of tracebacks."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except click.ClickException:
+            raise
+        except (OperationalError, ProgrammingError) as exc:
+            message = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc).splitlines()[0]
+            hint = " (run `mailer init` first)" if "no such table" in message or "does not exist" in message else ""
+            raise UserError(f"database: {message}{hint}") from None
+        except _expected_errors() as exc:
+            raise UserError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+
+    return wrapper
+
+
+class Context:
+    """Built lazily so `--help` works without a config file."""
+
+    def __init__(self, config_path: Path | None, at: dt.datetime | None = None) -> None:
+        self.config_path = config_path
+        self.at = at
+        self._runtime: Runtime | None = None
+
+    @property
+    def settings(self) -> config.Settings:
+        return self.runtime.settings
+
+    @property
+    def runtime(self) -> Runtime:
+        if self._runtime is None:
+            settings = config.load(self.config_path)
+            self._runtime = Runtime(settings, clock=fixed_clock(self.at) if self.at else system_clock)
+        return self._runtime
+
+    def now(self) -> dt.datetime:
+        return self.runtime.clock()
+
+    def close(self) -> None:
+        if self._runtime is not None:
+            self._runtime.close()
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+def parse_instant(value: str, zone: Any) -> dt.datetime:
+    """ISO-8601; without an offset the time is taken in the clinic's time zone."""
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise UserError(f"--at: not an ISO-8601 time: {value!r} (e.g. 2026-11-27T18:00 or 2026-11-28T00:00Z)") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=zone)
+    return parsed.astimezone(dt.UTC)
+
+
+def setup_logging(level: str, log_format: str = "text") -> None:
+    from mailer.logs import configure
+
+    configure(level, log_format)
