@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from mailer import audience, campaigns, config, outbox, schema
+from mailer import audience, campaigns, config, outbox
 from mailer.cli_context import Context, UserError, friendly, parse_instant, pass_ctx, setup_logging
 
 __all__ = ["Context", "UserError", "friendly", "main", "parse_instant", "pass_ctx", "setup_logging"]
@@ -50,6 +50,8 @@ def main(ctx: click.Context, config_path: Path | None, log_level: str, log_forma
 @friendly
 def init(ctx: Context) -> None:
     """Create or upgrade the database schema. Safe to run again."""
+    from mailer import schema  # Alembic: only this command needs it
+
     before, after = schema.upgrade(ctx.runtime.engine)
     if before == after:
         click.echo(f"Database is up to date (schema {after}).")

@@ -21,8 +21,6 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
-import dkim
-import dkim.crypto
 import idna
 
 from mailer.config import SmtpUrl, parse_smtp_url
@@ -85,6 +83,8 @@ class DkimSigner:
     """Signs finished messages with one DKIM key (rsa-sha256, relaxed/relaxed)."""
 
     def __init__(self, selector: str, domain: str, private_key: bytes) -> None:
+        import dkim.crypto  # dkimpy pulls in dnspython: only for installations that sign
+
         key = private_key.replace(b"\r\n", b"\n").strip() + b"\n"
         try:
             dkim.crypto.parse_pem_private_key(key)
@@ -98,6 +98,8 @@ class DkimSigner:
 
     def sign(self, data: bytes) -> bytes:
         """The message with a DKIM-Signature header prepended; ValueError if it cannot be signed."""
+        import dkim
+
         present = {name.lower() for name in _header_names(data)}
         include = [name.encode() for name in DKIM_HEADERS if name.lower() in present]
         try:
