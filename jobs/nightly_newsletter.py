@@ -10,7 +10,7 @@ from mailer.runtime import Runtime
 
 log = logging.getLogger("mailer.newsletter")
 
-TRIGGER = "cron"  # hour:minute = settings.newsletter.send_time, timezone = settings.clinic.timezone
+TRIGGER = "daily"  # mailer.scheduler.DailyAt(send_time, clinic zone): once per local date, DST nights included
 
 
 def run(runtime: Runtime, now: dt.datetime) -> dict[str, object]:

@@ -432,8 +432,10 @@ def demo(ctx: Context, var_dir: Path) -> None:
 def _add_command_groups() -> None:
     """Commands kept in modules of their own (each imports only mailer.cli_context, never this module)."""
     from mailer.cli_bounces import bounces
+    from mailer.cli_serve import serve
 
     main.add_command(bounces)
+    main.add_command(serve)
 
 
 _add_command_groups()

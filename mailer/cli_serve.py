@@ -17,7 +17,7 @@ from waitress import wasyncore
 from waitress.trigger import trigger
 
 from mailer import db, schema
-from mailer.cli import Context, UserError, friendly, pass_ctx, setup_logging
+from mailer.cli_context import Context, UserError, friendly, pass_ctx, setup_logging
 from mailer.leader import DEFAULT_LEASE, LeaderLock, make_holder
 from mailer.runtime import Runtime
 
@@ -25,7 +25,7 @@ log = logging.getLogger("mailer.serve")
 
 # How long the leader's lock outlives it (SQLite) and how often it is renewed (a third of it).
 LEASE_ENV = "MAILER_LEADER_LEASE_SECONDS"
-# systemd's default TimeoutStopSec is 90 s and ours 30 s (see README); jobs get 25 s of that to finish.
+# After SIGTERM the process ends within 30 s: running jobs get 25 s, the rest releases the lock and the port.
 JOBS_STOP_TIMEOUT = 25.0
 WEB_THREADS = 4
 
@@ -71,6 +71,7 @@ def _service_logging(click_ctx: click.Context) -> None:
 
 
 def _check_schema(runtime: Runtime) -> None:
+    """Refuse to start on a database `mailer init` has not created or upgraded: every job would fail."""
     current, head = schema.current_revision(runtime.engine), schema.head_revision()
     if current is None:
         raise UserError("the database has no schema yet; run `mailer init` first")
@@ -103,7 +104,10 @@ def serve(ctx: Context, host: str | None, port: int | None) -> None:
     try:
         _check_schema(runtime)
         lock = LeaderLock(engine, make_holder(), runtime.clock, lease)
-        app = create_app(runtime, leader=lambda: lock.is_leader)
+        try:
+            app = create_app(runtime, leader=lambda: lock.is_leader)
+        except OSError as exc:  # e.g. the configured templates folder lacks a page
+            raise UserError(f"web app: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None
         socket_map: dict = {}
         try:
             server = waitress.create_server(app, map=socket_map, host=host, port=port, threads=WEB_THREADS,

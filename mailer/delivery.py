@@ -336,8 +336,16 @@ class Delivery:
         claimed_total = 0
         lease = duration(settings.lease)
 
+        renew_every = max(0.5, lease.total_seconds() / 3)
+        renewed_at = time.monotonic()
+
         def drain(block: bool) -> None:
-            nonlocal in_flight
+            """Record the replies that came in; keep this worker's leases fresh while it lives."""
+            nonlocal in_flight, renewed_at
+            if time.monotonic() - renewed_at >= renew_every:
+                with self._recorder.begin():
+                    outbox.renew(self._recorder, self.worker, self.clock() + lease)
+                renewed_at = time.monotonic()
             done: list[_Result] = []
             try:
                 done.append(results.get(timeout=0.05) if block else results.get_nowait())

@@ -54,7 +54,11 @@ class LeaderLock:
         self.clock = clock
         self.lease = lease
         self.postgres = engine.dialect.name == "postgresql"
-        self._mutex = threading.Lock()
+        # Database work (which may wait for a busy SQLite file or a slow network) is serialised by _io;
+        # the state below changes under _state only briefly, so is_leader (asked by /healthz and before
+        # every job) never waits for a heartbeat in progress.
+        self._io = threading.Lock()
+        self._state = threading.Lock()
         self._held = False
         # Leadership counts only until this instant unless renewed or re-confirmed: a leader that can no
         # longer reach the database stops running jobs before a standby can take over.
@@ -70,14 +74,14 @@ class LeaderLock:
     @property
     def is_leader(self) -> bool:
         """True while this process holds the lock and has confirmed it within the lease."""
-        with self._mutex:
+        with self._state:
             return self._held and self._valid_until is not None and self.clock() < self._valid_until
 
     def next_attempt_in(self) -> float:
         """Seconds until the next try_acquire(): a heartbeat, or (SQLite standby) right when the
         other holder's lease runs out, so a dead leader is replaced within the lease time."""
         interval = self.heartbeat.total_seconds()
-        with self._mutex:
+        with self._state:
             if self._held or self._other_expires_at is None:
                 return interval
             until = (self._other_expires_at - self.clock()).total_seconds() + 0.05
@@ -86,22 +90,25 @@ class LeaderLock:
     def try_acquire(self) -> bool:
         """Acquire, renew or re-confirm leadership; False when another process holds it or the database
         does not answer. Safe to call from any thread, as often as you like."""
-        with self._mutex:
+        with self._io:
             was = self._held
             held = self._try_postgres() if self.postgres else self._try_lease()
-            self._held = held
         if held and not was:
             log.info("leader lock acquired: this process runs the scheduled jobs", extra={"holder": self.holder})
         elif was and not held:
             log.warning("leader lock lost: this process stops running scheduled jobs", extra={"holder": self.holder})
         return held
 
+    def _settle(self, held: bool, valid_until: dt.datetime | None, other_expires_at: dt.datetime | None = None) -> bool:
+        with self._state:
+            self._held, self._valid_until, self._other_expires_at = held, valid_until, other_expires_at
+        return held
+
     def release(self) -> None:
         """Give leadership up at once (a clean stop), so a standby need not wait for the lease to end."""
-        with self._mutex:
+        with self._io:
             was = self._held
-            self._held = False
-            self._valid_until = None
+            self._settle(False, None)
             if self.postgres:
                 self._drop_connection(unlock=True)
                 if self._lock_engine is not None:
@@ -146,10 +153,7 @@ class LeaderLock:
             # Busy or unreachable: keep what we had; is_leader ends by itself when the lease runs out.
             log.warning("leader lease not renewed (%s)", type(exc).__name__)
             return self._held
-        self._other_expires_at = other
-        if acquired:
-            self._valid_until = until
-        return acquired
+        return self._settle(acquired, until if acquired else None, other)
 
     # --- PostgreSQL: a session advisory lock -------------------------------------------------------
 
@@ -180,12 +184,11 @@ class LeaderLock:
             try:
                 # The lock lives as long as this session; a round trip proves the session is alive.
                 self._connection.exec_driver_sql("SELECT 1")
-                self._valid_until = self.clock() + self.lease
-                return True
+                return self._settle(True, self.clock() + self.lease)
             except SQLAlchemyError as exc:
                 log.warning("leader lock connection lost (%s)", type(exc).__name__)
                 self._drop_connection(unlock=False)
-                self._valid_until = None
+                self._settle(False, None)
         connection = None
         try:
             connection = self._engine_for_lock().connect()
@@ -194,24 +197,26 @@ class LeaderLock:
             log.warning("leader lock: the database does not answer (%s)", type(exc).__name__)
             got = False
         if not got:
-            if connection is not None:
-                connection.close()
-            return False
+            _close_quietly(connection)
+            return self._settle(False, None)
         self._connection = connection
-        self._valid_until = self.clock() + self.lease
-        return True
+        return self._settle(True, self.clock() + self.lease)
 
     def _drop_connection(self, *, unlock: bool) -> None:
         connection, self._connection = self._connection, None
-        if connection is None:
-            return
-        try:
-            if unlock:
-                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_KEY})
-        except SQLAlchemyError:
-            pass  # closing the session below frees the lock anyway
-        finally:
+        if connection is not None and unlock:
             try:
-                connection.close()
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_KEY})
             except SQLAlchemyError:
-                pass
+                pass  # closing the session below frees the lock anyway
+        _close_quietly(connection)
+
+
+def _close_quietly(connection: Connection | None) -> None:
+    """Close a connection that may already be broken (its session then ended with it)."""
+    if connection is None:
+        return
+    try:
+        connection.close()
+    except SQLAlchemyError:
+        pass

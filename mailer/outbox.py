@@ -16,6 +16,7 @@ from mailer.models import Campaign, Contact, OutboxMessage, Subscription, Suppre
 # States a message waits in until it is due; "unknown" waits for its one retry.
 WAITING = ("queued", "deferred", "unknown")
 FINAL = ("sent", "failed", "skipped")
+_T = OutboxMessage.__table__
 
 
 def _insert(session: Session):  # noqa: ANN202
@@ -92,6 +93,14 @@ def reclaim_expired(session: Session, now: dt.datetime) -> int:
     return result.rowcount or 0
 
 
+def renew(connection: Connection, worker: str, until: dt.datetime) -> int:
+    """Extend this worker's leases: a live worker's rows never look abandoned to another process."""
+    result = connection.execute(
+        update(_T).where(_T.c.claimed_by == worker, _T.c.state == "sending").values(lease_until=until)
+    )
+    return result.rowcount or 0
+
+
 @dataclass(frozen=True, slots=True)
 class Claimed:
     """A claimed row with what the send needs about its recipient."""
@@ -147,7 +156,6 @@ def record(session: Session, updates: Sequence[Mapping[str, Any]]) -> None:
         session.execute(update(OutboxMessage), [dict(item) for item in updates])
 
 
-_T = OutboxMessage.__table__
 _SENT = (
     update(_T)
     .where(_T.c.id == bindparam("b_id"))

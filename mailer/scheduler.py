@@ -62,16 +62,15 @@ class DailyAt(BaseTrigger):
         self.timezone = timezone
 
     def fire_time(self, day: dt.date) -> dt.datetime:
-        """The instant of `day`'s run, as a real (existing, unambiguous) local time."""
-        return dt.datetime.combine(day, self.at, tzinfo=self.timezone).astimezone(dt.UTC).astimezone(self.timezone)
+        """The instant of `day`'s run, in UTC. (A local datetime inside the repeated hour never compares
+        equal to one in another zone (PEP 495), and two sharing a zone compare by wall time: UTC is safe.)"""
+        return dt.datetime.combine(day, self.at, tzinfo=self.timezone).astimezone(dt.UTC)
 
     def get_next_fire_time(self, previous_fire_time: dt.datetime | None, now: dt.datetime) -> dt.datetime:
         # After a run, the next date's time: never the same date again, even if the wall clock steps back.
-        start = previous_fire_time + dt.timedelta(microseconds=1) if previous_fire_time else now
-        # Compare in UTC: aware datetimes that share a tzinfo compare by wall time, which DST breaks.
-        start_utc = start.astimezone(dt.UTC)
+        start = (previous_fire_time + dt.timedelta(microseconds=1) if previous_fire_time else now).astimezone(dt.UTC)
         day = start.astimezone(self.timezone).date()
-        while (candidate := self.fire_time(day)).astimezone(dt.UTC) < start_utc:
+        while (candidate := self.fire_time(day)) < start:
             day += dt.timedelta(days=1)
         return candidate
 
@@ -178,10 +177,13 @@ class SchedulerService:
     def _keep_lock(self) -> None:
         """Renew (leader) or retry (standby) the lock every heartbeat until shutdown."""
         while not self._heartbeat_stop.wait(self.lock.next_attempt_in()):
-            leading = self.lock.try_acquire()
-            if leading and not self._leading:
-                self._took_over()
-            self._leading = leading
+            try:
+                leading = self.lock.try_acquire()
+                if leading and not self._leading:
+                    self._took_over()
+                self._leading = leading
+            except Exception:  # this thread must outlive any surprise, or the lease silently runs out
+                log.exception("leader heartbeat failed; retrying")
 
     def _took_over(self) -> None:
         """Leadership starts (at start-up or after the leader died): catch up on tonight's newsletter if
@@ -245,14 +247,14 @@ def run_scheduled(service_id: str, job_id: str) -> None:
             log.debug("job %s not run: standby", job_id)
             return
         runtime = service.runtime
-        function = jobs.registry()[job_id]
-        if job_id == "deliver":
-            # The shared stop signal: on SIGTERM the send loop stops claiming and finishes what is in flight.
-            function = functools.partial(function, stop=service.stop)
         failed_inside = False
 
         def guarded(rt: Runtime, now: dt.datetime) -> dict[str, object]:
             nonlocal failed_inside
+            function = jobs.registry()[job_id]
+            if job_id == "deliver":
+                # The shared stop signal: on SIGTERM the send loop stops claiming, finishes what is in flight.
+                function = functools.partial(function, stop=service.stop)
             try:
                 return function(rt, now)
             except Exception:
@@ -279,23 +281,28 @@ def newsletter_ran_since(session: Session, since: dt.datetime) -> bool:
 
 def catch_up_newsletter(service_id: str) -> None:
     """After a start or a takeover: if the latest send time passed with no nightly run recorded (the
-    service was down), run the nightly job once now. make_newsletter decides: within the grace time it
-    makes that night's digest; beyond it, it logs the night as missed and leaves it for staff."""
+    service was down) and posts are waiting, run the nightly job once now. make_newsletter decides:
+    within the grace time it makes that night's digest; beyond it, it logs the night as missed and
+    leaves the posts for staff."""
     service = _services.get(service_id)
-    if service is None or not service.lock.is_leader:
+    if service is None:
         return
-    runtime = service.runtime
-    settings = runtime.settings
-    now = runtime.clock()
-    due = campaigns.scheduled_send(settings, campaigns.latest_send_date(settings, now))
-    try:
-        with runtime.sessions() as session:
-            ran = newsletter_ran_since(session, due)
-    except SQLAlchemyError as exc:
-        log.error("nightly newsletter catch-up: %s", describe(exc))
-        return
-    if ran:
-        log.debug("nightly newsletter for %s already ran; nothing to catch up", due.astimezone(settings.zone))
+    with service.slot(CATCH_UP) as admitted:
+        if not admitted or not service.lock.is_leader:
+            return
+        runtime = service.runtime
+        settings = runtime.settings
+        now = runtime.clock()
+        due = campaigns.scheduled_send(settings, campaigns.latest_send_date(settings, now))
+        try:
+            with runtime.sessions() as session:
+                # No posts waiting: nothing could have been missed (and a fresh install warns of nothing).
+                needed = not newsletter_ran_since(session, due) and campaigns.has_unsent_posts(session)
+        except SQLAlchemyError as exc:
+            log.error("nightly newsletter catch-up: %s", describe(exc))
+            return
+    if not needed:
+        log.debug("nightly newsletter of %s: already run, or no posts waiting", due.astimezone(settings.zone))
         return
     log.info("nightly newsletter: no run recorded since its send time %s; running it now",
              due.astimezone(settings.zone).strftime("%Y-%m-%d %H:%M %Z"), extra={"job": NIGHTLY})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 
 import pytest
 from sqlalchemy import select
@@ -238,3 +239,26 @@ def test_enqueue_is_set_based_counts_and_repeats_safely(settings, sessions) -> N
         assert outbox.enqueue_campaign(session, campaign, T0) == 2  # the suppressed address is not enqueued
         assert outbox.enqueue_campaign(session, campaign, T0) == 0
         assert outbox.counts(session, campaign.id)["queued"] == 2
+
+
+def test_a_live_worker_keeps_its_leases(settings, sessions, engine, smtp_server) -> None:  # noqa: ANN001
+    """A slow relay makes a batch outlast the lease; the worker renews it, so nobody takes its rows."""
+    from mailer.runtime import system_clock
+
+    add_subscribers(sessions, settings, [f"slow{n}@example.com" for n in range(10)])
+    start_campaign(sessions, settings)
+    settings = settings.model_copy(update={"delivery": settings.delivery.model_copy(
+        update={"connections": 1, "lease": "PT1S"})})
+    smtp_server.faults.data_delay = 0.25
+    reports = []
+    worker = threading.Thread(target=lambda: reports.append(
+        Delivery(settings, engine, smtp(smtp_server), system_clock).run()))
+    worker.start()
+    try:
+        time.sleep(1.6)  # past the first lease
+        with sessions.begin() as session:
+            assert outbox.reclaim_expired(session, system_clock()) == 0
+    finally:
+        worker.join(30)
+    assert reports and reports[0].sent == 10
+    assert len(smtp_server.received) == 10
