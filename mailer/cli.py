@@ -433,9 +433,11 @@ def _add_command_groups() -> None:
     """Commands kept in modules of their own (each imports only mailer.cli_context, never this module)."""
     from mailer.cli_bounces import bounces
     from mailer.cli_serve import serve
+    from mailer.cli_staff import staff
 
     main.add_command(bounces)
     main.add_command(serve)
+    main.add_command(staff)
 
 
 _add_command_groups()

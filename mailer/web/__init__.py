@@ -96,6 +96,8 @@ def create_app(runtime: Runtime, *, leader: Callable[[], bool] | None = None) ->
     # and session-bound CSRF (security.form_token with the session as scope works for that too):
     #     from mailer.web import admin
     #     app.register_blueprint(admin.blueprint, url_prefix="/admin")
+    from mailer.web import admin
+    app.register_blueprint(admin.blueprint, url_prefix="/admin")
     return app
 
 
