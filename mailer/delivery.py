@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailer import audience, campaigns, outbox
@@ -284,15 +284,35 @@ class Delivery:
         return {**base, "state": "deferred", "attempts": attempts, "smtp_code": result.code,
                 "due_at": now + backoff(self.settings, attempts, self.rng), "last_error": result.detail[:2000]}
 
-    def _record(self, results: list[_Result], report: Report) -> None:
+    def _open_recorder(self) -> Connection:
+        """The connection results are written on. On PostgreSQL its commits do not wait for the WAL
+        flush (synchronous_commit off): a killed worker loses nothing the server received, and only a
+        crash of the database server itself could forget the last fraction of a second of results,
+        which would then be sent again — the same bound as the messages in flight."""
+        connection = self.engine.connect()
+        if self.engine.dialect.name == "postgresql":
+            connection.exec_driver_sql("SET synchronous_commit TO OFF")
+            connection.commit()
+        return connection
+
+    def _close_recorder(self, connection: Connection) -> None:
+        if self.engine.dialect.name == "postgresql":
+            try:
+                connection.exec_driver_sql("RESET synchronous_commit")  # back to the pool as it came
+                connection.commit()
+            except Exception:  # a broken connection is discarded by the pool anyway
+                pass
+        connection.close()
+
+    def _record(self, connection: Connection, results: list[_Result], report: Report) -> None:
         """Write results: the common case (sent) in one executemany on a kept connection, the rest
         (retries, failures, suppressions) through the ORM."""
         if not results:
             return
         sent = [item for item in results if item.result.outcome == "sent"]
         if sent:
-            with self._recorder.begin():
-                outbox.record_sent(self._recorder, [
+            with connection.begin():
+                outbox.record_sent(connection, [
                     (item.job.row.id, item.finished_at, item.job.message_id, item.result.code) for item in sent
                 ])
             report.sent += len(sent)
@@ -311,11 +331,17 @@ class Delivery:
         progress: Callable[[int], None] | None = None,
     ) -> Report:
         """Send every due message (or `limit` of them); return what happened. `stop` ends it cleanly:
-        no new claims, the messages in flight finish, claimed but unsent rows are released."""
+        no new claims, the messages in flight finish, claimed but unsent rows are released.
+
+        Three kinds of thread: this one claims rows and builds messages; `connections` senders re-check
+        consent and talk SMTP; one recorder writes results as they come (a reply waits for its commit
+        no longer than the write before it, which bounds what a crash could send twice) and renews
+        this worker's leases.
+        """
         stop = stop or threading.Event()
         settings = self.settings.delivery
         report = Report()
-        self._recorder = self.engine.connect()
+        lease = duration(settings.lease)
         with self.sessions.begin() as session:
             reclaimed = outbox.reclaim_expired(session, self.clock())
         if reclaimed:
@@ -323,95 +349,103 @@ class Delivery:
 
         connections = settings.connections
         work: queue.Queue[_Job | None] = queue.Queue(maxsize=connections * 4)
-        results: queue.Queue[_Result] = queue.Queue()
+        results: queue.Queue[_Result | None] = queue.Queue()
         limiter = RateLimiter(settings.max_per_second)
-        threads = [
+        senders = [
             threading.Thread(target=self._sender, args=(work, results, limiter), name=f"sender-{n}", daemon=True)
             for n in range(connections)
         ]
-        for thread in threads:
+        failure: list[BaseException] = []
+        recorder = threading.Thread(target=self._record_loop, args=(results, report, progress, lease, stop, failure),
+                                    name="recorder", daemon=True)
+        recorder.start()
+        for thread in senders:
             thread.start()
-        in_flight = 0
         pending: deque[_Job] = deque()  # claimed, built, not yet handed to a sender thread
         claimed_total = 0
-        lease = duration(settings.lease)
-
-        renew_every = max(0.5, lease.total_seconds() / 3)
-        renewed_at = time.monotonic()
-
-        def drain(block: bool) -> None:
-            """Record the replies that came in; keep this worker's leases fresh while it lives."""
-            nonlocal in_flight, renewed_at
-            if time.monotonic() - renewed_at >= renew_every:
-                with self._recorder.begin():
-                    outbox.renew(self._recorder, self.worker, self.clock() + lease)
-                renewed_at = time.monotonic()
-            done: list[_Result] = []
-            try:
-                done.append(results.get(timeout=0.05) if block else results.get_nowait())
-                while True:
-                    done.append(results.get_nowait())
-            except queue.Empty:
-                pass
-            if done:
-                in_flight -= len(done)
-                self._record(done, report)
-                if progress:
-                    progress(len(done))
-
+        completed = False
         try:
-            while True:
-                drain(block=False)
-                if stop.is_set():
-                    break
-                if not pending and in_flight < connections * 2:
+            while not stop.is_set():
+                if not pending:
+                    if work.qsize() >= connections * 2:  # the senders have enough to do for now
+                        time.sleep(0.001)
+                        continue
                     batch = settings.batch_size if limit is None else min(settings.batch_size, limit - claimed_total)
                     if batch <= 0:
-                        if in_flight == 0:
-                            break
-                        drain(block=True)
-                        continue
+                        break
                     with self.sessions.begin() as session:
                         now = self.clock()
                         rows = outbox.claim(session, self.worker, now, lease, batch)
                         pending = deque(self._job(session, row, now) for row in rows)
                     claimed_total += len(rows)
                     if not rows:
-                        if in_flight == 0:
-                            break
-                        drain(block=True)
-                        continue
+                        break  # nothing else is due; what is in flight finishes below
                 while pending and not stop.is_set():
-                    # Results are recorded before each hand-over, so a reply waits for its commit no
-                    # longer than one loop turn: that bounds what a crash could send twice.
-                    drain(block=False)
                     try:
-                        work.put(pending[0], timeout=0.01)
+                        work.put(pending[0], timeout=0.05)
                     except queue.Full:
                         continue
                     pending.popleft()
-                    in_flight += 1
+            completed = not stop.is_set()
         finally:
-            # Jobs not yet taken by a sender were never handed to SMTP: they go back unsent.
+            # When stopped (or failing), jobs not yet taken by a sender were never handed to SMTP: they go
+            # back unsent. When done, the senders work through what is queued before the stop markers.
             unsent = [job.row.id for job in pending]
-            while True:
+            while not completed:
                 try:
                     job = work.get_nowait()
                 except queue.Empty:
                     break
                 if job is not None:
                     unsent.append(job.row.id)
-                    in_flight -= 1
-            for _ in threads:
+            for _ in senders:
                 work.put(None)
             # The messages the senders are handing over now finish, and their results are recorded.
-            for thread in threads:
+            for thread in senders:
                 thread.join(timeout=max(5.0, settings.timeout_seconds * 3))
-            drain(block=False)
+            results.put(None)
+            recorder.join()
             with self.sessions.begin() as session:
                 report.released = outbox.release(session, unsent)
-            self._recorder.close()
+        if failure:
+            raise failure[0]
         return report
+
+    def _record_loop(self, results: queue.Queue, report: Report, progress: Callable[[int], None] | None,
+                     lease: dt.timedelta, stop: threading.Event, failure: list[BaseException]) -> None:
+        """The recorder thread: write whatever results have arrived, in one go; renew leases."""
+        connection = self._open_recorder()
+        renew_every = max(0.5, lease.total_seconds() / 3)
+        renewed_at = time.monotonic()
+        finished = False
+        try:
+            while not finished:
+                batch: list[_Result] = []
+                try:
+                    item = results.get(timeout=0.1)
+                    while True:
+                        if item is None:
+                            finished = True
+                            break
+                        batch.append(item)
+                        item = results.get_nowait()
+                except queue.Empty:
+                    pass
+                if batch:
+                    self._record(connection, batch, report)
+                    if progress:
+                        progress(len(batch))
+                if time.monotonic() - renewed_at >= renew_every:
+                    with connection.begin():
+                        outbox.renew(connection, self.worker, self.clock() + lease)
+                    renewed_at = time.monotonic()
+        except BaseException as exc:  # the database went away: stop claiming, and fail the run loudly
+            failure.append(exc)
+            stop.set()
+            while results.get() is not None:  # let the senders finish; their rows' leases expire
+                pass
+        finally:
+            self._close_recorder(connection)
 
     def _sender(self, work: queue.Queue, results: queue.Queue, limiter: RateLimiter) -> None:
         """One connection, reused: take a job, re-check consent, send, report."""
