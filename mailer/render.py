@@ -126,11 +126,17 @@ def _fold_header(name: str, value: str) -> bytes:
 
 @dataclass(frozen=True)
 class Part:
-    """A body rendering split at its placeholders; `escape` says how values are made safe in it."""
+    """A body rendering split at its placeholders; `escape` says how values are made safe in it.
+
+    Quoted-printable encodes each line on its own, so the lines without a placeholder (nearly all of
+    a newsletter) are encoded once here; per recipient only the few personal lines are (`encoded`).
+    """
 
     literals: tuple[str, ...]
     names: tuple[str, ...]
     escape: bool
+    # Encoded runs of static lines (bytes) and, between them, the lines that hold placeholders (Parts).
+    chunks: tuple[bytes | Part, ...] = ()
 
     @classmethod
     def of(cls, rendered: str, *, escape: bool) -> Part:
@@ -138,7 +144,21 @@ class Part:
         unknown = set(names) - set(PERSONAL_FIELDS)
         if unknown:
             raise RenderError(f"unknown placeholder {sorted(unknown)[0]!r}")
-        return cls(literals, names, escape)
+        chunks: list[bytes | Part] = []
+        static: list[str] = []
+        lines = rendered.split("\n")
+        for number, line in enumerate(lines):
+            line = line if number == len(lines) - 1 else line + "\n"
+            if not _MARK_RE.search(line):
+                static.append(line)
+                continue
+            if static:
+                chunks.append(_qp("".join(static)))
+                static = []
+            chunks.append(cls(*_segments(line), escape))
+        if static:
+            chunks.append(_qp("".join(static)))
+        return cls(literals, names, escape, tuple(chunks))
 
     def fill(self, values: Mapping[str, str]) -> str:
         out = [self.literals[0]]
@@ -147,6 +167,10 @@ class Part:
             out.append(html.escape(value) if self.escape else value)
             out.append(literal)
         return "".join(out)
+
+    def encoded(self, values: Mapping[str, str]) -> bytes:
+        """The filled part, quoted-printable with CRLF: the same bytes as _qp(self.fill(values))."""
+        return b"".join(chunk if isinstance(chunk, bytes) else _qp(chunk.fill(values)) for chunk in self.chunks)
 
 
 @dataclass(frozen=True)
@@ -199,8 +223,8 @@ class PreparedMessage:
         head.append(self.static_headers)
         plain, rich, end = self._frame
         return b"".join(
-            [*head, b"\r\nThis is a multi-part message in MIME format.\r\n", plain, _qp(self.text.fill(values)),
-             rich, _qp(self.html.fill(values)), end]
+            [*head, b"\r\nThis is a multi-part message in MIME format.\r\n", plain, self.text.encoded(values),
+             rich, self.html.encoded(values), end]
         )
 
 

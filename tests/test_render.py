@@ -131,3 +131,12 @@ def test_long_subjects_fold_and_read_back_unchanged(plain_settings: config.Setti
                                           "<3.a@therapycentral.example>"), NOW)
     assert max(len(line) for line in raw.split(b"\r\n\r\n")[0].split(b"\r\n")) <= 78
     assert email.message_from_bytes(raw, policy=email.policy.default)["Subject"] == subject
+
+
+@pytest.mark.parametrize("first", ["Riley", "Zoë", "a" * 120, "=?utf-8?q?x?=", " trailing "])
+def test_parts_encode_static_lines_once_with_the_same_bytes(plain_settings: config.Settings, first: str) -> None:
+    prepared = render.Renderer(plain_settings).prepare_campaign(campaign())
+    values = {**render.sample_values("https://mail.therapycentral.example"), "first_name": first}
+    for part in (prepared.text, prepared.html):
+        assert part.encoded(values) == render._qp(part.fill(values))
+        assert sum(isinstance(chunk, bytes) for chunk in part.chunks) >= 2  # static runs really are reused
