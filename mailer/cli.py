@@ -14,14 +14,19 @@ from pathlib import Path
 import click
 
 from mailer import audience, campaigns, config, outbox
-from mailer.cli_context import Context, UserError, friendly, parse_instant, pass_ctx, setup_logging
+from mailer.cli_context import Context, LazyGroup, UserError, friendly, parse_instant, pass_ctx, setup_logging
 
 __all__ = ["Context", "UserError", "friendly", "main", "parse_instant", "pass_ctx", "setup_logging"]
 
 log = logging.getLogger("mailer.cli")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=LazyGroup,
+    lazy_subcommands={"bounces": "mailer.cli_bounces:bounces", "serve": "mailer.cli_serve:serve",
+                      "staff": "mailer.cli_staff:staff"},
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Config file (default: $MAILER_CONFIG, else ./config.toml).")
 @click.option("--log-level", default="warning", show_default=True,
@@ -428,19 +433,6 @@ def demo(ctx: Context, var_dir: Path) -> None:
 
     demo_module.run(ctx.config_path, var_dir.resolve(), echo=click.echo)
 
-
-def _add_command_groups() -> None:
-    """Commands kept in modules of their own (each imports only mailer.cli_context, never this module)."""
-    from mailer.cli_bounces import bounces
-    from mailer.cli_serve import serve
-    from mailer.cli_staff import staff
-
-    main.add_command(bounces)
-    main.add_command(serve)
-    main.add_command(staff)
-
-
-_add_command_groups()
 
 if __name__ == "__main__":  # pragma: no cover
     main()

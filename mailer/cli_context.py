@@ -95,3 +95,22 @@ def setup_logging(level: str, log_format: str = "text") -> None:
     from mailer.logs import configure
 
     configure(level, log_format)
+
+
+class LazyGroup(click.Group):
+    """A group whose heavier commands (web server, scheduler, password hashing, mailbox reading) are
+    imported only when they run, so `mailer send` does not pay for waitress or APScheduler."""
+
+    def __init__(self, *args: Any, lazy_subcommands: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy_subcommands = lazy_subcommands or {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy_subcommands])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy_subcommands:
+            module_name, _, attribute = self.lazy_subcommands[cmd_name].partition(":")
+            module = __import__(module_name, fromlist=[attribute])
+            return getattr(module, attribute)
+        return super().get_command(ctx, cmd_name)

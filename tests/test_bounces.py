@@ -23,13 +23,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from mailer import audience, bounces, followups
 from mailer.bounces import Bounce, classify, classify_all, parse
 from mailer.cli import main
-from mailer.cli_bounces import bounces as bounces_group
 from mailer.config import Settings
 from mailer.models import ConsentEvent, Contact, Enrollment, OutboxMessage, Subscription, Suppression
 from tests.conftest import utc
-
-if "bounces" not in main.commands:
-    main.add_command(bounces_group)
 
 DSN = Path(__file__).parent / "data" / "dsn"
 T0 = utc(2026, 11, 24, 12, 0)
