@@ -39,7 +39,11 @@ def topic_purpose(topic: str) -> str:
 
 
 def normalize_email(raw: str) -> str:
-    """A syntactically valid address with its domain case-folded and IDNA-checked; no DNS lookups."""
+    """A syntactically valid address, IDNA-checked, no DNS lookups, lower-cased whole.
+
+    The local part is case-sensitive on paper and never in practice; folding it too means an opt-out
+    from "Riley.Chen@" also holds against an import of "riley.chen@".
+    """
     candidate = (raw or "").strip()
     if not candidate or len(candidate) > 320 or any(ch in candidate for ch in "\r\n\x00"):
         raise AudienceError(f"not a valid email address: {one_line(candidate)[:80]!r}")
@@ -47,7 +51,7 @@ def normalize_email(raw: str) -> str:
         result = validate_email(candidate, check_deliverability=False, allow_smtputf8=True)
     except EmailNotValidError as exc:
         raise AudienceError(f"not a valid email address: {one_line(candidate)[:80]!r} ({exc})") from None
-    return f"{result.local_part}@{result.domain.lower()}"
+    return f"{result.local_part.lower()}@{result.domain.lower()}"
 
 
 def clean_name(name: str | None) -> str:

@@ -493,7 +493,7 @@ def test_subscribe_creates_a_pending_subscription_and_one_confirmation(client: F
                                                "consent_text": "Email me the newsletter."},
                            headers={"User-Agent": UA}, environ_base={"REMOTE_ADDR": "192.0.2.10"})
     assert response.status_code == 200
-    contact = contact_by_email(runtime, "New.Person@example.com")
+    contact = contact_by_email(runtime, "new.person@example.com")  # stored lower-cased whole
     assert contact is not None and contact.name == "New Person"
     after = state(runtime, contact.id)
     assert after.topics == {"newsletter": "pending"}
