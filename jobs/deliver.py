@@ -3,19 +3,43 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import subprocess
 import threading
+from collections.abc import Callable, Sequence
 
 from mailer import campaigns
 from mailer.delivery import Delivery
 from mailer.runtime import Runtime
 
 TRIGGER = "interval"  # seconds = 60
+COUNTS = ("sent", "deferred", "failed", "skipped", "unknown")
 
 
-def run(runtime: Runtime, now: dt.datetime, stop: threading.Event | None = None, progress=None) -> dict[str, int]:  # noqa: ANN001
+def run(
+    runtime: Runtime,
+    now: dt.datetime,
+    stop: threading.Event | None = None,
+    progress: Callable[[int], None] | None = None,
+    helpers: Callable[[], Sequence[subprocess.Popen]] | None = None,
+) -> dict[str, int]:
+    """Dispatch, send, finish. `helpers` starts extra `mailer send --worker` processes that drain the
+    same outbox alongside this one (each prints its counts as JSON); their counts are added in."""
     with runtime.sessions.begin() as session:
         enqueued = campaigns.dispatch(session, now)
-    report = Delivery(runtime.settings, runtime.engine, runtime.transport, runtime.clock).run(stop=stop, progress=progress)
+    workers = list(helpers()) if helpers else []
+    try:
+        report = Delivery(runtime.settings, runtime.engine, runtime.transport, runtime.clock).run(
+            stop=stop, progress=progress)
+    finally:
+        outputs = [worker.communicate()[0] for worker in workers]
+    counts = report.as_dict()
+    for worker, output in zip(workers, outputs, strict=True):
+        if worker.returncode != 0:
+            raise RuntimeError(f"a send worker process exited with {worker.returncode}")
+        lines = (output or b"").decode().strip().splitlines()
+        for key, value in json.loads(lines[-1]).items():
+            counts[key] = counts.get(key, 0) + int(value)
     with runtime.sessions.begin() as session:
         finished = campaigns.finish(session, runtime.clock())
-    return {"enqueued": sum(enqueued.values()), **report.as_dict(), "campaigns_finished": len(finished)}
+    return {"enqueued": sum(enqueued.values()), **{k: counts[k] for k in COUNTS}, "campaigns_finished": len(finished)}

@@ -101,13 +101,21 @@ def tick(ctx: Context, at: str | None) -> None:
 
 @main.command()
 @click.option("--dry-run", is_flag=True, help="Show what would be sent; send nothing.")
+@click.option("--processes", type=click.IntRange(1, 32), default=None,
+              help="Worker processes sharing the connections (default: delivery.processes).")
+@click.option("--worker", is_flag=True, hidden=True, help="Internal: a helper process of another send.")
+@click.option("--connections", type=click.IntRange(1, 64), default=None, hidden=True)
 @pass_ctx
 @friendly
-def send(ctx: Context, dry_run: bool) -> None:
+def send(ctx: Context, dry_run: bool, processes: int | None, worker: bool, connections: int | None) -> None:
     """Hand every due outbox message to the transport now (SMTP or .eml files)."""
+    import json
     import signal
+    import subprocess
 
     from jobs import deliver
+    from mailer.delivery import Delivery
+    from mailer.runtime import Runtime
 
     runtime = ctx.runtime
     now = ctx.now()
@@ -122,22 +130,44 @@ def send(ctx: Context, dry_run: bool) -> None:
             click.echo(f"would enqueue and send {count} message(s) of approved campaign {campaign_id}")
         click.echo(f"{total} message(s) due; nothing sent (dry run).")
         return
+    settings = runtime.settings
+    processes = processes or settings.delivery.processes
+    per_process = connections or max(1, settings.delivery.connections // processes)
+    if per_process != settings.delivery.connections:
+        delivery = settings.delivery.model_copy(update={"connections": per_process})
+        runtime = Runtime(settings.model_copy(update={"delivery": delivery}), clock=runtime.clock)
     stop = threading.Event()
+    workers: list[subprocess.Popen] = []
 
     def on_signal(signum: int, _frame: object) -> None:
         click.echo(f"mailer: {signal.Signals(signum).name}: finishing the messages in flight...", err=True)
         stop.set()
+        for helper in workers:
+            helper.send_signal(signal.SIGTERM)
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+    if worker:  # one of several processes: no dispatch, no progress bar, counts as JSON for the parent
+        report = Delivery(runtime.settings, runtime.engine, runtime.transport, runtime.clock).run(stop=stop)
+        click.echo(json.dumps(report.as_dict()))
+        return
+
+    def helpers() -> list[subprocess.Popen]:
+        argv = [sys.executable, "-m", "mailer", "--config", str(ctx.config_path), "send", "--worker",
+                "--connections", str(per_process)]
+        workers.extend(subprocess.Popen(argv, stdout=subprocess.PIPE) for _ in range(processes - 1))
+        return workers
+
     with runtime.sessions() as session:
         total = sum(count for *_, count in outbox.due_summary(session, now))
-    if sys.stdout.isatty() and total:
+        total += sum(outbox.audience_size(session, c.topic) for c in campaigns.ready(session, now))
+    spawn = helpers if processes > 1 else None
+    if sys.stdout.isatty() and total and processes == 1:
         with click.progressbar(length=total, label="Sending", show_pos=True) as bar:
             counts = deliver.run(runtime, now, stop=stop, progress=bar.update)
     else:
-        counts = deliver.run(runtime, now, stop=stop)
+        counts = deliver.run(runtime, now, stop=stop, helpers=spawn)
     click.echo(", ".join(f"{k} {v}" for k, v in counts.items()))
 
 

@@ -179,6 +179,7 @@ class Delivery(_Section):
     transport: Literal["smtp", "file"]
     outbox_dir: str
     connections: int = Field(ge=1, le=64)
+    processes: int = Field(default=1, ge=1, le=32)
     max_per_second: float = Field(ge=0)
     smtp_url: str = ""
     timeout_seconds: float = Field(default=30.0, gt=0)

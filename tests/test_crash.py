@@ -136,3 +136,19 @@ def test_several_processes_drain_one_campaign_exactly_once(config_path: Path, se
     sent_by = [int(out.decode().split("sent ")[1].split(",")[0]) for out, _err in outputs]
     print(f"\n{processes} processes: {recipients} recipients, sent per process {sent_by}")
     assert sum(sent_by) == recipients and sum(1 for n in sent_by if n > 0) >= 2
+
+
+@pytest.mark.slow
+def test_send_with_several_processes_reports_every_message_once(config_path: Path, send_env: dict[str, str],
+                                                                 smtp_server: SMTPServer, engine) -> None:  # noqa: ANN001
+    recipients = 600
+    settings = config.load(config_path, send_env)
+    bulk_subscribers(engine, recipients)
+    start_campaign(settings)
+    result = subprocess.run([MAILER, "send", "--processes", "3"], env=send_env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"sent {recipients}," in result.stdout and "failed 0" in result.stdout
+    per_recipient = collections.Counter(r.rcpt_tos[0] for r in smtp_server.received)
+    assert len(per_recipient) == recipients and max(per_recipient.values()) == 1
+    assert outbox_counts(settings)["sent"] == recipients
