@@ -399,7 +399,7 @@ def load(path: Path | str | None = None, environ: dict[str, str] | None = None) 
                 stacklevel=2,
             )
     if not settings.secret_key:
-        settings = settings.model_copy(update={"secret_key": _development_secret(settings.var_dir)})
+        settings = settings.model_copy(update={"secret_key": development_secret(settings.var_dir)})
     return settings
 
 
@@ -407,7 +407,7 @@ class ConfigWarning(UserWarning):
     """A configuration that works but that staff should look at."""
 
 
-def _development_secret(var_dir: Path) -> str:
+def development_secret(var_dir: Path) -> str:
     """Without MAILER_SECRET_KEY, keep a random key under var/ so links survive restarts in development."""
     key_file = var_dir / "secret.key"
     try:

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 import jobs
 from mailer import audience, config, followups, previews, schema
-from mailer.models import Campaign, OutboxMessage
+from mailer.models import Campaign, Contact, Inquiry, OutboxMessage
 from mailer.runtime import Runtime, fixed_clock
 
 SAMPLE = Path(__file__).with_name("sample")
@@ -29,7 +29,8 @@ NIGHTS = (
 
 def demo_settings(config_path: Path | None, var_dir: Path) -> config.Settings:
     """The configured settings, pinned to the embedded default: SQLite and .eml files under var_dir."""
-    settings = config.load(config_path, environ={})
+    # Nothing from the environment (the demo never touches a configured database or relay); its own key.
+    settings = config.load(config_path, environ={"MAILER_SECRET_KEY": config.development_secret(var_dir)})
     return settings.model_copy(update={
         "database": settings.database.model_copy(update={"url": f"sqlite:///{var_dir / 'demo.db'}"}),
         "delivery": settings.delivery.model_copy(update={"transport": "file", "outbox_dir": str(var_dir / "outbox"),
@@ -84,12 +85,22 @@ def run(config_path: Path | None, var_dir: Path, echo: Callable[[str], None] = p
             campaign_rows = session.scalars(select(Campaign).order_by(Campaign.id)).all()
             states = dict(session.execute(select(OutboxMessage.state, func.count()).group_by(OutboxMessage.state)).all())
             preview_paths = [previews.write_preview(base, c)[0] for c in campaign_rows]
+            followups_sent = session.execute(
+                select(Contact.email, Inquiry.consent, func.count(OutboxMessage.id))
+                .join(Inquiry, Inquiry.contact_id == Contact.id)
+                .outerjoin(OutboxMessage, (OutboxMessage.contact_id == Contact.id) & (OutboxMessage.kind == "followup")
+                           & (OutboxMessage.state == "sent"))
+                .group_by(Contact.email, Inquiry.consent).order_by(Contact.email)
+            ).all()
     finally:
         runtime.close()
     created = sorted(set(outbox_dir.glob("*.eml")) - before, key=lambda path: (len(path.name), path.name))
     echo("")
     echo(f"This run sent {sent_total} emails ({'none again: everything was already sent' if not sent_total else 'see below'}).")
     echo("Outbox: " + ", ".join(f"{state} {count}" for state, count in sorted(states.items())))
+    for address, consent, count in followups_sent:
+        agreed = "agreed to follow-ups" if consent else "did not agree to follow-ups"
+        echo(f"Inquiry from {address} ({agreed}): {count or 'no'} follow-up email{'s' if count != 1 else ''} sent")
     for path in created:
         echo(f"  {path}  {describe(path)}")
     for path in preview_paths:

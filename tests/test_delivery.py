@@ -262,3 +262,14 @@ def test_a_live_worker_keeps_its_leases(settings, sessions, engine, smtp_server)
         worker.join(30)
     assert reports and reports[0].sent == 10
     assert len(smtp_server.received) == 10
+
+
+def test_max_per_second_paces_all_connections_together(settings, sessions, engine, smtp_server) -> None:  # noqa: ANN001
+    add_subscribers(sessions, settings, [f"r{n}@example.com" for n in range(12)])
+    start_campaign(sessions, settings)
+    settings = settings.model_copy(update={"delivery": settings.delivery.model_copy(
+        update={"connections": 4, "max_per_second": 20.0})})
+    started = time.monotonic()
+    assert deliver(settings, engine, smtp_server, T0).sent == 12
+    # 12 messages at 20/s across four connections: the last may start 11/20 s after the first.
+    assert time.monotonic() - started >= 0.5

@@ -140,12 +140,13 @@ def reset_outbox(url: str) -> None:
     engine.dispose()
 
 
-def run_mailer_send(url: str, config_path: Path, port: int, expected: int) -> dict[str, float]:
+def run_mailer_send(url: str, config_path: Path, port: int, expected: int, processes: int = 1) -> dict[str, float]:
     env = {**os.environ, "MAILER_DATABASE_URL": url, "MAILER_SMTP_URL": f"smtp://127.0.0.1:{port}",
            "MAILER_SECRET_KEY": "benchmark-secret", "MAILER_BASE_URL": "https://mail.therapycentral.example",
            "MAILER_CONFIG": str(config_path)}
     started = time.perf_counter()
-    result = subprocess.run(["/usr/bin/time", "-v", MAILER, "send"], env=env, capture_output=True, text=True)
+    result = subprocess.run(["/usr/bin/time", "-v", MAILER, "send", "--processes", str(processes)], env=env,
+                            capture_output=True, text=True)
     elapsed = time.perf_counter() - started
     if result.returncode != 0:
         raise RuntimeError(f"mailer send failed: {result.stderr[-2000:]}")
@@ -233,6 +234,8 @@ def main() -> int:
     parser.add_argument("--naive-count", type=int, default=300, help="messages for the naive baseline")
     parser.add_argument("--pg-url", default=os.environ.get("MAILER_TEST_POSTGRES_URL", ""),
                         help="PostgreSQL server URL (a database is created and dropped)")
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2],
+                        help="`mailer send --processes` values to measure (the connections are shared out)")
     parser.add_argument("--skip-latency", action="store_true", help="skip the smtp-sink -w runs")
     parser.add_argument("--json", default=str(ROOT / "tests" / "benchmarks" / "results" / "bench_send.json"))
     args = parser.parse_args()
@@ -260,15 +263,17 @@ def main() -> int:
             results["message_bytes"] = size
             print(f"message size: {size} bytes")
             sink = Sink()
-            series: dict[str, list[dict[str, float]]] = {"ceiling": [], "naive": [],
-                                                         **{f"mailer_{k}": [] for k in kinds}}
+            runs = [(kind, p) for kind in kinds for p in args.processes]
+            label = {(kind, p): f"mailer_{kind}" + (f"_{p}p" if p > 1 else "") for kind, p in runs}
+            series: dict[str, list[dict[str, float]]] = {"ceiling": [], "naive": [], **{label[r]: [] for r in runs}}
             try:
                 for round_no in range(args.rounds):
                     series["ceiling"].append(run_ceiling(sink.port, args.n, args.connections, size))
                     series["naive"].append(run_naive(settings, urls["sqlite"], sink.port, args.naive_count))
-                    for kind in kinds:
+                    for kind, processes in runs:
                         reset_outbox(urls[kind])
-                        series[f"mailer_{kind}"].append(run_mailer_send(urls[kind], config_path, sink.port, args.n))
+                        series[label[(kind, processes)]].append(
+                            run_mailer_send(urls[kind], config_path, sink.port, args.n, processes))
                     line = ", ".join(f"{name} {runs[-1]['rate']:.0f}/s" for name, runs in series.items())
                     print(f"round {round_no + 1}: {line}")
             finally:
@@ -276,11 +281,12 @@ def main() -> int:
             medians = {name: statistics.median(r["rate"] for r in runs) for name, runs in series.items()}
             results["rates"] = {k: round(v, 1) for k, v in medians.items()}
             results["raw"] = series
-            for kind in kinds:
-                rate = medians[f"mailer_{kind}"]
-                results[f"ratio_{kind}_to_ceiling"] = round(rate / medians["ceiling"], 3)
-                results[f"ratio_{kind}_to_naive"] = round(rate / medians["naive"], 1)
-                results[f"peak_rss_mb_{kind}"] = round(max(r["peak_rss_mb"] for r in series[f"mailer_{kind}"]), 1)
+            for name in label.values():
+                rate = medians[name]
+                short = name.removeprefix("mailer_")
+                results[f"ratio_{short}_to_ceiling"] = round(rate / medians["ceiling"], 3)
+                results[f"ratio_{short}_to_naive"] = round(rate / medians["naive"], 1)
+                results[f"peak_rss_mb_{short}"] = round(max(r["peak_rss_mb"] for r in series[name]), 1)
             if not args.skip_latency:
                 results["latency"] = latency_runs(folder, settings, kinds, args.pg_url, cleanups)
         finally:
