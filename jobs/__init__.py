@@ -23,7 +23,14 @@ JobFunction = Callable[[Runtime, dt.datetime], dict[str, Any]]
 
 def registry() -> dict[str, JobFunction]:
     """Job id -> function, in the order `mailer tick` runs them."""
-    from jobs import advance_followups, deliver, housekeeping, ingest_feed, nightly_newsletter
+    from jobs import (
+        advance_followups,
+        deliver,
+        housekeeping,
+        ingest_feed,
+        nightly_newsletter,
+        process_bounces,
+    )
 
     return {
         "ingest_feed": ingest_feed.run,
@@ -31,6 +38,7 @@ def registry() -> dict[str, JobFunction]:
         "advance_followups": advance_followups.run,
         "deliver": deliver.run,
         "housekeeping": housekeeping.run,
+        "process_bounces": process_bounces.run,
     }
 
 

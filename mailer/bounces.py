@@ -27,10 +27,10 @@ from types import TracebackType
 from typing import Literal, Protocol, Self, cast
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from mailer import audience
-from mailer.config import Settings
+from mailer.config import Bounces, Settings
 from mailer.models import Contact, OutboxMessage
 from mailer.render import one_line as _header_safe
 
@@ -689,3 +689,50 @@ def _one_line_error(exc: BaseException) -> str:
     if text.startswith(("b'", 'b"')) and text.endswith(("'", '"')):
         text = text[2:-1]
     return one_line(text)[:200] or type(exc).__name__
+
+
+# --- the configured source, drained ------------------------------------------------------------
+
+# Messages applied per database transaction; each batch is marked processed right after its commit.
+BATCH_SIZE = 100
+
+
+def open_source(settings: Bounces, imap_password: str) -> BounceSource:
+    """The configured bounce mailbox, opened; a one-line error naming the key when it is not usable."""
+    if settings.source == "maildir":
+        if not settings.maildir:
+            raise BounceSourceError('bounces.source is "maildir" but bounces.maildir is empty: set it to the folder '
+                            "where bounces arrive")
+        return read_maildir(settings.maildir)
+    if settings.source == "imap":
+        for key in ("imap_host", "imap_user"):
+            if not getattr(settings, key):
+                raise BounceSourceError(f'bounces.source is "imap" but bounces.{key} is empty')
+        if not imap_password:
+            raise BounceSourceError('bounces.source is "imap" but MAILER_IMAP_PASSWORD is not set')
+        return read_imap(settings.imap_host, settings.imap_port, settings.imap_user, imap_password,
+                         settings.imap_folder)
+    raise BounceSourceError('bounces.source is "none": set it to maildir or imap in config.toml')
+
+
+def drain(sessions: sessionmaker[Session], settings: Settings, source: BounceSource, now: dt.datetime,
+          batch_size: int = BATCH_SIZE) -> BounceReport:
+    """Apply every unprocessed message, a batch per transaction, marking each batch only after it committed."""
+    report = BounceReport()
+    batch: list[tuple[str, bytes]] = []
+
+    def flush() -> None:
+        nonlocal report
+        with sessions.begin() as session:
+            report += process(session, settings, batch, now)
+        # After the commit: a crash before this line re-reads the batch next time rather than losing it.
+        source.mark_processed([key for key, _raw in batch])
+        batch.clear()
+
+    for item in source:
+        batch.append(item)
+        if len(batch) >= batch_size:
+            flush()
+    if batch:
+        flush()
+    return report

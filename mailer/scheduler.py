@@ -102,6 +102,7 @@ def schedules(settings: Settings) -> list[Schedule]:
         Schedule("deliver", IntervalTrigger(seconds=60, timezone=zone), 60),
         # Housekeeping late is harmless; it still runs after a long pause.
         Schedule("housekeeping", DailyAt(HOUSEKEEPING_AT, zone), 6 * 3600),
+        Schedule("process_bounces", IntervalTrigger(minutes=15, timezone=zone), 15 * 60),
     ]
 
 

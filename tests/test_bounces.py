@@ -684,3 +684,31 @@ def test_imap_login_and_folder_errors_are_one_line(imap_server: ImapServer, cert
     with pytest.raises(bounces.BounceSourceError, match=r"cannot open folder 'Bounces'"):
         bounces.read_imap("127.0.0.1", imap_server.port, "bounces@therapycentral.example", "s3cret pass",
                           "Bounces", ssl_context=trusted)
+
+
+def test_the_scheduled_job_reads_the_mailbox_or_skips_without_one(settings: Settings, sessions: Sessions,
+                                                                   config_path: Path, environ: dict[str, str],
+                                                                   tmp_path: Path) -> None:
+    import jobs
+    from mailer import config as config_module
+    from mailer.models import JobRun
+    from mailer.runtime import Runtime
+
+    runtime = Runtime(settings)
+    try:
+        assert jobs.run_job(runtime, "process_bounces", T0) == {}
+        with runtime.sessions() as session:
+            assert session.scalar(select(JobRun.outcome).where(JobRun.job_id == "process_bounces")) == "skipped"
+    finally:
+        runtime.close()
+    subscribe(sessions, settings, "nobody@example.com")
+    folder = tmp_path / "job-maildir"
+    mailbox.Maildir(folder, create=True).add(corpus("postfix-user-unknown.eml"))
+    runtime = Runtime(config_module.load(bounce_config(config_path, source="maildir", maildir=folder), environ))
+    try:
+        counts = jobs.run_job(runtime, "process_bounces", T0)
+        assert counts["hard"] == 1 and counts["suppressed"] == 1
+        assert jobs.run_job(runtime, "process_bounces", T0)["messages"] == 0  # nothing twice
+    finally:
+        runtime.close()
+    assert state(sessions).suppressions["nobody@example.com"][0] == "hard_bounce"
