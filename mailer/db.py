@@ -22,6 +22,8 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
             url,
+            pool_size=pool_size,
+            max_overflow=pool_size,
             hide_parameters=True,  # error messages must never carry a contact's address into a log
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
         )

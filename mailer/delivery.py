@@ -181,6 +181,11 @@ class Delivery:
     rng: random.Random = field(default_factory=random.Random)
 
     def __post_init__(self) -> None:
+        needed = self.settings.delivery.connections + 2  # re-checks, the recorder, the claims
+        capacity = getattr(self.engine.pool, "size", lambda: needed)() + getattr(self.engine.pool, "_max_overflow", 0)
+        if capacity < needed:
+            raise ValueError(f"the database pool holds {capacity} connections; delivery.connections = "
+                             f"{self.settings.delivery.connections} needs {needed} (make the engine with a larger pool)")
         self.sessions: sessionmaker[Session] = sessionmaker(self.engine, expire_on_commit=False)
         self.renderer = self.renderer or Renderer(self.settings)
         self.links = Links(self.settings.web.base_url, self.settings.secret_key)

@@ -33,8 +33,10 @@ class Runtime:
 
     @cached_property
     def engine(self) -> Engine:
+        # A send holds one connection per SMTP connection (the consent re-check), one for results and one
+        # for claims; the web app and the scheduler need a few more.
         return self.engine_override or db.make_engine(self.settings.database.url,
-                                                      pool_size=self.settings.delivery.connections + 2)
+                                                      pool_size=self.settings.delivery.connections + 4)
 
     @cached_property
     def sessions(self) -> sessionmaker[Session]:

@@ -273,3 +273,19 @@ def test_max_per_second_paces_all_connections_together(settings, sessions, engin
     assert deliver(settings, engine, smtp_server, T0).sent == 12
     # 12 messages at 20/s across four connections: the last may start 11/20 s after the first.
     assert time.monotonic() - started >= 0.5
+
+
+def test_sixteen_connections_share_one_process(settings, sessions, smtp_server, database_url) -> None:  # noqa: ANN001
+    from mailer import db
+
+    add_subscribers(sessions, settings, [f"c{n}@example.com" for n in range(40)])
+    start_campaign(sessions, settings)
+    settings = settings.model_copy(update={"delivery": settings.delivery.model_copy(update={"connections": 16})})
+    with pytest.raises(ValueError, match="needs 18"):
+        Delivery(settings, db.make_engine(database_url, pool_size=5), smtp(smtp_server), fixed_clock(T0))
+    engine = db.make_engine(database_url, pool_size=settings.delivery.connections + 4)  # what Runtime makes
+    try:
+        assert deliver(settings, engine, smtp_server, T0).sent == 40
+    finally:
+        engine.dispose()
+    assert 1 < smtp_server.connections <= 16
