@@ -353,11 +353,16 @@ class Delivery:
             log.warning("%d messages of a stopped worker returned to the queue", reclaimed)
 
         connections = settings.connections
-        work: queue.Queue[_Job | None] = queue.Queue(maxsize=connections * 4)
+        # Room for a batch and a half: the next claim (and its rendering) happens while the senders still
+        # have half a batch to send, so they never wait for the database.
+        ahead = max(connections * 4, settings.batch_size // 2)
+        work: queue.Queue[_Job | None] = queue.Queue(maxsize=ahead + settings.batch_size)
         results: queue.Queue[_Result | None] = queue.Queue()
         limiter = RateLimiter(settings.max_per_second)
+        released: list[int] = []  # taken by a sender after the stop request: never handed to SMTP
         senders = [
-            threading.Thread(target=self._sender, args=(work, results, limiter), name=f"sender-{n}", daemon=True)
+            threading.Thread(target=self._sender, args=(work, results, limiter, stop, released), name=f"sender-{n}",
+                             daemon=True)
             for n in range(connections)
         ]
         failure: list[BaseException] = []
@@ -372,7 +377,7 @@ class Delivery:
         try:
             while not stop.is_set():
                 if not pending:
-                    if work.qsize() >= connections * 2:  # the senders have enough to do for now
+                    if work.qsize() >= ahead:  # the senders have enough to do for now
                         time.sleep(0.001)
                         continue
                     batch = settings.batch_size if limit is None else min(settings.batch_size, limit - claimed_total)
@@ -394,7 +399,8 @@ class Delivery:
             completed = not stop.is_set()
         finally:
             # When stopped (or failing), jobs not yet taken by a sender were never handed to SMTP: they go
-            # back unsent. When done, the senders work through what is queued before the stop markers.
+            # back unsent. When done, the senders work through what is queued before the stop markers
+            # (and still give back what they take after a stop request arrives meanwhile).
             unsent = [job.row.id for job in pending]
             while not completed:
                 try:
@@ -411,7 +417,7 @@ class Delivery:
             results.put(None)
             recorder.join()
             with self.sessions.begin() as session:
-                report.released = outbox.release(session, unsent)
+                report.released = outbox.release(session, unsent + released)
         if failure:
             raise failure[0]
         return report
@@ -452,12 +458,16 @@ class Delivery:
         finally:
             self._close_recorder(connection)
 
-    def _sender(self, work: queue.Queue, results: queue.Queue, limiter: RateLimiter) -> None:
+    def _sender(self, work: queue.Queue, results: queue.Queue, limiter: RateLimiter, stop: threading.Event,
+                released: list[int]) -> None:
         """One connection, reused: take a job, re-check consent, send, report."""
         connection = None
         check = ConsentCheck(self.engine)
         try:
             while (job := work.get()) is not None:
+                if stop.is_set():
+                    released.append(job.row.id)  # list.append is atomic; read after the senders are joined
+                    continue
                 if job.envelope is None:
                     result = SendResult("skipped", None, job.reason)
                 elif not check.allows(*job.recheck):

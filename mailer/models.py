@@ -263,6 +263,8 @@ class Enrollment(Base):
 # --- the outbox ----------------------------------------------------------------------------------
 
 OUTBOX_STATES = ("queued", "sending", "sent", "deferred", "failed", "skipped", "unknown")
+# States a message waits in until it is due, as SQL with literals (so the planner can use the partial index).
+WAITING_SQL = "state IN ('queued', 'deferred', 'unknown')"
 
 
 class OutboxMessage(Base):
@@ -273,7 +275,12 @@ class OutboxMessage(Base):
         CheckConstraint(
             "state IN ('queued','sending','sent','deferred','failed','skipped','unknown')", name="state"
         ),
-        Index("ix_outbox_state_due", "state", "due_at"),
+        # The claim walks this small index in order (only waiting rows are in it) and stops at the batch
+        # size: no sort of a million rows per claim.
+        Index("ix_outbox_waiting", "due_at", "id", sqlite_where=text(WAITING_SQL), postgresql_where=text(WAITING_SQL)),
+        # A worker's own claims (lease renewal) and abandoned ones (reclaim).
+        Index("ix_outbox_sending", "claimed_by", sqlite_where=text("state = 'sending'"),
+              postgresql_where=text("state = 'sending'")),
         Index("ix_outbox_campaign_state", "campaign_id", "state"),
         Index("ix_outbox_contact", "contact_id"),
     )
