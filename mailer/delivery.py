@@ -1,11 +1,10 @@
 """The send loop: claim → re-check consent → personalise → transport → record, on parallel connections.
 
-One thread (the caller's) claims rows in batches, builds each message's bytes from the campaign's
-prepared parts and records results in batches. `connections` sender threads each own one transport
-connection and one database connection; right before handing a message to SMTP they re-check consent
-and suppression with one indexed lookup, so an opt-out takes effect even in the middle of a campaign.
-A row is marked with its result as soon as the main thread sees the reply (one commit per drain of
-the result queue), and never before.
+One thread (the caller's) claims rows in batches and builds each message's bytes from the campaign's
+prepared parts. `connections` sender threads each own one transport connection and one database
+connection; right before handing a message to SMTP they re-check consent and suppression with one
+indexed lookup, so an opt-out takes effect even in the middle of a campaign. A recorder thread writes
+each result as soon as the reply has come (whatever has arrived, in one statement), and never before.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailer import audience, campaigns, outbox
+from mailer import audience, outbox
 from mailer.config import Settings, duration
 from mailer.links import Links
 from mailer.models import Campaign, Contact
@@ -190,7 +189,6 @@ class Delivery:
         self.renderer = self.renderer or Renderer(self.settings)
         self.links = Links(self.settings.web.base_url, self.settings.secret_key)
         self.prepared: dict[tuple[str, int], PreparedMessage] = {}
-        self.topics: dict[int, str] = {}
         self.mail_from = self.settings.sender.from_email
 
     # --- preparing ---------------------------------------------------------------------------
@@ -486,8 +484,3 @@ class Delivery:
             if connection is not None:
                 connection.close()
             check.close()
-
-
-def finish_campaigns(sessions: sessionmaker[Session], now: dt.datetime) -> list[int]:
-    with sessions.begin() as session:
-        return campaigns.finish(session, now)
