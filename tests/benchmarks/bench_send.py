@@ -132,11 +132,15 @@ def build_database(url: str, n: int, settings: config.Settings) -> dict[str, flo
 
 
 def reset_outbox(url: str) -> None:
+    """Every message waiting again, as after a fresh enqueue (whose ANALYZE the dispatch does itself)."""
     engine = create_engine(url)
     with engine.begin() as conn:
         conn.execute(text("UPDATE outbox SET state = 'queued', attempts = 0, sent_at = NULL, lease_until = NULL, "
                           "claimed_by = NULL, message_id = NULL"))
         conn.execute(text("UPDATE campaigns SET state = 'sending'"))
+    if engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("VACUUM ANALYZE outbox"))
     engine.dispose()
 
 
