@@ -245,23 +245,24 @@ def test_a_live_worker_keeps_its_leases(settings, sessions, engine, smtp_server)
     """A slow relay makes a batch outlast the lease; the worker renews it, so nobody takes its rows."""
     from mailer.runtime import system_clock
 
-    add_subscribers(sessions, settings, [f"slow{n}@example.com" for n in range(10)])
+    add_subscribers(sessions, settings, [f"slow{n}@example.com" for n in range(16)])
     start_campaign(sessions, settings)
     settings = settings.model_copy(update={"delivery": settings.delivery.model_copy(
-        update={"connections": 1, "lease": "PT1S"})})
-    smtp_server.faults.data_delay = 0.25
+        update={"connections": 1, "lease": "PT2S"})})
+    smtp_server.faults.data_delay = 0.25  # 16 messages: about 4 s, twice the lease
     reports = []
     worker = threading.Thread(target=lambda: reports.append(
         Delivery(settings, engine, smtp(smtp_server), system_clock).run()))
     worker.start()
     try:
-        time.sleep(1.6)  # past the first lease
+        time.sleep(2.6)  # past the first lease, while the worker is still sending
+        assert worker.is_alive()
         with sessions.begin() as session:
             assert outbox.reclaim_expired(session, system_clock()) == 0
     finally:
         worker.join(30)
-    assert reports and reports[0].sent == 10
-    assert len(smtp_server.received) == 10
+    assert reports and reports[0].sent == 16
+    assert len(smtp_server.received) == 16
 
 
 def test_max_per_second_paces_all_connections_together(settings, sessions, engine, smtp_server) -> None:  # noqa: ANN001
