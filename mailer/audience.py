@@ -23,6 +23,8 @@ from mailer.render import one_line
 log = logging.getLogger("mailer.audience")
 
 FOLLOWUPS = "followups"
+# Suppressions a person may lift with their own confirmed action (never staff, never an import).
+SELF_LIFTABLE = ("unsubscribed", "erased")
 MAX_NAME = 200
 
 
@@ -156,7 +158,7 @@ def suppress(
 def lift_suppression(session: Session, secret: str, contact: Contact) -> None:
     """Only a person's own confirmed sign-up lifts an opt-out (never staff, never an import)."""
     row = suppression_for(session, secret, contact)
-    if row is not None and row.reason in ("unsubscribed", "erased"):
+    if row is not None and row.reason in SELF_LIFTABLE:
         session.delete(row)
         session.flush()
 

@@ -53,8 +53,11 @@ RECHECK_SQL = {
         "AND NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.contact_id = :contact_id)"
     ),
     "confirm": (
+        # A confirmation may go to someone who unsubscribed or was erased (their own sign-up can lift
+        # that), never past a bounce, a complaint or a staff suppression.
         "SELECT 1 FROM contacts k WHERE k.id = :contact_id AND NOT EXISTS "
-        "(SELECT 1 FROM suppressions x WHERE x.contact_id = :contact_id AND x.reason IN ('hard_bounce', 'complaint'))"
+        "(SELECT 1 FROM suppressions x WHERE x.contact_id = :contact_id AND x.reason NOT IN "
+        f"({', '.join(repr(reason) for reason in audience.SELF_LIFTABLE)}))"
     ),
 }
 

@@ -290,3 +290,17 @@ def test_sixteen_connections_share_one_process(settings, sessions, smtp_server, 
     finally:
         engine.dispose()
     assert 1 < smtp_server.connections <= 16
+
+
+@pytest.mark.parametrize(("reason", "outcome"), [("unsubscribed", "sent"), ("staff", "skipped"),
+                                                 ("hard_bounce", "skipped")])
+def test_a_confirmation_goes_only_past_suppressions_the_person_can_lift(settings, sessions, engine, smtp_server,
+                                                                       reason, outcome) -> None:  # noqa: ANN001
+    with sessions.begin() as session:
+        contact, _ = audience.get_or_create_contact(session, "again@example.com", "", T0)
+        audience.suppress(session, settings.secret_key, contact, reason, T0)
+        outbox.enqueue_one(session, dedupe_key=f"confirm:{contact.id}:1", kind="confirm", contact_id=contact.id,
+                           consent_event_id=None, now=T0)
+    report = deliver(settings, engine, smtp_server, T0)
+    assert getattr(report, outcome) == 1
+    assert len(smtp_server.received) == (1 if outcome == "sent" else 0)

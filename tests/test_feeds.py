@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailer import config, db
+from mailer import config
 from mailer.feeds import FeedError, IngestResult, fetch, ingest, parse, sanitise_html
 from mailer.models import FeedState, Post
 from tests.conftest import SAMPLE, utc
@@ -574,7 +574,7 @@ def test_parse_sanitises_content_against_the_post_link() -> None:
 
 
 def ingest_once(sessions: Sessions, feed: config.Feed, now: dt.datetime = NOW, **kwargs: Any) -> IngestResult:
-    with db.transaction(sessions) as session:
+    with sessions.begin() as session:
         return ingest(session, feed, now, **kwargs)
 
 

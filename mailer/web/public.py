@@ -47,9 +47,6 @@ MAX_CONTACT_ID = 2**63 - 1
 CONFIRM_VALID_FOR = dt.timedelta(days=7)
 CONFIRM_EMAIL_INTERVAL = dt.timedelta(hours=24)
 RATE_WINDOW = dt.timedelta(hours=1)
-# Suppressions that the person's own confirmed sign-up or own preference page can lift (as in
-# audience.lift_suppression); any other reason (bounces, complaints, staff) needs the clinic's staff.
-SELF_LIFTABLE = ("unsubscribed", "erased")
 DEFAULT_SIGNUP_WORDING = (
     "Yes, please email me the topics I ticked. I can unsubscribe at any time with the link in every email."
 )
@@ -135,7 +132,7 @@ def unsubscribe(token: str) -> tuple[str, int]:
 def _blocking_reason(session: Session, settings: Settings, contact: Contact) -> str | None:
     """The suppression reason that the person cannot lift from their own page, if any."""
     suppression = audience.suppression_for(session, settings.secret_key, contact)
-    if suppression is not None and suppression.reason not in SELF_LIFTABLE:
+    if suppression is not None and suppression.reason not in audience.SELF_LIFTABLE:
         return suppression.reason
     return None
 
@@ -289,7 +286,7 @@ def _sign_up(session: Session, settings: Settings, email: str, name: str, topics
     """Pending subscriptions and at most one confirmation email per address per 24 hours."""
     contact, _ = audience.get_or_create_contact(session, email, name, now)
     suppression = audience.suppression_for(session, settings.secret_key, contact)
-    if suppression is not None and suppression.reason not in SELF_LIFTABLE:
+    if suppression is not None and suppression.reason not in audience.SELF_LIFTABLE:
         # A confirmation could not lift a bounce or complaint, and mailing such an address hurts the
         # clinic's reputation: nothing is recorded or sent (and the page says the same as always).
         return
