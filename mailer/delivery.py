@@ -41,21 +41,23 @@ Clock = Callable[[], dt.datetime]
 # The consent re-check, one indexed lookup per message, by kind of message. Plain SQL on the driver's
 # own cursor: it runs for every recipient, right before SMTP, and the ORM's overhead would dominate it.
 RECHECK_SQL = {
+    # The subscription is found by its primary key and its status compared here, not in SQL: with
+    # `status = 'active'` in the WHERE clause, PostgreSQL's generic plan for this prepared statement may
+    # pick the (topic, status) index and walk every subscriber of the topic for each message.
     "campaign": (
-        "SELECT 1 FROM subscriptions s JOIN campaigns c ON c.id = :campaign_id "
-        "WHERE s.contact_id = :contact_id AND s.topic = c.topic AND s.status = 'active' "
-        "AND c.state = 'sending' "
+        "SELECT s.status = 'active' FROM subscriptions s WHERE s.contact_id = :contact_id "
+        "AND s.topic = (SELECT c.topic FROM campaigns c WHERE c.id = :campaign_id AND c.state = 'sending') "
         "AND NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.contact_id = :contact_id)"
     ),
     "followup": (
-        "SELECT 1 FROM contacts k JOIN enrollments e ON e.id = :enrollment_id "
-        "WHERE k.id = :contact_id AND k.followups_consent AND e.status = 'active' "
+        "SELECT k.followups_consent AND e.status = 'active' FROM contacts k JOIN enrollments e "
+        "ON e.id = :enrollment_id WHERE k.id = :contact_id "
         "AND NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.contact_id = :contact_id)"
     ),
     "confirm": (
         # A confirmation may go to someone who unsubscribed or was erased (their own sign-up can lift
         # that), never past a bounce, a complaint or a staff suppression.
-        "SELECT 1 FROM contacts k WHERE k.id = :contact_id AND NOT EXISTS "
+        "SELECT 1 = 1 FROM contacts k WHERE k.id = :contact_id AND NOT EXISTS "
         "(SELECT 1 FROM suppressions x WHERE x.contact_id = :contact_id AND x.reason NOT IN "
         f"({', '.join(repr(reason) for reason in audience.SELF_LIFTABLE)}))"
     ),
@@ -77,7 +79,8 @@ class ConsentCheck:
 
     def allows(self, kind: str, params: dict[str, int]) -> bool:
         self.cursor.execute(self.sql[kind], params)
-        return self.cursor.fetchone() is not None
+        row = self.cursor.fetchone()
+        return row is not None and bool(row[0])
 
     def close(self) -> None:
         self.cursor.close()

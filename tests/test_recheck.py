@@ -1,0 +1,114 @@
+"""The send-time consent re-check: what it refuses, and that it stays one primary-key lookup."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+
+import pytest
+from sqlalchemy import text
+
+from mailer import db
+from mailer.delivery import RECHECK_SQL, ConsentCheck
+from mailer.models import Campaign, Contact, Enrollment, Subscription, Suppression
+
+NOW = dt.datetime(2026, 11, 24, 0, 30, tzinfo=dt.UTC)
+
+
+@pytest.fixture
+def people(sessions) -> dict[str, int]:  # noqa: ANN001
+    """One sending campaign, a subscriber, a follow-up contact with an active enrollment."""
+    with sessions.begin() as session:
+        campaign = Campaign(kind="newsletter", topic="newsletter", subject="News", state="sending", created_at=NOW)
+        reader = Contact(email="reader@example.com", created_at=NOW, link_key="k-reader")
+        patient = Contact(email="patient@example.com", created_at=NOW, link_key="k-patient", followups_consent=True)
+        session.add_all([campaign, reader, patient])
+        session.flush()
+        session.add(Subscription(contact_id=reader.id, topic="newsletter", status="active", updated_at=NOW))
+        enrollment = Enrollment(contact_id=patient.id, status="active", anchor_at=NOW, created_at=NOW)
+        session.add(enrollment)
+        session.flush()
+        return {"campaign": campaign.id, "reader": reader.id, "patient": patient.id, "enrollment": enrollment.id}
+
+
+def _allows(engine, kind: str, contact_id: int, campaign_id: int = 0, enrollment_id: int = 0) -> bool:  # noqa: ANN001
+    check = ConsentCheck(engine)
+    try:
+        return check.allows(kind, {"contact_id": contact_id, "campaign_id": campaign_id,
+                                   "enrollment_id": enrollment_id})
+    finally:
+        check.close()
+
+
+def test_a_campaign_goes_only_to_an_active_subscription_of_a_sending_campaign(engine, sessions, people) -> None:  # noqa: ANN001
+    assert _allows(engine, "campaign", people["reader"], people["campaign"])
+    assert not _allows(engine, "campaign", people["patient"], people["campaign"])  # not subscribed
+    with sessions.begin() as session:
+        session.get(Subscription, (people["reader"], "newsletter")).status = "unsubscribed"
+    assert not _allows(engine, "campaign", people["reader"], people["campaign"])
+    with sessions.begin() as session:
+        session.get(Subscription, (people["reader"], "newsletter")).status = "active"
+        session.get(Campaign, people["campaign"]).state = "cancelled"
+    assert not _allows(engine, "campaign", people["reader"], people["campaign"])
+
+
+def test_a_suppression_stops_every_kind(engine, sessions, people) -> None:  # noqa: ANN001
+    assert _allows(engine, "followup", people["patient"], enrollment_id=people["enrollment"])
+    with sessions.begin() as session:
+        for key in ("reader", "patient"):
+            session.add(Suppression(email_hash=f"h-{key}", contact_id=people[key], reason="complaint",
+                                    created_at=NOW))
+    assert not _allows(engine, "campaign", people["reader"], people["campaign"])
+    assert not _allows(engine, "followup", people["patient"], enrollment_id=people["enrollment"])
+    assert not _allows(engine, "confirm", people["reader"])
+
+
+def test_a_followup_needs_consent_and_a_running_enrollment(engine, sessions, people) -> None:  # noqa: ANN001
+    with sessions.begin() as session:
+        session.get(Contact, people["patient"]).followups_consent = False
+    assert not _allows(engine, "followup", people["patient"], enrollment_id=people["enrollment"])
+    with sessions.begin() as session:
+        session.get(Contact, people["patient"]).followups_consent = True
+        session.get(Enrollment, people["enrollment"]).status = "stopped"
+    assert not _allows(engine, "followup", people["patient"], enrollment_id=people["enrollment"])
+
+
+def _numbered(sql: str) -> tuple[str, list[str]]:
+    """:name parameters as PREPARE's $1, $2, ...; and the names in that order."""
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        if match[1] not in names:
+            names.append(match[1])
+        return f"${names.index(match[1]) + 1}"
+
+    return re.sub(r":(\w+)", number, sql), names
+
+
+def test_the_postgresql_generic_plan_is_a_primary_key_lookup(postgres_database) -> None:  # noqa: ANN001
+    """Bulk-loaded subscriptions with no statistics yet (as right after a large import): the prepared
+    re-check must still find one subscription by its key, not walk every subscriber of the topic."""
+    engine = db.make_engine(postgres_database)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("TRUNCATE contacts, campaigns, subscriptions, suppressions RESTART IDENTITY CASCADE"))
+            conn.execute(text(
+                "INSERT INTO contacts (email, name, created_at, link_key, followups_consent, soft_bounces) "
+                "SELECT 'r' || i || '@example.com', '', now(), 'k' || i, false, 0 FROM generate_series(1, 5000) i"))
+            conn.execute(text("INSERT INTO subscriptions (contact_id, topic, status, updated_at) "
+                              "SELECT id, 'newsletter', 'active', now() FROM contacts"))
+            conn.execute(text("INSERT INTO campaigns (kind, topic, subject, preheader, intro, body_markdown, state, "
+                              "created_at, note) VALUES ('newsletter', 'newsletter', 's', '', '', '', 'sending', "
+                              "now(), '')"))
+        sql, names = _numbered(RECHECK_SQL["campaign"])
+        args = ", ".join({"contact_id": "2500", "campaign_id": "1"}[name] for name in names)
+        with engine.connect() as conn:
+            conn.execute(text("SET plan_cache_mode = force_generic_plan"))
+            conn.exec_driver_sql(f"PREPARE recheck AS {sql}")
+            plan = json.dumps(conn.exec_driver_sql(f"EXPLAIN (FORMAT JSON) EXECUTE recheck({args})").scalar())
+            assert "pk_subscriptions" in plan, plan
+            assert "ix_subscriptions_topic_status" not in plan, plan
+            conn.rollback()
+    finally:
+        engine.dispose()
