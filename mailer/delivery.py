@@ -464,29 +464,45 @@ class Delivery:
 
     def _sender(self, work: queue.Queue, results: queue.Queue, limiter: RateLimiter, stop: threading.Event,
                 released: list[int]) -> None:
-        """One connection, reused: take a job, re-check consent, send, report."""
-        connection = None
+        """One connection, reused: take a job, re-check consent, send, report. The connection asks for the
+        next job only when it can send it (while the previous message's content is going out), so the
+        re-check is the last thing before that message's envelope leaves."""
         check = ConsentCheck(self.engine)
-        try:
-            while (job := work.get()) is not None:
-                if stop.is_set():
+        finished = False
+
+        def take(wait: bool) -> tuple[_Job, Envelope] | None:
+            nonlocal finished
+            while not finished:
+                try:
+                    job = work.get() if wait else work.get_nowait()
+                except queue.Empty:
+                    return None
+                if job is None:
+                    finished = True
+                elif stop.is_set():
                     released.append(job.row.id)  # list.append is atomic; read after the senders are joined
-                    continue
-                if job.envelope is None:
-                    result = SendResult("skipped", None, job.reason)
+                elif job.envelope is None:
+                    results.put(_Result(job, SendResult("skipped", None, job.reason), self.clock()))
                 elif not check.allows(*job.recheck):
-                    result = SendResult("skipped", None, "no consent or suppressed at send time")
+                    results.put(_Result(job, SendResult("skipped", None, "no consent or suppressed at send time"),
+                                        self.clock()))
                 else:
-                    if connection is None:
-                        connection = self.transport.connect()
                     limiter.wait()
-                    try:
-                        result = connection.send(job.envelope)
-                    except Exception as exc:  # a transport bug must not lose the row: it is retried
-                        log.exception("transport error on message %s", job.row.id)
-                        result = SendResult("temporary", None, f"internal error: {exc}")
-                results.put(_Result(job, result, self.clock()))
+                    return job, job.envelope
+            return None
+
+        def done(job: _Job, result: SendResult) -> None:
+            results.put(_Result(job, result, self.clock()))
+
+        connection = self.transport.connect()
+        try:
+            while not finished:
+                try:
+                    connection.stream(take, done)
+                except Exception:  # a transport bug: the messages it held keep their lease and are retried
+                    log.exception("transport error; the connection is reopened")
+                    connection.close()
+                    connection = self.transport.connect()
         finally:
-            if connection is not None:
-                connection.close()
+            connection.close()
             check.close()

@@ -18,6 +18,7 @@ import smtplib
 import socket
 import ssl
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -52,8 +53,15 @@ class SendResult:
     stage: str = ""
 
 
+# stream(): take(wait) gives the next (token, envelope) or None; done(token, result) reports one.
+Take = Callable[[bool], "tuple[object, Envelope] | None"]
+Done = Callable[[object, SendResult], None]
+
+
 class Connection(Protocol):
     def send(self, envelope: Envelope) -> SendResult: ...
+
+    def stream(self, take: Take, done: Done) -> None: ...
 
     def close(self) -> None: ...
 
@@ -153,6 +161,33 @@ def load_dkim(dkim_config: Dkim, private_key_pem: str = "") -> DkimSigner | None
 
 
 # --- SMTP ----------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(slots=True)
+class _Tx:
+    """One message on its way: the envelope checked, the bytes final (CRLF line endings, DKIM-signed)."""
+
+    envelope: Envelope
+    mail_from: str
+    rcpt: str
+    data: bytes
+    sender_utf8: bool
+    utf8: bool
+    command: bytes = b""  # MAIL, RCPT and DATA, when they go pipelined after the previous message
+
+
+def _write(smtp: smtplib.SMTP, data: bytes) -> tuple[int, OSError | None]:
+    """Send all of data; how many bytes left before a failure, and the failure."""
+    if smtp.sock is None:
+        return 0, smtplib.SMTPServerDisconnected("please run connect() first")
+    view = memoryview(data)
+    sent = 0
+    try:
+        while sent < len(view):
+            sent += smtp.sock.send(view[sent:])
+    except OSError as exc:
+        return sent, exc
+    return sent, None
 
 
 class _Failed(Exception):
@@ -309,21 +344,55 @@ class SMTPConnection:
 
     def send(self, envelope: Envelope) -> SendResult:
         """Deliver one message; the result says sent, temporary, permanent or unknown."""
-        self._dot_sent = False
-        try:
-            result = self._send(envelope)
-        except _Failed as failed:
-            result = failed.result
-        except Exception as exc:  # a bug or a surprise from a library: still never raise to the loop
-            log.exception("unexpected error sending %s", envelope.key or "a message")
-            self._drop()
-            outcome: Outcome = "unknown" if self._dot_sent else "temporary"
-            result = SendResult(outcome, None, f"unexpected error: {exc!r}", "data" if self._dot_sent else "")
-        if result.outcome == "sent":
-            log.debug("sent %s: %s", envelope.key, result.detail)
-        else:
-            log.info("%s %s at %s: %s", result.outcome, envelope.key, result.stage or "-", result.detail)
-        return result
+        results: list[SendResult] = []
+        items = iter([(None, envelope)])
+        self.stream(lambda wait: next(items, None), lambda token, result: results.append(result))
+        return results[0]
+
+    def stream(self, take: Take, done: Done) -> None:
+        """Send every message take() hands out, reporting each one's result to done(), until take(True)
+        returns None.
+
+        take(wait) gives (token, envelope); with wait=False it returns None at once when nothing is ready.
+        On a relay that offers PIPELINING, one message's content and the next message's MAIL, RCPT and
+        DATA leave in one write (RFC 2920 §3.1 lets message content open a command group), so each message
+        costs one round trip instead of two. The next message is taken only when the current one's content
+        is due, so whatever take() checks (consent) is checked right before its envelope is sent.
+        """
+        current = take(True)
+        while current is not None:
+            inflight = [current]  # taken, not reported yet; inflight[0]'s content goes next
+            self._dot_sent = False
+            try:
+                tx = self._transaction(current[1])
+                result = tx if isinstance(tx, SendResult) else self._start(tx)
+                while result is None:  # tx's envelope was accepted (354): its content is due
+                    following = self._overlap(take, done)
+                    nxt = None
+                    if following is not None:
+                        inflight.append(following[0])
+                        nxt = following[1]
+                    result, after = self._finish(tx, nxt)
+                    self._report(done, inflight.pop(0), result)
+                    if nxt is None:
+                        result = None
+                        break
+                    tx = nxt
+                    self._dot_sent = False
+                    # "retry": the connection was lost before the relay accepted anything of nxt's
+                    result = self._start(tx) if after == "retry" else after
+                if result is not None:
+                    self._report(done, inflight.pop(0), result)
+            except _Failed as failed:  # raised only while one message is in flight
+                self._report(done, inflight.pop(0), failed.result)
+            except Exception as exc:  # a bug or a surprise from a library: still never raise to the loop
+                log.exception("unexpected error sending %s", inflight[0][1].key or "a message")
+                self._drop()
+                for index, item in enumerate(inflight):
+                    dot = index == 0 and self._dot_sent
+                    outcome: Outcome = "unknown" if dot else "temporary"
+                    self._report(done, item, SendResult(outcome, None, f"unexpected error: {exc!r}", "data" if dot else ""))
+            current = take(True)
 
     def close(self) -> None:
         """QUIT if the connection is up; never raises."""
@@ -339,7 +408,17 @@ class SMTPConnection:
 
     # -- one message ------------------------------------------------------------------------------
 
-    def _send(self, envelope: Envelope) -> SendResult:
+    @staticmethod
+    def _report(done: Done, item: tuple[object, Envelope], result: SendResult) -> None:
+        token, envelope = item
+        if result.outcome == "sent":
+            log.debug("sent %s: %s", envelope.key, result.detail)
+        else:
+            log.info("%s %s at %s: %s", result.outcome, envelope.key, result.stage or "-", result.detail)
+        done(token, result)
+
+    def _transaction(self, envelope: Envelope) -> _Tx | SendResult:
+        """The envelope checked and the bytes made final (CRLF, DKIM); or why it cannot be sent."""
         try:
             mail_from, sender_utf8 = _smtp_address(envelope.mail_from)
         except ValueError as exc:
@@ -349,36 +428,44 @@ class SMTPConnection:
             rcpt, rcpt_utf8 = _smtp_address(envelope.rcpt)
         except ValueError as exc:
             return SendResult("permanent", None, str(exc), "envelope")
-
         data = _normalise_line_endings(envelope.data)
         if self._transport.dkim is not None:
             try:
                 data = self._transport.dkim.sign(data)
             except ValueError as exc:
                 return SendResult("temporary", None, str(exc), "envelope")
+        return _Tx(envelope, mail_from, rcpt, data, sender_utf8, rcpt_utf8 or sender_utf8)
 
-        utf8 = rcpt_utf8 or sender_utf8
+    def _mail_command(self, smtp: smtplib.SMTP, tx: _Tx) -> str | SendResult:
+        """MAIL FROM's argument with the ESMTP options the relay offers and tx needs; or why not."""
+        if tx.utf8 and not smtp.has_extn("smtputf8"):
+            if tx.sender_utf8:
+                return SendResult("temporary", None, "sender needs SMTPUTF8, which the relay does not offer", "envelope")
+            return SendResult("permanent", None, "recipient needs SMTPUTF8, which the relay does not offer", "envelope")
+        smtp.command_encoding = "utf-8" if tx.utf8 else "ascii"
+        options = "".join(f" {option}" for option in self._mail_options(smtp, tx.data, utf8=tx.utf8))
+        return f"FROM:<{tx.mail_from}>{options}"
+
+    @staticmethod
+    def _pipelined_envelope(tx: _Tx, mail: str) -> bytes:
+        # RFC 2920: MAIL, RCPT and DATA in one write, their three replies read in order.
+        return f"MAIL {mail}\r\nRCPT TO:<{tx.rcpt}>\r\nDATA\r\n".encode("utf-8" if tx.utf8 else "ascii")
+
+    def _start(self, tx: _Tx) -> SendResult | None:
+        """Open the transaction: None once DATA got its 354, else the result (the message is done)."""
         # Relays close idle connections, often silently. If a reused connection fails at RSET or MAIL
         # FROM, nothing of this message was accepted yet, so it is safe to try once on a new one.
         for attempt in (1, 2):
             smtp, fresh = self._begin()
-            if utf8 and not smtp.has_extn("smtputf8"):
-                if sender_utf8:
-                    detail = "sender needs SMTPUTF8, which the relay does not offer"
-                    return SendResult("temporary", None, detail, "envelope")
-                detail = "recipient needs SMTPUTF8, which the relay does not offer"
-                return SendResult("permanent", None, detail, "envelope")
-            smtp.command_encoding = "utf-8" if utf8 else "ascii"
-            options = "".join(f" {option}" for option in self._mail_options(smtp, data, utf8=utf8))
+            mail = self._mail_command(smtp, tx)
+            if isinstance(mail, SendResult):
+                return mail
             pipelining = smtp.has_extn("pipelining")
             try:
                 if pipelining:
-                    # RFC 2920: MAIL, RCPT and DATA in one write, their three replies read in order; one
-                    # round trip instead of three for every message.
-                    smtp.send(f"MAIL FROM:<{mail_from}>{options}\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n"
-                              .encode(smtp.command_encoding))
+                    smtp.send(self._pipelined_envelope(tx, mail))
                 else:
-                    smtp.putcmd("mail", f"FROM:<{mail_from}>{options}")
+                    smtp.putcmd("mail", mail)
                 code, reply = smtp.getreply()
             except OSError as exc:
                 self._drop()
@@ -392,14 +479,28 @@ class SMTPConnection:
             break
         self._needs_rset = True  # from here on, a failure leaves a transaction open on the relay
         if pipelining:
-            return self._after_pipelined_mail(smtp, code, reply, data)
+            return self._envelope_replies(smtp, code, reply)
         if not 200 <= code < 300:
             return self._mail_refused(code, reply)
-        self._command(smtp, "rcpt", f"TO:<{rcpt}>", "RCPT TO", ok=(250, 251))
+        self._command(smtp, "rcpt", f"TO:<{tx.rcpt}>", "RCPT TO", ok=(250, 251))
         self._command(smtp, "data", "", "DATA", ok=(354,))
-        code, text = self._finish_data(smtp, _dot_stuffed(data))
-        self._needs_rset = False
-        return SendResult("sent", code, text)
+        return None
+
+    def _overlap(self, take: Take, done: Done) -> tuple[tuple[object, Envelope], _Tx] | None:
+        """The next message to send with the current one's content, if the relay pipelines and one is ready."""
+        smtp = self._smtp
+        if smtp is None or not smtp.has_extn("pipelining"):
+            return None
+        while (item := take(False)) is not None:
+            tx = self._transaction(item[1])
+            if not isinstance(tx, SendResult):
+                mail = self._mail_command(smtp, tx)
+                if not isinstance(mail, SendResult):
+                    tx.command = self._pipelined_envelope(tx, mail)
+                    return item, tx
+                tx = mail
+            self._report(done, item, tx)  # refused before anything was sent; try the next one
+        return None
 
     def _mail_refused(self, code: int, reply: bytes) -> SendResult:
         if code == 421:
@@ -408,8 +509,9 @@ class SMTPConnection:
         # which would suppress an address that did nothing wrong.
         return SendResult("temporary", code if code > 0 else None, f"MAIL FROM: {code} {_text(reply)}", "mail")
 
-    def _after_pipelined_mail(self, smtp: smtplib.SMTP, code: int, reply: bytes, data: bytes) -> SendResult:
-        """Read the RCPT and DATA replies that follow a pipelined MAIL, then send the message if all agreed."""
+    def _envelope_replies(self, smtp: smtplib.SMTP, code: int, reply: bytes) -> SendResult | None:
+        """Given the reply to a pipelined MAIL, read the RCPT and DATA replies: None if all agreed (the
+        content is due), else the result."""
         replies = [(code, reply)]
         try:
             for _ in range(2):
@@ -419,17 +521,14 @@ class SMTPConnection:
             stage, label = ("rcpt", "RCPT TO") if len(replies) == 1 else ("data", "DATA")
             return SendResult("temporary", None, f"{label}: {_describe(exc, self._transport.timeout)}", stage)
         (mail_code, mail_reply), (rcpt_code, rcpt_reply), (data_code, data_reply) = replies
-        failure = None
+        if 200 <= mail_code < 300 and rcpt_code in (250, 251) and data_code == 354:
+            return None
         if not 200 <= mail_code < 300:
             failure = self._mail_refused(mail_code, mail_reply)
         elif rcpt_code not in (250, 251):
             failure = self._refused(rcpt_code, rcpt_reply, "RCPT TO", "rcpt")
-        elif data_code != 354:
+        else:
             failure = self._refused(data_code, data_reply, "DATA", "data")
-        if failure is None:
-            code, text = self._finish_data(smtp, _dot_stuffed(data))
-            self._needs_rset = False
-            return SendResult("sent", code, text)
         if data_code == 354 and self._smtp is not None:
             # A relay that opened DATA although the envelope failed: end it empty so the session stays usable.
             try:
@@ -438,6 +537,47 @@ class SMTPConnection:
             except OSError:
                 self._drop()
         return failure
+
+    def _finish(self, tx: _Tx, nxt: _Tx | None) -> tuple[SendResult, SendResult | Literal["retry"] | None]:
+        """Send tx's content and its final dot (and nxt's pipelined envelope in the same write), read tx's
+        verdict, then nxt's envelope replies. The dot is the point of no return: a loss after it is
+        "unknown". nxt comes back as None (its content is due), its result, or "retry" (the connection
+        was lost before the relay accepted anything of it)."""
+        smtp = self._smtp
+        assert smtp is not None
+        timeout = self._transport.timeout
+        payload = _dot_stuffed(tx.data)
+        sent, error = _write(smtp, payload + nxt.command if nxt is not None else payload)
+        retry: Literal["retry"] | None = "retry" if nxt is not None else None
+        if error is not None:
+            self._drop()
+            if sent < len(payload):  # the final "." never left complete: the relay cannot have accepted it
+                return SendResult("temporary", None, f"message data: {_describe(error, timeout)}", "data"), retry
+            self._dot_sent = True
+            return SendResult("unknown", None, f"after the message was sent: {_describe(error, timeout)}", "data"), retry
+        self._dot_sent = True
+        try:
+            code, reply = smtp.getreply()
+        except OSError as exc:
+            # The whole message went out; the relay may have queued it before the connection died.
+            self._drop()
+            return SendResult("unknown", None, f"after the message was sent: {_describe(exc, timeout)}", "data"), retry
+        result = SendResult("sent", code, _text(reply)) if 200 <= code < 300 else self._refused(
+            code, reply, "end of DATA", "data")
+        if self._smtp is None:  # 421: the relay is closing the session
+            return result, retry
+        self._needs_rset = nxt is not None  # tx's transaction is over; nxt's is open
+        if nxt is None:
+            return result, None
+        try:
+            code, reply = smtp.getreply()
+        except OSError:
+            self._drop()
+            return result, "retry"
+        if code == 421:
+            self._drop()
+            return result, "retry"
+        return result, self._envelope_replies(smtp, code, reply)
 
     def _begin(self) -> tuple[smtplib.SMTP, bool]:
         """A connection ready for MAIL FROM, and whether it was opened just now."""
@@ -468,30 +608,6 @@ class SMTPConnection:
         if code in ok:
             return
         raise _Failed(self._refused(code, reply, label, stage))
-
-    def _finish_data(self, smtp: smtplib.SMTP, payload: bytes) -> tuple[int, str]:
-        """Send the message and its final dot, then read the verdict; the dot is the point of no return."""
-        timeout = self._transport.timeout
-        try:
-            smtp.send(payload)
-        except OSError as exc:
-            # sendall() failed, so the final "." never arrived complete: the relay cannot have accepted it.
-            self._drop()
-            raise _Failed(
-                SendResult("temporary", None, f"message data: {_describe(exc, timeout)}", "data")
-            ) from None
-        self._dot_sent = True
-        try:
-            code, reply = smtp.getreply()
-        except OSError as exc:
-            # The whole message went out; the relay may have queued it before the connection died.
-            self._drop()
-            raise _Failed(
-                SendResult("unknown", None, f"after the message was sent: {_describe(exc, timeout)}", "data")
-            ) from None
-        if 200 <= code < 300:
-            return code, _text(reply)
-        raise _Failed(self._refused(code, reply, "end of DATA", "data"))
 
     def _refused(self, code: int, reply: bytes, label: str, stage: str) -> SendResult:
         """Classify a non-success reply: 5xx permanent, anything else temporary; 421 closes."""
@@ -676,6 +792,11 @@ class FileConnection:
         except OSError as exc:
             return SendResult("temporary", None, f"cannot write {target}: {exc.strerror or exc}", "data")
         return SendResult("sent", None, str(target))
+
+    def stream(self, take: Take, done: Done) -> None:
+        """Write every message take() hands out, one after the other."""
+        while (item := take(True)) is not None:
+            done(item[0], self.send(item[1]))
 
     def close(self) -> None:
         """Nothing to close."""

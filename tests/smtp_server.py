@@ -42,6 +42,8 @@ class Faults:
     data_delay: float = 0.0
     # close the connection after receiving the message, before replying (the "unknown" case)
     drop_after_dot: bool = False
+    # the same for the n-th message only (counted from 1 since the last reset)
+    drop_after_dot_at: int | None = None
     # a callable(received_count) -> reply or None, consulted on DATA for scripted sequences
     data_script: Callable[[int], str | None] | None = None
     # a greeting instead of "220 ..." (e.g. "421 4.3.2 busy"); the server then closes the connection
@@ -102,7 +104,7 @@ class _Handler:
             count = self.server.data_commands
         if faults.data_delay:
             await asyncio.sleep(faults.data_delay)
-        if faults.drop_after_dot:
+        if faults.drop_after_dot or faults.drop_after_dot_at == count:
             # The protocol object (not the session) owns the transport; close it before any reply.
             assert server.transport is not None
             server.transport.close()

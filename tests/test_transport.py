@@ -6,9 +6,12 @@ import base64
 import email
 import email.policy
 import re
+import select
 import shutil
+import socket
 import ssl
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -650,3 +653,131 @@ def test_make_transport_follows_the_config(config_path: Path, tmp_path: Path) ->
     assert (transport.smtp.host, transport.smtp.port) == ("relay.example", 2525)
     assert transport.timeout == smtp_settings.delivery.timeout_seconds
     assert transport.dkim is None
+
+
+# --- a stream of messages: one round trip each with PIPELINING ----------------------------------
+
+
+def stream(connection: SMTPConnection, envelopes: list[Envelope]) -> list[SendResult]:
+    """Send through SMTPConnection.stream; the results in the order the envelopes were given."""
+    pending = iter(enumerate(envelopes))
+    results: dict[int, SendResult] = {}
+    connection.stream(lambda wait: next(pending, None), lambda token, result: results.__setitem__(token, result))
+    assert sorted(results) == list(range(len(envelopes)))  # each reported exactly once
+    return [results[n] for n in range(len(envelopes))]
+
+
+def people(count: int) -> list[Envelope]:
+    return [envelope(f"person{n}@example.org", key=str(n)) for n in range(count)]
+
+
+def test_a_stream_sends_each_message_once_over_one_connection(smtp_server: SMTPServer, connect) -> None:
+    results = stream(connect(smtp_transport(smtp_server)), people(5))
+    assert [r.outcome for r in results] == ["sent"] * 5
+    assert [item.rcpt_tos for item in smtp_server.received] == [[f"person{n}@example.org"] for n in range(5)]
+    assert smtp_server.connections == 1 and smtp_server.rset_commands == 0
+
+
+def test_a_drop_after_a_dot_mid_stream_is_unknown_and_the_next_message_goes_on_a_new_connection(
+    smtp_server: SMTPServer, connect
+) -> None:
+    smtp_server.faults.drop_after_dot_at = 2
+    results = stream(connect(smtp_transport(smtp_server)), people(4))
+    assert [r.outcome for r in results] == ["sent", "unknown", "sent", "sent"]
+    assert results[1].stage == "data"
+    assert [item.rcpt_tos[0] for item in smtp_server.received] == [f"person{n}@example.org" for n in (0, 2, 3)]
+    assert smtp_server.connections == 2
+
+
+def test_421_after_a_dot_mid_stream_closes_and_the_next_message_is_not_lost(smtp_server: SMTPServer, connect) -> None:
+    smtp_server.faults.data_script = lambda count: "421 4.3.2 shutting down" if count == 1 else None
+    results = stream(connect(smtp_transport(smtp_server)), people(3))
+    assert [(r.outcome, r.code) for r in results] == [("temporary", 421), ("sent", 250), ("sent", 250)]
+    assert smtp_server.connections == 2
+
+
+def test_a_refused_recipient_mid_stream_fails_alone(smtp_server: SMTPServer, connect) -> None:
+    smtp_server.faults.rcpt["person1@example.org"] = "550 5.1.1 no such user"
+    smtp_server.faults.data_script = lambda count: "554 5.7.1 looks like spam" if count == 3 else None
+    results = stream(connect(smtp_transport(smtp_server)), people(5))
+    assert [(r.outcome, r.stage) for r in results] == [
+        ("sent", ""), ("permanent", "rcpt"), ("sent", ""), ("permanent", "data"), ("sent", "")
+    ]
+    assert [item.rcpt_tos[0] for item in smtp_server.received] == [f"person{n}@example.org" for n in (0, 2, 4)]
+    assert smtp_server.connections == 1
+
+
+def test_a_message_that_cannot_be_sent_mid_stream_does_not_disturb_the_others(smtp_server: SMTPServer, connect) -> None:
+    envelopes = people(3)
+    envelopes.insert(1, envelope("not an address", key="bad"))
+    results = stream(connect(smtp_transport(smtp_server)), envelopes)
+    assert [(r.outcome, r.stage) for r in results] == [("sent", ""), ("permanent", "envelope"), ("sent", ""), ("sent", "")]
+    assert len(smtp_server.received) == 3
+
+
+class _WaitingRelay:
+    """A minimal relay that holds its reply to each final "." until the next command has arrived (or
+    `patience` seconds passed), and records which it was: a client that pipelines the next envelope
+    behind the message content gets every reply at once, one that waits for each reply never does."""
+
+    def __init__(self, patience: float = 0.5) -> None:
+        self.patience = patience
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.next_was_there: list[bool] = []
+        self.messages = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.server.accept()
+        buffer = bytearray()
+
+        def readline() -> bytes:
+            while b"\r\n" not in buffer:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return b""
+                buffer.extend(chunk)
+            line, _, rest = bytes(buffer).partition(b"\r\n")
+            buffer[:] = rest
+            return line + b"\r\n"
+
+        with conn:
+            conn.sendall(b"220 relay ready\r\n")
+            while line := readline():
+                verb = line[:4].upper()
+                if verb == b"EHLO":
+                    conn.sendall(b"250-relay\r\n250 PIPELINING\r\n")
+                elif verb == b"DATA":
+                    conn.sendall(b"354 go on\r\n")
+                    while readline() not in (b".\r\n", b""):
+                        pass
+                    self.messages += 1
+                    waiting = bool(buffer) or bool(select.select([conn], [], [], self.patience)[0])
+                    self.next_was_there.append(waiting)
+                    conn.sendall(b"250 queued\r\n")
+                elif verb == b"QUIT":
+                    conn.sendall(b"221 bye\r\n")
+                    return
+                else:
+                    conn.sendall(b"250 ok\r\n")
+
+    def close(self) -> None:
+        self.server.close()
+        self.thread.join(timeout=5)
+
+
+def test_with_pipelining_the_next_envelope_leaves_with_the_message_content(connect) -> None:
+    relay = _WaitingRelay()
+    try:
+        transport = SMTPTransport(parse_smtp_url(f"smtp://127.0.0.1:{relay.port}"), timeout=5, local_hostname="t")
+        connection = connect(transport)
+        results = stream(connection, people(4))
+        connection.close()
+    finally:
+        relay.close()
+    assert [r.outcome for r in results] == ["sent"] * 4
+    # Every message but the last had the next envelope right behind it; the last waited for nothing.
+    assert relay.next_was_there[:3] == [True, True, True]
+    assert relay.messages == 4
