@@ -9,6 +9,7 @@ each result as soon as the reply has come (whatever has arrived, in one statemen
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
@@ -194,51 +195,63 @@ class Delivery:
         self.sessions: sessionmaker[Session] = sessionmaker(self.engine, expire_on_commit=False)
         self.renderer = self.renderer or Renderer(self.settings)
         self.links = Links(self.settings.web.base_url, self.settings.secret_key)
-        self.prepared: dict[tuple[str, int], PreparedMessage] = {}
+        self.prepared: dict[tuple[str, int], PreparedMessage | LookupError] = {}
         self.mail_from = self.settings.sender.from_email
+        # SQLite has one writer at a time, and a writer that finds the lock taken sleeps in steps of
+        # milliseconds: the claiming thread and the recorder take turns through this lock instead.
+        self.write_turn: threading.Lock | contextlib.nullcontext = (
+            threading.Lock() if self.engine.dialect.name == "sqlite" else contextlib.nullcontext()
+        )
 
     # --- preparing ---------------------------------------------------------------------------
 
-    def _prepared(self, session: Session, row: outbox.Claimed) -> PreparedMessage:
-        """The campaign's or template's prepared message, made once per run (premailer runs here only)."""
+    @staticmethod
+    def _key(row: outbox.Claimed) -> tuple[str, int]:
         if row.kind in ("newsletter", "oneoff"):
-            key = ("campaign", row.campaign_id or 0)
-            if key not in self.prepared:
-                campaign = session.get(Campaign, row.campaign_id)
-                if campaign is None:
-                    raise LookupError(f"campaign {row.campaign_id} is gone")
-                self.prepared[key] = self.renderer.prepare_campaign(campaign)
-            return self.prepared[key]
+            return ("campaign", row.campaign_id or 0)
         if row.kind == "followup":
-            key = ("followup", row.step or 0)
-            if key not in self.prepared:
-                from mailer import followups  # followups imports delivery's neighbours; import late
+            return ("followup", row.step or 0)
+        return (row.kind, 0)
 
-                self.prepared[key] = followups.prepare_step(self.renderer, self.settings, row.step or 0)
-            return self.prepared[key]
-        if row.kind == "confirm":
-            key = ("confirm", 0)
+    def _prepare(self, session: Session, rows: list[outbox.Claimed]) -> None:
+        """Prepare the campaigns and templates these rows need, once per run (premailer runs here only)."""
+        for row in rows:
+            key = self._key(row)
             if key not in self.prepared:
-                self.prepared[key] = self.renderer.prepare(
-                    "email/system/confirm",
-                    subject=f"Please confirm your subscription to {self.settings.clinic.name}",
-                    preheader="One click to confirm, and you are on the list.",
-                    marketing=False,
-                )
-            return self.prepared[key]
+                try:
+                    self.prepared[key] = self._make_prepared(session, row)
+                except LookupError as exc:
+                    self.prepared[key] = exc
+
+    def _make_prepared(self, session: Session, row: outbox.Claimed) -> PreparedMessage:
+        if row.kind in ("newsletter", "oneoff"):
+            campaign = session.get(Campaign, row.campaign_id)
+            if campaign is None:
+                raise LookupError(f"campaign {row.campaign_id} is gone")
+            return self.renderer.prepare_campaign(campaign)
+        if row.kind == "followup":
+            from mailer import followups  # followups imports delivery's neighbours; import late
+
+            return followups.prepare_step(self.renderer, self.settings, row.step or 0)
+        if row.kind == "confirm":
+            return self.renderer.prepare(
+                "email/system/confirm",
+                subject=f"Please confirm your subscription to {self.settings.clinic.name}",
+                preheader="One click to confirm, and you are on the list.",
+                marketing=False,
+            )
         raise LookupError(f"unknown message kind {row.kind!r}")
 
     def message_id(self, outbox_id: int) -> str:
         tag = hmac.new(self.settings.secret_key.encode(), f"mid:{outbox_id}".encode(), hashlib.sha256).hexdigest()[:16]
         return self.renderer.message_id(outbox_id, tag)
 
-    def _job(self, session: Session, row: outbox.Claimed, now: dt.datetime) -> _Job:
+    def _job(self, row: outbox.Claimed, now: dt.datetime) -> _Job:
         if row.contact_id is None or row.email is None:
             return _Job(row, None, None, None, reason="contact erased")
-        try:
-            prepared = self._prepared(session, row)
-        except LookupError as exc:
-            return _Job(row, None, None, None, reason=str(exc))
+        prepared = self.prepared.get(self._key(row), LookupError("not prepared"))
+        if isinstance(prepared, LookupError):
+            return _Job(row, None, None, None, reason=str(prepared))
         values = {
             "first_name": first_name(row.name or "") or "there",
             "unsubscribe_url": self.links.unsubscribe(row.contact_id, row.link_key),
@@ -320,14 +333,14 @@ class Delivery:
             return
         sent = [item for item in results if item.result.outcome == "sent"]
         if sent:
-            with connection.begin():
+            with self.write_turn, connection.begin():
                 outbox.record_sent(connection, [
                     (item.job.row.id, item.finished_at, item.job.message_id, item.result.code) for item in sent
                 ])
             report.sent += len(sent)
         others = [item for item in results if item.result.outcome != "sent"]
         if others:
-            with self.sessions.begin() as session:
+            with self.write_turn, self.sessions.begin() as session:
                 outbox.record(session, [self._outcome(session, item, report) for item in others])
 
     # --- the loop ----------------------------------------------------------------------------
@@ -387,10 +400,12 @@ class Delivery:
                     batch = settings.batch_size if limit is None else min(settings.batch_size, limit - claimed_total)
                     if batch <= 0:
                         break
-                    with self.sessions.begin() as session:
+                    with self.write_turn, self.sessions.begin() as session:
                         now = self.clock()
                         rows = outbox.claim(session, self.worker, now, lease, batch)
-                        pending = deque(self._job(session, row, now) for row in rows)
+                        self._prepare(session, rows)
+                    # Built after the commit: the recorder need not wait for the rendering.
+                    pending = deque(self._job(row, now) for row in rows)
                     claimed_total += len(rows)
                     if not rows:
                         break  # nothing else is due; what is in flight finishes below
@@ -451,7 +466,7 @@ class Delivery:
                     if progress:
                         progress(len(batch))
                 if time.monotonic() - renewed_at >= renew_every:
-                    with connection.begin():
+                    with self.write_turn, connection.begin():
                         outbox.renew(connection, self.worker, self.clock() + lease)
                     renewed_at = time.monotonic()
         except BaseException as exc:  # the database went away: stop claiming, and fail the run loudly
