@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import subprocess
 import threading
 from collections.abc import Callable, Sequence
 
 from mailer import campaigns
 from mailer.delivery import Delivery
 from mailer.runtime import Runtime
+from mailer.workers import Worker
 
 TRIGGER = "interval"  # seconds = 60
 COUNTS = ("sent", "deferred", "failed", "skipped", "unknown")
@@ -21,9 +21,9 @@ def run(
     now: dt.datetime,
     stop: threading.Event | None = None,
     progress: Callable[[int], None] | None = None,
-    helpers: Callable[[], Sequence[subprocess.Popen]] | None = None,
+    helpers: Callable[[], Sequence[Worker]] | None = None,
 ) -> dict[str, int]:
-    """Dispatch, send, finish. `helpers` starts extra `mailer send --worker` processes that drain the
+    """Dispatch, send, finish. `helpers` starts helper processes (mailer.workers) that drain the
     same outbox alongside this one (each prints its counts as JSON); their counts are added in."""
     with runtime.sessions.begin() as session:
         enqueued = campaigns.dispatch(session, now)

@@ -103,17 +103,14 @@ def tick(ctx: Context, at: str | None) -> None:
 @click.option("--dry-run", is_flag=True, help="Show what would be sent; send nothing.")
 @click.option("--processes", type=click.IntRange(1, 32), default=None,
               help="Worker processes sharing the connections (default: delivery.processes).")
-@click.option("--worker", is_flag=True, hidden=True, help="Internal: a helper process of another send.")
-@click.option("--connections", type=click.IntRange(1, 64), default=None, hidden=True)
 @pass_ctx
 @friendly
-def send(ctx: Context, dry_run: bool, processes: int | None, worker: bool, connections: int | None) -> None:
+def send(ctx: Context, dry_run: bool, processes: int | None) -> None:
     """Hand every due outbox message to the transport now (SMTP or .eml files)."""
-    import json
     import signal
-    import subprocess
 
     from jobs import deliver
+    from mailer import workers as workers_module
     from mailer.delivery import Delivery
     from mailer.runtime import Runtime
 
@@ -132,12 +129,12 @@ def send(ctx: Context, dry_run: bool, processes: int | None, worker: bool, conne
         return
     settings = runtime.settings
     processes = processes or settings.delivery.processes
-    per_process = connections or max(1, settings.delivery.connections // processes)
+    per_process = max(1, settings.delivery.connections // processes)
     if per_process != settings.delivery.connections:
         delivery = settings.delivery.model_copy(update={"connections": per_process})
         runtime = Runtime(settings.model_copy(update={"delivery": delivery}), clock=runtime.clock)
     stop = threading.Event()
-    workers: list[subprocess.Popen] = []
+    workers: list[workers_module.Worker] = []
 
     def on_signal(signum: int, _frame: object) -> None:
         click.echo(f"mailer: {signal.Signals(signum).name}: finishing the messages in flight...", err=True)
@@ -148,15 +145,15 @@ def send(ctx: Context, dry_run: bool, processes: int | None, worker: bool, conne
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-    if worker:  # one of several processes: no dispatch, no progress bar, counts as JSON for the parent
-        report = Delivery(runtime.settings, runtime.engine, runtime.transport, runtime.clock).run(stop=stop)
-        click.echo(json.dumps(report.as_dict()))
-        return
+    def helpers() -> list[workers_module.Worker]:
+        runtime.engine.dispose()  # no pooled connection may cross the fork
 
-    def helpers() -> list[subprocess.Popen]:
-        argv = [sys.executable, "-m", "mailer", "--config", str(ctx.config_path), "send", "--worker",
-                "--connections", str(per_process)]
-        workers.extend(subprocess.Popen(argv, stdout=subprocess.PIPE) for _ in range(processes - 1))
+        def work() -> dict[str, int]:
+            runtime.engine.dispose(close=False)
+            return Delivery(runtime.settings, runtime.engine, runtime.transport, runtime.clock).run(stop=stop).as_dict()
+
+        for _ in range(processes - 1):
+            workers.append(workers_module.fork(work, in_child=workers.clear))  # a helper signals no sibling
         return workers
 
     with runtime.sessions() as session:

@@ -152,3 +152,30 @@ def test_send_with_several_processes_reports_every_message_once(config_path: Pat
     per_recipient = collections.Counter(r.rcpt_tos[0] for r in smtp_server.received)
     assert len(per_recipient) == recipients and max(per_recipient.values()) == 1
     assert outbox_counts(settings)["sent"] == recipients
+
+
+@pytest.mark.slow
+def test_sigterm_stops_every_process_of_a_send_cleanly(config_path: Path, send_env: dict[str, str],
+                                                       smtp_server: SMTPServer, engine) -> None:  # noqa: ANN001
+    """The helpers are forked from the command: SIGTERM to it reaches them, each finishes what it has in
+    flight, gives back the rest, and the command exits 0 with every result recorded."""
+    recipients = 400
+    settings = config.load(config_path, send_env)
+    bulk_subscribers(engine, recipients)
+    start_campaign(settings)
+    smtp_server.faults.data_delay = 0.02  # slow enough to be stopped half-way
+    process = subprocess.Popen([MAILER, "send", "--processes", "2"], env=send_env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while smtp_server.data_commands < 40 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    counts = outbox_counts(settings)
+    assert counts["sending"] == 0
+    received = collections.Counter(r.rcpt_tos[0] for r in smtp_server.received)
+    assert max(received.values()) == 1
+    assert 40 <= counts["sent"] == len(received) < recipients
+    assert counts["queued"] == recipients - counts["sent"]
+    assert f"sent {counts['sent']}," in out
