@@ -65,25 +65,91 @@ RECHECK_SQL = {
 }
 
 
-class ConsentCheck:
-    """One sender thread's re-check: a driver connection in autocommit mode (no lock, no open snapshot)."""
+# The same for a group of newsletter recipients of one campaign, in one statement (PostgreSQL): one
+# primary-key lookup per recipient, whatever the statistics say; the status is compared here.
+GROUP_RECHECK_SQL = (
+    "SELECT v.id, (SELECT s.status FROM subscriptions s WHERE s.contact_id = v.id AND s.topic = c.topic) "
+    "FROM unnest(%(contact_ids)s::bigint[]) AS v(id) "
+    "JOIN campaigns c ON c.id = %(campaign_id)s AND c.state = 'sending' "
+    "WHERE NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.contact_id = v.id)"
+)
+CONSENT_CHANNEL = "mailer_consent"  # PostgreSQL triggers notify it when consent-related rows change
 
-    def __init__(self, engine: Engine) -> None:
+
+class ConsentCheck:
+    """One sender thread's re-check: a driver connection in autocommit mode (no lock, no open snapshot).
+
+    On SQLite every message is looked up on its own right before its envelope is sent (a lookup costs a
+    few microseconds in-process). On PostgreSQL a lookup is a round trip to the server, so the
+    messages of a campaign are checked in groups, and the connection LISTENs on the channel the
+    database's triggers notify whenever subscriptions, suppressions, contacts, enrollments or campaigns
+    change: before each message goes, `changed()` looks for such a notification without a round trip,
+    and if one came, what was checked is checked again. A change committed before a message's envelope
+    leaves stops it, as a per-message lookup would.
+    """
+
+    def __init__(self, engine: Engine, group: int | None = None) -> None:
         self.raw = engine.raw_connection()
         self.driver = self.raw.driver_connection
-        if engine.dialect.name == "sqlite":
+        self.listening = engine.dialect.name == "postgresql"
+        if not self.listening:
             self.sql = RECHECK_SQL  # sqlite3 takes :name parameters as they are
         else:
             self.sql = {k: re.sub(r":(\w+)", r"%(\1)s", v) for k, v in RECHECK_SQL.items()}
             self.driver.autocommit = True
+        self.group = group or (16 if self.listening else 1)
         self.cursor = self.raw.cursor()
+        self.heard = False
+        if self.listening:
+            self.driver.add_notify_handler(self._hear)  # notifications that arrive along with query results
+            self.cursor.execute(f"LISTEN {CONSENT_CHANNEL}")
+
+    def _hear(self, _notification: object) -> None:
+        self.heard = True
+
+    def changed(self) -> bool:
+        """Whether anything consent-related may have changed since the last check."""
+        if not self.listening:
+            return True
+        pgconn = self.driver.pgconn
+        pgconn.consume_input()  # reads what has arrived on the socket; never waits
+        while pgconn.notifies() is not None:
+            self.heard = True
+        return self.heard
 
     def allows(self, kind: str, params: dict[str, int]) -> bool:
         self.cursor.execute(self.sql[kind], params)
         row = self.cursor.fetchone()
         return row is not None and bool(row[0])
 
+    def allowed(self, jobs: list[_Job]) -> list[bool]:
+        """Each job's verdict, in order (jobs with nothing to send are refused)."""
+        self.heard = False  # a change committed from here on is heard before the next message goes
+        verdicts = [False] * len(jobs)
+        groups: dict[int, list[int]] = {}
+        for index, job in enumerate(jobs):
+            if job.recheck is None:
+                continue
+            kind, params = job.recheck
+            if self.listening and kind == "campaign":
+                groups.setdefault(params["campaign_id"], []).append(index)
+            else:
+                verdicts[index] = self.allows(kind, params)
+        for campaign_id, indexes in groups.items():
+            ids = [jobs[index].recheck[1]["contact_id"] for index in indexes]  # type: ignore[index]
+            self.cursor.execute(GROUP_RECHECK_SQL, {"contact_ids": ids, "campaign_id": campaign_id})
+            found = {contact_id for contact_id, status in self.cursor.fetchall() if status == "active"}
+            for index, contact_id in zip(indexes, ids, strict=True):
+                verdicts[index] = contact_id in found
+        return verdicts
+
     def close(self) -> None:
+        if self.listening:
+            try:
+                self.cursor.execute("UNLISTEN *")  # back to the pool as it came
+                self.driver.remove_notify_handler(self._hear)
+            except Exception:  # a broken connection: the pool discards it
+                pass
         self.cursor.close()
         if getattr(self.driver, "autocommit", None) is True:
             try:
@@ -313,8 +379,11 @@ class Delivery:
         which would then be sent again — the same bound as the messages in flight."""
         connection = self.engine.connect()
         if self.engine.dialect.name == "postgresql":
+            # Each write is one statement, so it needs no transaction around it: in autocommit mode it
+            # costs one round trip instead of three (BEGIN, UPDATE, COMMIT).
+            connection = connection.execution_options(isolation_level="AUTOCOMMIT")
             connection.exec_driver_sql("SET synchronous_commit TO OFF")
-            connection.commit()
+            connection.commit()  # ends SQLAlchemy's own bookkeeping; nothing is sent in autocommit mode
         return connection
 
     def _close_recorder(self, connection: Connection) -> None:
@@ -484,27 +553,56 @@ class Delivery:
         re-check is the last thing before that message's envelope leaves."""
         check = ConsentCheck(self.engine)
         finished = False
+        checked: deque[_Job] = deque()  # allowed when last checked, in order
 
-        def take(wait: bool) -> tuple[_Job, Envelope] | None:
+        def pull(wait: bool) -> list[_Job]:
+            """Up to a group of jobs from the queue; the first may be waited for."""
             nonlocal finished
-            while not finished:
+            jobs: list[_Job] = []
+            while not finished and len(jobs) < check.group:
                 try:
-                    job = work.get() if wait else work.get_nowait()
+                    job = work.get() if wait and not jobs else work.get_nowait()
                 except queue.Empty:
-                    return None
+                    break
                 if job is None:
                     finished = True
-                elif stop.is_set():
-                    released.append(job.row.id)  # list.append is atomic; read after the senders are joined
-                elif job.envelope is None:
-                    results.put(_Result(job, SendResult("skipped", None, job.reason), self.clock()))
-                elif not check.allows(*job.recheck):
-                    results.put(_Result(job, SendResult("skipped", None, "no consent or suppressed at send time"),
-                                        self.clock()))
                 else:
+                    jobs.append(job)
+            return jobs
+
+        def take(wait: bool) -> tuple[_Job, Envelope] | None:
+            while True:
+                if stop.is_set():
+                    # Never handed to SMTP: given back. list.extend is atomic; read after the senders are joined.
+                    released.extend(job.row.id for job in checked)
+                    checked.clear()
+                    released.extend(job.row.id for job in pull(False))
+                    if finished or not wait:
+                        return None
+                    time.sleep(0.01)  # until the run's stop markers arrive
+                    continue
+                if checked and not check.changed():
+                    job = checked.popleft()
                     limiter.wait()
                     return job, job.envelope
-            return None
+                jobs = list(checked) or pull(wait)  # a change was heard: what was checked is checked again
+                checked.clear()
+                if not jobs:
+                    return None
+                sendable = [job for job in jobs if job.envelope is not None]
+                verdicts = dict(zip(map(id, sendable), check.allowed(sendable), strict=True))
+                for job in jobs:
+                    if job.envelope is None:
+                        results.put(_Result(job, SendResult("skipped", None, job.reason), self.clock()))
+                    elif verdicts[id(job)]:
+                        checked.append(job)
+                    else:
+                        results.put(_Result(job, SendResult("skipped", None, "no consent or suppressed at send time"),
+                                            self.clock()))
+                if checked:  # checked just now
+                    job = checked.popleft()
+                    limiter.wait()
+                    return job, job.envelope
 
         def done(job: _Job, result: SendResult) -> None:
             results.put(_Result(job, result, self.clock()))

@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from mailer import audience, campaigns, config, outbox
 from mailer.delivery import Delivery, backoff
-from mailer.models import OutboxMessage, Suppression
+from mailer.models import Campaign, OutboxMessage, Suppression
 from mailer.runtime import fixed_clock
 from mailer.transport import SMTPTransport
 from tests.smtp_server import SMTPServer
@@ -205,6 +205,38 @@ def test_unsubscribe_during_a_campaign_stops_the_next_message(settings, sessions
     assert leaver not in delivered
     assert report.sent == 19 and report.skipped == 1
     assert rows(sessions)[leaver].state == "skipped"
+
+
+@pytest.mark.parametrize("how", ["unsubscribe", "suppress", "cancel"])
+def test_a_change_stops_a_message_that_was_already_checked(settings, sessions, engine, smtp_server, how) -> None:  # noqa: ANN001
+    """The recipient two places further in line was checked with a group (PostgreSQL) or is about to
+    be (SQLite): a change committed now must still stop it; a cancelled campaign stops every message."""
+    addresses = [f"p{n:02d}@example.com" for n in range(20)]
+    add_subscribers(sessions, settings, addresses)
+    campaign_id = start_campaign(sessions, settings)
+    settings = settings.model_copy(update={"delivery": settings.delivery.model_copy(update={"connections": 1})})
+    leaver = "p06@example.com"
+
+    def on_data(count: int) -> None:
+        if count == 5:  # p04's content has arrived; p05's envelope left with it, p06 is next
+            with sessions.begin() as session:
+                contact = audience.find_contact(session, leaver)
+                if how == "unsubscribe":
+                    audience.unsubscribe_all(session, settings.secret_key, contact, source="one-click", now=T0)
+                elif how == "suppress":
+                    audience.suppress(session, settings.secret_key, contact, "complaint", T0)
+                else:
+                    session.get(Campaign, campaign_id).state = "cancelled"
+        return None
+
+    smtp_server.faults.data_script = on_data
+    report = deliver(settings, engine, smtp_server, T0)
+    delivered = [r.rcpt_tos[0] for r in smtp_server.received]
+    assert leaver not in delivered
+    if how == "cancel":
+        assert delivered == addresses[:6] and report.skipped == 14
+    else:
+        assert report.sent == 19 and report.skipped == 1
 
 
 def test_a_stop_request_releases_unsent_claims(settings, sessions, engine, smtp_server) -> None:  # noqa: ANN001

@@ -5,12 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import time
 
 import pytest
 from sqlalchemy import text
 
 from mailer import db
-from mailer.delivery import RECHECK_SQL, ConsentCheck
+from mailer.delivery import GROUP_RECHECK_SQL, RECHECK_SQL, ConsentCheck
 from mailer.models import Campaign, Contact, Enrollment, Subscription, Suppression
 
 NOW = dt.datetime(2026, 11, 24, 0, 30, tzinfo=dt.UTC)
@@ -110,5 +111,57 @@ def test_the_postgresql_generic_plan_is_a_primary_key_lookup(postgres_database) 
             assert "pk_subscriptions" in plan, plan
             assert "ix_subscriptions_topic_status" not in plan, plan
             conn.rollback()
+    finally:
+        engine.dispose()
+
+
+def test_the_group_recheck_plan_is_a_primary_key_lookup(postgres_database) -> None:  # noqa: ANN001
+    engine = db.make_engine(postgres_database)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("TRUNCATE contacts, campaigns, subscriptions, suppressions RESTART IDENTITY CASCADE"))
+            conn.execute(text(
+                "INSERT INTO contacts (email, name, created_at, link_key, followups_consent, soft_bounces) "
+                "SELECT 'r' || i || '@example.com', '', now(), 'k' || i, false, 0 FROM generate_series(1, 5000) i"))
+            conn.execute(text("INSERT INTO subscriptions (contact_id, topic, status, updated_at) "
+                              "SELECT id, 'newsletter', 'active', now() FROM contacts"))
+        sql = GROUP_RECHECK_SQL.replace("%(contact_ids)s", "$1").replace("%(campaign_id)s", "$2")
+        with engine.connect() as conn:
+            conn.execute(text("SET plan_cache_mode = force_generic_plan"))
+            conn.exec_driver_sql(f"PREPARE group_recheck(bigint[], bigint) AS {sql}")
+            plan = json.dumps(conn.exec_driver_sql(
+                "EXPLAIN (FORMAT JSON) EXECUTE group_recheck(ARRAY[1, 2, 3], 1)").scalar())
+            assert "pk_subscriptions" in plan and "ix_subscriptions_topic_status" not in plan, plan
+            conn.rollback()
+    finally:
+        engine.dispose()
+
+
+def test_a_check_hears_a_change_committed_elsewhere_and_stops_listening_when_closed(postgres_database) -> None:  # noqa: ANN001
+    engine = db.make_engine(postgres_database)
+    try:
+        check = ConsentCheck(engine)
+        assert check.group > 1
+        check.allowed([])  # a check was made: nothing heard since
+        assert not check.changed()
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE suppressions SET detail = detail"))  # any statement on a watched table
+        deadline = time.monotonic() + 5
+        while not check.changed() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert check.changed()
+        check.close()
+        with engine.connect() as conn:  # the pooled connection it used listens no more
+            assert conn.exec_driver_sql("SELECT count(*) FROM pg_listening_channels()").scalar() == 0
+    finally:
+        engine.dispose()
+
+
+def test_on_sqlite_every_message_is_looked_up_on_its_own(sqlite_url) -> None:  # noqa: ANN001
+    engine = db.make_engine(sqlite_url)
+    try:
+        check = ConsentCheck(engine)
+        assert check.group == 1 and check.changed()
+        check.close()
     finally:
         engine.dispose()
