@@ -556,10 +556,12 @@ class Delivery:
         checked: deque[_Job] = deque()  # allowed when last checked, in order
 
         def pull(wait: bool) -> list[_Job]:
-            """Up to a group of jobs from the queue; the first may be waited for."""
+            """Up to a group of jobs from the queue, never more than this connection's share of what is
+            waiting (the other connections must not sit idle); the first may be waited for."""
             nonlocal finished
             jobs: list[_Job] = []
-            while not finished and len(jobs) < check.group:
+            size = min(check.group, 1 + work.qsize() // self.settings.delivery.connections)
+            while not finished and len(jobs) < size:
                 try:
                     job = work.get() if wait and not jobs else work.get_nowait()
                 except queue.Empty:

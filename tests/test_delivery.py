@@ -308,6 +308,20 @@ def test_max_per_second_paces_all_connections_together(settings, sessions, engin
     assert time.monotonic() - started >= 0.5
 
 
+def test_a_slow_relay_gets_every_connection_busy(settings, sessions, engine, smtp_server) -> None:  # noqa: ANN001
+    """With a relay that takes its time over each message, the work is shared out: no connection takes
+    more than its share while others wait (throughput grows with the connections)."""
+    add_subscribers(sessions, settings, [f"s{n:02d}@example.com" for n in range(16)])
+    start_campaign(sessions, settings)
+    settings = settings.model_copy(update={"delivery": settings.delivery.model_copy(update={"connections": 4})})
+    smtp_server.faults.data_delay = 0.15
+    started = time.monotonic()
+    assert deliver(settings, engine, smtp_server, T0).sent == 16
+    elapsed = time.monotonic() - started
+    assert smtp_server.connections == 4
+    assert elapsed < 1.5, f"16 messages at 0.15 s each over 4 connections took {elapsed:.2f} s"  # ideal 0.6 s
+
+
 def test_sixteen_connections_share_one_process(settings, sessions, smtp_server, database_url) -> None:  # noqa: ANN001
     from mailer import db
 
