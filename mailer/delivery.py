@@ -330,7 +330,8 @@ class Delivery:
         kind = recheck_kind(row.kind)
         params = {"contact_id": row.contact_id, "campaign_id": row.campaign_id or 0,
                   "enrollment_id": row.enrollment_id or 0}
-        return _Job(row, Envelope(self.mail_from, row.email, data, key=str(row.id)), message_id, (kind, params))
+        return _Job(row, Envelope(self.mail_from, row.email, data, key=str(row.id), crlf=True), message_id,
+                    (kind, params))
 
     # --- recording ---------------------------------------------------------------------------
 
