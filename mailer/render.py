@@ -195,6 +195,7 @@ class PreparedMessage:
     list_unsubscribe_mailto: str | None  # mailto: URL, or None when no unsubscribe mailbox / not marketing
     marketing: bool
     _frame: tuple[bytes, bytes, bytes] = field(init=False, repr=False)
+    _last_date: tuple[dt.datetime | None, bytes] = field(init=False, repr=False, default=(None, b""))
 
     def __post_init__(self) -> None:
         b = self.boundary.encode()
@@ -206,13 +207,20 @@ class PreparedMessage:
             b"\r\n--" + b + b"--\r\n",
         )
 
+    def _date(self, date: dt.datetime) -> bytes:
+        """The Date header's value; a batch of recipients shares one date, so it is formatted once."""
+        cached = self._last_date  # read once: another thread may replace it meanwhile
+        if cached[0] != date:
+            cached = self._last_date = (date, email.utils.format_datetime(date).encode())
+        return cached[1]
+
     def build(self, recipient: Recipient, date: dt.datetime) -> bytes:
         """The complete message for one recipient, CRLF line ends, ready for SMTP or a file."""
         values = dict(recipient.values)
         values.setdefault("first_name", "")
         head = [
             b"To: ", format_address(recipient.name, recipient.email).encode("utf-8"), b"\r\n",
-            b"Date: ", email.utils.format_datetime(date).encode(), b"\r\n",
+            b"Date: ", self._date(date), b"\r\n",
             b"Message-ID: ", recipient.message_id.encode(), b"\r\n",
         ]
         if self.marketing:
