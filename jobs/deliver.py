@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import threading
 from collections.abc import Callable, Sequence
 
 from mailer import campaigns
 from mailer.delivery import Delivery
 from mailer.runtime import Runtime
-from mailer.workers import Worker
+from mailer.workers import Worker, wait_all
 
 TRIGGER = "interval"  # seconds = 60
 COUNTS = ("sent", "deferred", "failed", "skipped", "unknown")
@@ -24,7 +23,7 @@ def run(
     helpers: Callable[[], Sequence[Worker]] | None = None,
 ) -> dict[str, int]:
     """Dispatch, send, finish. `helpers` starts helper processes (mailer.workers) that drain the
-    same outbox alongside this one (each prints its counts as JSON); their counts are added in."""
+    same outbox alongside this one; their counts are added in."""
     with runtime.sessions.begin() as session:
         enqueued = campaigns.dispatch(session, now)
     workers = list(helpers()) if helpers else []
@@ -32,13 +31,10 @@ def run(
         report = Delivery(runtime.settings, runtime.engine, runtime.transport, runtime.clock).run(
             stop=stop, progress=progress)
     finally:
-        outputs = [worker.communicate()[0] for worker in workers]
+        results = wait_all(workers)
     counts = report.as_dict()
-    for worker, output in zip(workers, outputs, strict=True):
-        if worker.returncode != 0:
-            raise RuntimeError(f"a send worker process exited with {worker.returncode}")
-        lines = (output or b"").decode().strip().splitlines()
-        for key, value in json.loads(lines[-1]).items():
+    for result in results:
+        for key, value in result.items():
             counts[key] = counts.get(key, 0) + int(value)
     with runtime.sessions.begin() as session:
         finished = campaigns.finish(session, runtime.clock())

@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -132,7 +133,10 @@ def send(ctx: Context, dry_run: bool, processes: int | None) -> None:
     # What is loaded by now (modules, config, the prepared engine) lives as long as the command: frozen,
     # the garbage collector stops walking it again and again during a long send (about 5% of the CPU).
     gc.freeze()
-    processes = processes or settings.delivery.processes
+    with runtime.sessions() as session:
+        total = sum(count for *_, count in outbox.due_summary(session, now))
+        total += sum(outbox.audience_size(session, c.topic) for c in campaigns.ready(session, now))
+    processes = processes or workers_module.count(settings.delivery.processes, settings.delivery.connections, total)
     per_process = max(1, settings.delivery.connections // processes)
     if per_process != settings.delivery.connections:
         delivery = settings.delivery.model_copy(update={"connections": per_process})
@@ -149,26 +153,32 @@ def send(ctx: Context, dry_run: bool, processes: int | None) -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-    def helpers() -> list[workers_module.Worker]:
-        runtime.engine.dispose()  # no pooled connection may cross the fork
 
-        def work() -> dict[str, int]:
-            runtime.engine.dispose(close=False)
-            return Delivery(runtime.settings, runtime.engine, runtime.transport, runtime.clock).run(stop=stop).as_dict()
+    def sending(progress: Callable[[int], None] | None) -> dict[str, int]:
+        def helpers() -> list[workers_module.Worker]:
+            runtime.engine.dispose()  # no pooled connection may cross the fork
 
-        for _ in range(processes - 1):
-            workers.append(workers_module.fork(work, in_child=workers.clear))  # a helper signals no sibling
-        return workers
+            def work(report: Callable[[int], None]) -> dict[str, int]:
+                delivery = Delivery(runtime.settings, runtime.engine, runtime.transport, runtime.clock)
+                return delivery.run(stop=stop, progress=report).as_dict()
 
-    with runtime.sessions() as session:
-        total = sum(count for *_, count in outbox.due_summary(session, now))
-        total += sum(outbox.audience_size(session, c.topic) for c in campaigns.ready(session, now))
-    spawn = helpers if processes > 1 else None
-    if sys.stdout.isatty() and total and processes == 1:
+            for _ in range(processes - 1):  # a helper signals no sibling
+                workers.append(workers_module.fork(work, on_progress=progress, in_child=workers.clear))
+            return workers
+
+        return deliver.run(runtime, now, stop=stop, progress=progress, helpers=helpers if processes > 1 else None)
+
+    if sys.stdout.isatty() and total:
         with click.progressbar(length=total, label="Sending", show_pos=True) as bar:
-            counts = deliver.run(runtime, now, stop=stop, progress=bar.update)
+            lock = threading.Lock()  # the helpers' progress arrives on their reader threads
+
+            def advance(count: int) -> None:
+                with lock:
+                    bar.update(count)
+
+            counts = sending(advance)
     else:
-        counts = deliver.run(runtime, now, stop=stop, helpers=spawn)
+        counts = sending(None)
     click.echo(", ".join(f"{k} {v}" for k, v in counts.items()))
 
 

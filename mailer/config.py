@@ -17,6 +17,7 @@ import isodate
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -48,6 +49,15 @@ def _check_duration(value: str) -> str:
 
 
 HHMM = Annotated[str, AfterValidator(_check_hhmm)]
+
+
+def _check_processes(value: object) -> object:
+    if value == "auto" or (type(value) is int and 1 <= value <= 32):
+        return value
+    raise ValueError('expected "auto" or a whole number from 1 to 32')
+
+
+Processes = Annotated[int | str, BeforeValidator(_check_processes)]
 Duration = Annotated[str, AfterValidator(_check_duration)]
 
 
@@ -179,7 +189,7 @@ class Delivery(_Section):
     transport: Literal["smtp", "file"]
     outbox_dir: str
     connections: int = Field(ge=1, le=64)
-    processes: int = Field(default=1, ge=1, le=32)
+    processes: Processes = "auto"
     max_per_second: float = Field(ge=0)
     smtp_url: str = ""
     timeout_seconds: float = Field(default=30.0, gt=0)
@@ -190,6 +200,7 @@ class Delivery(_Section):
     max_age: Duration = "P2D"
     unknown_retry_delay: Duration = "PT30M"
     dkim: Dkim = Dkim()
+
 
 
 class Web(_Section):

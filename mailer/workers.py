@@ -1,5 +1,5 @@
-"""Helper processes forked from a running command: they share its imports, config and transport, and
-hand back one line of JSON.
+"""Helper processes forked from a running command: they share its imports, config and transport,
+report progress as they go and hand back their counts.
 
 Forking (instead of starting `python -m mailer` again) spares each helper the interpreter start and the
 imports, about half a second. The caller disposes of its database pool first, so no connection is
@@ -12,17 +12,50 @@ import json
 import os
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 
+Progress = Callable[[int], None]
+
+
+def available() -> bool:
+    """Whether helpers can be forked here (Linux; elsewhere forking a threaded runtime is unsafe)."""
+    return hasattr(os, "fork") and sys.platform.startswith("linux")
+
+
+AUTO_MINIMUM = 1_000  # messages below which "auto" sends from one process: forking would not pay
+
+
+def count(configured: int | str, connections: int, due: int) -> int:
+    """How many processes a send of `due` messages uses: the configured number, or for "auto" one per
+    core (up to one per connection) when helpers can be forked and there is enough to send."""
+    if configured != "auto":
+        return int(configured)
+    if not available() or due < AUTO_MINIMUM:
+        return 1
+    return max(1, min(os.cpu_count() or 1, connections))
+
 
 class Worker:
-    """A forked helper, with the parts of subprocess.Popen the send command uses."""
+    """A forked helper: progress lines ("+N") and finally one JSON line of counts come up its pipe."""
 
-    def __init__(self, pid: int, output: int) -> None:
+    def __init__(self, pid: int, output: int, on_progress: Progress | None) -> None:
         self.pid = pid
-        self._output = output
         self.returncode: int | None = None
+        self.result: dict[str, int] | None = None
+        self._on_progress = on_progress
+        self._reader = threading.Thread(target=self._read, args=(output,), name=f"helper-{pid}", daemon=True)
+        self._reader.start()
+
+    def _read(self, output: int) -> None:
+        with os.fdopen(output, "rb") as pipe:
+            for line in pipe:
+                if line.startswith(b"+"):
+                    if self._on_progress is not None:
+                        self._on_progress(int(line[1:]))
+                elif line.strip():
+                    self.result = json.loads(line)
 
     def send_signal(self, signum: int) -> None:
         if self.returncode is None:
@@ -31,32 +64,52 @@ class Worker:
             except ProcessLookupError:
                 pass
 
-    def communicate(self) -> tuple[bytes, None]:
-        """Wait for the helper; its output and no stderr (it writes to ours)."""
-        chunks = []
-        while chunk := os.read(self._output, 65536):
-            chunks.append(chunk)
-        os.close(self._output)
+    def wait(self) -> dict[str, int]:
+        """Wait for the helper to end; its counts (RuntimeError if it failed)."""
         _, status = os.waitpid(self.pid, 0)
         self.returncode = os.waitstatus_to_exitcode(status)
-        return b"".join(chunks), None
+        self._reader.join()
+        if self.returncode != 0 or self.result is None:
+            raise RuntimeError(f"a send helper process exited with {self.returncode}")
+        return self.result
 
 
-def fork(work: Callable[[], dict[str, int]], *, in_child: Callable[[], None] = lambda: None) -> Worker:
-    """Run work() in a child process; its result comes back as the child's output, one JSON line."""
+def wait_all(workers: list[Worker]) -> list[dict[str, int]]:
+    """Wait for every helper (even after one failed); their counts, or the first failure raised."""
+    results: list[dict[str, int]] = []
+    failures: list[RuntimeError] = []
+    for worker in workers:
+        try:
+            results.append(worker.wait())
+        except RuntimeError as exc:
+            failures.append(exc)
+    if failures:
+        raise failures[0]
+    return results
+
+
+def fork(
+    work: Callable[[Progress], dict[str, int]],
+    *,
+    on_progress: Progress | None = None,
+    in_child: Callable[[], None] = lambda: None,
+) -> Worker:
+    """Run work(progress) in a child process; progress(n) and the result reach the parent through a pipe."""
     read_end, write_end = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
     if pid:
         os.close(write_end)
-        return Worker(pid, read_end)
+        return Worker(pid, read_end, on_progress)
     code = 1
     try:  # the child: never returns into the parent's code
         os.close(read_end)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent relays it
         in_child()
-        os.write(write_end, (json.dumps(work()) + "\n").encode())
+        with os.fdopen(write_end, "wb", buffering=0) as pipe:
+            result = work(lambda count: pipe.write(b"+%d\n" % count))
+            pipe.write((json.dumps(result) + "\n").encode())
         code = 0
     except BaseException:  # the parent reports the exit code; the reason goes to stderr
         traceback.print_exc()

@@ -73,6 +73,8 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
         (("[clinic]", "secret_key = \"x\"\n[clinic]"), "secret_key: secrets are not read from the config file"),
         (('transport = "file"', 'transport = "smtp"'), "delivery.smtp_url (or MAILER_SMTP_URL)"),
         (("[feed]", "[feed\n"), "not valid TOML"),
+        (('processes = "auto"', 'processes = "many"'), "delivery.processes: "),
+        (('processes = "auto"', "processes = 0"), "delivery.processes: "),
     ],
 )
 def test_bad_config_names_the_key_and_the_file(tmp_path: Path, change: tuple[str, str], message: str) -> None:

@@ -179,3 +179,19 @@ def test_sigterm_stops_every_process_of_a_send_cleanly(config_path: Path, send_e
     assert 40 <= counts["sent"] == len(received) < recipients
     assert counts["queued"] == recipients - counts["sent"]
     assert f"sent {counts['sent']}," in out
+
+
+@pytest.mark.slow
+def test_a_large_send_with_the_default_config_shares_the_work_out(config_path: Path, send_env: dict[str, str],
+                                                                   smtp_server: SMTPServer, engine) -> None:  # noqa: ANN001
+    """processes = "auto": on a machine with several cores a send of 1,000 or more forks helpers."""
+    recipients = 1200
+    settings = config.load(config_path, send_env)
+    assert settings.delivery.processes == "auto"
+    bulk_subscribers(engine, recipients)
+    start_campaign(settings)
+    result = subprocess.run([MAILER, "send"], env=send_env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"sent {recipients}," in result.stdout and "failed 0" in result.stdout
+    per_recipient = collections.Counter(r.rcpt_tos[0] for r in smtp_server.received)
+    assert len(per_recipient) == recipients and max(per_recipient.values()) == 1

@@ -1,0 +1,46 @@
+"""Forked helper processes: how many a send uses, their progress and counts, their failures."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from mailer import workers
+
+
+def test_auto_uses_a_process_per_core_up_to_the_connections_for_a_large_send() -> None:
+    cores = os.cpu_count() or 1
+    expected = min(cores, 4) if workers.available() else 1
+    assert workers.count("auto", 4, 50_000) == expected
+    assert workers.count("auto", 1, 50_000) == 1  # never more processes than connections
+    assert workers.count("auto", 4, workers.AUTO_MINIMUM - 1) == 1  # a small send is not worth a fork
+    assert workers.count(3, 4, 10) == 3  # a number is taken as it is
+
+
+@pytest.mark.skipif(not workers.available(), reason="helpers are forked on Linux only")
+def test_a_helper_reports_progress_and_hands_back_its_counts() -> None:
+    seen: list[int] = []
+
+    def work(progress) -> dict[str, int]:  # noqa: ANN001
+        for step in (3, 4, 5):
+            progress(step)
+        return {"sent": 12, "failed": 0}
+
+    helper = workers.fork(work, on_progress=seen.append)
+    assert workers.wait_all([helper]) == [{"sent": 12, "failed": 0}]
+    assert seen == [3, 4, 5] and helper.returncode == 0
+
+
+@pytest.mark.skipif(not workers.available(), reason="helpers are forked on Linux only")
+def test_a_failed_helper_fails_the_send_after_the_others_are_waited_for() -> None:
+    def broken(progress) -> dict[str, int]:  # noqa: ANN001
+        raise OSError("the database went away")
+
+    def fine(progress) -> dict[str, int]:  # noqa: ANN001
+        return {"sent": 1}
+
+    failing, working = workers.fork(broken), workers.fork(fine)
+    with pytest.raises(RuntimeError, match="exited with 1"):
+        workers.wait_all([failing, working])
+    assert working.returncode == 0 and working.result == {"sent": 1}
