@@ -137,10 +137,8 @@ def send(ctx: Context, dry_run: bool, processes: int | None) -> None:
         total = sum(count for *_, count in outbox.due_summary(session, now))
         total += sum(outbox.audience_size(session, c.topic) for c in campaigns.ready(session, now))
     processes = processes or workers_module.count(settings.delivery.processes, settings.delivery.connections, total)
-    per_process = max(1, settings.delivery.connections // processes)
-    if per_process != settings.delivery.connections:
-        delivery = settings.delivery.model_copy(update={"connections": per_process})
-        runtime = Runtime(settings.model_copy(update={"delivery": delivery}), clock=runtime.clock)
+    if processes > 1:
+        runtime = Runtime(workers_module.share_out(settings, processes), clock=runtime.clock)
     stop = threading.Event()
     workers: list[workers_module.Worker] = []
 

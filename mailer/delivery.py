@@ -224,6 +224,30 @@ def backoff(settings: Settings, attempts: int, rng: random.Random) -> dt.timedel
     return delay * rng.uniform(0.8, 1.2)
 
 
+GROUP_SPAN = 0.02  # seconds of one connection's sending that one group consent check may cover
+
+
+def group_size(largest: int, waiting: int, connections: int, seconds_per_message: float) -> int:
+    """How many queued messages a connection takes (and checks consent for) at once: no more than its
+    share of what is waiting, and about GROUP_SPAN of its sending: up to `largest` for a fast relay, one
+    at a time for a slow one, so that every connection keeps busy."""
+    return max(1, min(largest, 1 + waiting // connections, int(GROUP_SPAN / seconds_per_message)))
+
+
+class _Pace:
+    """Seconds per message on one connection, smoothed; slow (one message a second) until measured."""
+
+    def __init__(self) -> None:
+        self.seconds = 1.0
+        self._last: float | None = None
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if self._last is not None:
+            self.seconds = 0.8 * self.seconds + 0.2 * (now - self._last)
+        self._last = now
+
+
 @dataclass
 class _Job:
     row: outbox.Claimed
@@ -553,6 +577,7 @@ class Delivery:
         next job only when it can send it (while the previous message's content is going out), so the
         re-check is the last thing before that message's envelope leaves."""
         check = ConsentCheck(self.engine)
+        pace = _Pace()
         finished = False
         checked: deque[_Job] = deque()  # allowed when last checked, in order
 
@@ -561,7 +586,7 @@ class Delivery:
             waiting (the other connections must not sit idle); the first may be waited for."""
             nonlocal finished
             jobs: list[_Job] = []
-            size = min(check.group, 1 + work.qsize() // self.settings.delivery.connections)
+            size = group_size(check.group, work.qsize(), self.settings.delivery.connections, pace.seconds)
             while not finished and len(jobs) < size:
                 try:
                     job = work.get() if wait and not jobs else work.get_nowait()
@@ -587,6 +612,7 @@ class Delivery:
                 if checked and not check.changed():
                     job = checked.popleft()
                     limiter.wait()
+                    pace.tick()
                     return job, job.envelope
                 jobs = list(checked) or pull(wait)  # a change was heard: what was checked is checked again
                 checked.clear()
@@ -603,6 +629,7 @@ class Delivery:
                         results.put(_Result(job, SendResult("skipped", None, "no consent or suppressed at send time"),
                                             self.clock()))
                 if checked:  # checked just now
+                    pace.tick()
                     job = checked.popleft()
                     limiter.wait()
                     return job, job.envelope

@@ -15,6 +15,10 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mailer.config import Settings
 
 Progress = Callable[[int], None]
 
@@ -35,6 +39,16 @@ def count(configured: int | str, connections: int, due: int) -> int:
     if not available() or due < AUTO_MINIMUM:
         return 1
     return max(1, min(os.cpu_count() or 1, connections))
+
+
+def share_out(settings: Settings, processes: int) -> Settings:
+    """The settings for each of `processes` processes of one send: the connections and the rate limit
+    are shared out, so the relay sees what the config says whatever the number of processes."""
+    delivery = settings.delivery
+    return settings.model_copy(update={"delivery": delivery.model_copy(update={
+        "connections": max(1, delivery.connections // processes),
+        "max_per_second": delivery.max_per_second / processes,
+    })})
 
 
 class Worker:

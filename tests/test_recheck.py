@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 
 from mailer import db
-from mailer.delivery import GROUP_RECHECK_SQL, RECHECK_SQL, ConsentCheck
+from mailer.delivery import GROUP_RECHECK_SQL, RECHECK_SQL, ConsentCheck, group_size
 from mailer.models import Campaign, Contact, Enrollment, Subscription, Suppression
 
 NOW = dt.datetime(2026, 11, 24, 0, 30, tzinfo=dt.UTC)
@@ -165,3 +165,11 @@ def test_on_sqlite_every_message_is_looked_up_on_its_own(sqlite_url) -> None:  #
         check.close()
     finally:
         engine.dispose()
+
+
+def test_a_connection_takes_a_group_only_when_the_relay_is_fast() -> None:
+    assert group_size(16, 500, 4, 0.0005) == 16  # a fast relay, plenty waiting: a full group
+    assert group_size(16, 500, 4, 1.0) == 1  # a relay that takes a second per message: one at a time
+    assert group_size(16, 500, 4, 0.005) == 4  # about 20 ms of sending
+    assert group_size(16, 8, 4, 0.0005) == 3  # never more than a share of what is waiting
+    assert group_size(1, 500, 4, 0.0005) == 1  # SQLite: every message on its own

@@ -44,3 +44,12 @@ def test_a_failed_helper_fails_the_send_after_the_others_are_waited_for() -> Non
     with pytest.raises(RuntimeError, match="exited with 1"):
         workers.wait_all([failing, working])
     assert working.returncode == 0 and working.result == {"sent": 1}
+
+
+def test_the_connections_and_the_rate_limit_are_shared_out(settings) -> None:  # noqa: ANN001
+    settings = settings.model_copy(update={"delivery": settings.delivery.model_copy(
+        update={"connections": 4, "max_per_second": 10.0})})
+    each = workers.share_out(settings, 2).delivery
+    assert (each.connections, each.max_per_second) == (2, 5.0)
+    assert workers.share_out(settings, 8).delivery.connections == 1  # never none
+    assert settings.delivery.connections == 4  # the original is left as it was

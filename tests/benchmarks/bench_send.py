@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
-from mailer import campaigns, config, db, feeds, render, schema  # noqa: E402
+from mailer import campaigns, config, db, feeds, render, schema, workers  # noqa: E402
 
 MAILER = str(Path(sys.executable).with_name("mailer"))
 SAMPLE_FEED = ROOT / "mailer" / "sample" / "blog-feed.xml"
@@ -144,13 +144,13 @@ def reset_outbox(url: str) -> None:
     engine.dispose()
 
 
-def run_mailer_send(url: str, config_path: Path, port: int, expected: int, processes: int = 1) -> dict[str, float]:
+def run_mailer_send(url: str, config_path: Path, port: int, expected: int, processes: str = "1") -> dict[str, float]:
     env = {**os.environ, "MAILER_DATABASE_URL": url, "MAILER_SMTP_URL": f"smtp://127.0.0.1:{port}",
            "MAILER_SECRET_KEY": "benchmark-secret", "MAILER_BASE_URL": "https://mail.therapycentral.example",
            "MAILER_CONFIG": str(config_path)}
     started = time.perf_counter()
-    result = subprocess.run(["/usr/bin/time", "-v", MAILER, "send", "--processes", str(processes)], env=env,
-                            capture_output=True, text=True)
+    flags = [] if processes == "auto" else ["--processes", processes]  # "auto": as configured by default
+    result = subprocess.run(["/usr/bin/time", "-v", MAILER, "send", *flags], env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - started
     if result.returncode != 0:
         raise RuntimeError(f"mailer send failed: {result.stderr[-2000:]}")
@@ -238,8 +238,9 @@ def main() -> int:
     parser.add_argument("--naive-count", type=int, default=300, help="messages for the naive baseline")
     parser.add_argument("--pg-url", default=os.environ.get("MAILER_TEST_POSTGRES_URL", ""),
                         help="PostgreSQL server URL (a database is created and dropped)")
-    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2],
-                        help="`mailer send --processes` values to measure (the connections are shared out)")
+    parser.add_argument("--processes", nargs="+", default=["auto", "1"],
+                        help="how `mailer send` runs: auto (the default config: a process per core) or a "
+                             "--processes number (the connections are shared out)")
     parser.add_argument("--skip-latency", action="store_true", help="skip the smtp-sink -w runs")
     parser.add_argument("--json", default=str(ROOT / "tests" / "benchmarks" / "results" / "bench_send.json"))
     args = parser.parse_args()
@@ -268,7 +269,8 @@ def main() -> int:
             print(f"message size: {size} bytes")
             sink = Sink()
             runs = [(kind, p) for kind in kinds for p in args.processes]
-            label = {(kind, p): f"mailer_{kind}" + (f"_{p}p" if p > 1 else "") for kind, p in runs}
+            label = {(kind, p): f"mailer_{kind}" + ("" if p == "auto" else f"_{p}p") for kind, p in runs}
+            results["auto_processes"] = workers.count("auto", args.connections, args.n)
             series: dict[str, list[dict[str, float]]] = {"ceiling": [], "naive": [], **{label[r]: [] for r in runs}}
             try:
                 for round_no in range(args.rounds):
@@ -329,6 +331,8 @@ def latency_runs(folder: Path, settings: config.Settings, kinds: list[str], pg_u
 
 def report(results: dict) -> None:
     print("\n== results (medians of the alternating rounds) ==")
+    if "auto_processes" in results:
+        print(f"  (mailer_sqlite / mailer_postgresql: the default config, {results['auto_processes']} processes here)")
     for name, rate in results.get("rates", {}).items():
         print(f"  {name:<18} {rate:>8.1f} msg/s")
     for key, value in results.items():
