@@ -253,6 +253,26 @@ def test_a_stop_request_releases_unsent_claims(settings, sessions, engine, smtp_
     assert counts["queued"] == 40 - report.sent and report.sent < 40
 
 
+def test_sent_results_are_recorded_exactly(settings, sessions, engine) -> None:  # noqa: ANN001
+    """record_sent, the hot path's one write per batch: every row gets its own time, Message-ID and
+    code (None for the file transport), and nothing else is touched."""
+    add_subscribers(sessions, settings, [f"w{n}@example.com" for n in range(4)])
+    start_campaign(sessions, settings)
+    with sessions.begin() as session:
+        claimed = outbox.claim(session, "worker-1", T0, dt.timedelta(minutes=5), 10)
+    ids = [row.id for row in claimed]
+    written = [(row_id, T0 + dt.timedelta(seconds=n, microseconds=123), f"<{row_id}.tag{n}@example.org>",
+                None if n == 3 else 250) for n, row_id in enumerate(ids[:3])] + [(ids[3], T0, "<x@y>", None)]
+    with engine.connect() as connection, connection.begin():
+        outbox.record_sent(connection, written)
+    with sessions() as session:
+        stored = {row.id: row for row in session.scalars(select(OutboxMessage))}
+    for row_id, at, mid, code in written:
+        row = stored[row_id]
+        assert (row.state, row.sent_at, row.message_id, row.smtp_code, row.attempts) == ("sent", at, mid, code, 1)
+        assert row.claimed_by is None and row.lease_until is None
+
+
 def test_backoff_grows_and_is_capped(settings) -> None:  # noqa: ANN001
     import random
 

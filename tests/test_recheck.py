@@ -128,9 +128,9 @@ def test_the_group_recheck_plan_is_a_primary_key_lookup(postgres_database) -> No
         sql = GROUP_RECHECK_SQL.replace("%(contact_ids)s", "$1").replace("%(campaign_id)s", "$2")
         with engine.connect() as conn:
             conn.execute(text("SET plan_cache_mode = force_generic_plan"))
-            conn.exec_driver_sql(f"PREPARE group_recheck(bigint[], bigint) AS {sql}")
+            conn.exec_driver_sql(f"PREPARE group_recheck(text, bigint) AS {sql}")
             plan = json.dumps(conn.exec_driver_sql(
-                "EXPLAIN (FORMAT JSON) EXECUTE group_recheck(ARRAY[1, 2, 3], 1)").scalar())
+                "EXPLAIN (FORMAT JSON) EXECUTE group_recheck('1,2,3', 1)").scalar())
             assert "pk_subscriptions" in plan and "ix_subscriptions_topic_status" not in plan, plan
             conn.rollback()
     finally:
