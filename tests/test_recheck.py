@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import re
 import time
+from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import text
@@ -87,54 +88,48 @@ def _numbered(sql: str) -> tuple[str, list[str]]:
     return re.sub(r":(\w+)", number, sql), names
 
 
-def test_the_postgresql_generic_plan_is_a_primary_key_lookup(postgres_database) -> None:  # noqa: ANN001
-    """Bulk-loaded subscriptions with no statistics yet (as right after a large import): the prepared
-    re-check must still find one subscription by its key, not walk every subscriber of the topic."""
+@pytest.fixture
+def unanalyzed(postgres_database) -> Iterator:  # noqa: ANN001
+    """An engine on 5,000 bulk-loaded subscriptions with no statistics yet (as right after a large
+    import) and one sending campaign."""
     engine = db.make_engine(postgres_database)
-    try:
-        with engine.begin() as conn:
-            conn.execute(text("TRUNCATE contacts, campaigns, subscriptions, suppressions RESTART IDENTITY CASCADE"))
-            conn.execute(text(
-                "INSERT INTO contacts (email, name, created_at, link_key, followups_consent, soft_bounces) "
-                "SELECT 'r' || i || '@example.com', '', now(), 'k' || i, false, 0 FROM generate_series(1, 5000) i"))
-            conn.execute(text("INSERT INTO subscriptions (contact_id, topic, status, updated_at) "
-                              "SELECT id, 'newsletter', 'active', now() FROM contacts"))
-            conn.execute(text("INSERT INTO campaigns (kind, topic, subject, preheader, intro, body_markdown, state, "
-                              "created_at, note) VALUES ('newsletter', 'newsletter', 's', '', '', '', 'sending', "
-                              "now(), '')"))
-        sql, names = _numbered(RECHECK_SQL["campaign"])
-        args = ", ".join({"contact_id": "2500", "campaign_id": "1"}[name] for name in names)
-        with engine.connect() as conn:
-            conn.execute(text("SET plan_cache_mode = force_generic_plan"))
-            conn.exec_driver_sql(f"PREPARE recheck AS {sql}")
-            plan = json.dumps(conn.exec_driver_sql(f"EXPLAIN (FORMAT JSON) EXECUTE recheck({args})").scalar())
-            assert "pk_subscriptions" in plan, plan
-            assert "ix_subscriptions_topic_status" not in plan, plan
-            conn.rollback()
-    finally:
-        engine.dispose()
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE contacts, campaigns, subscriptions, suppressions RESTART IDENTITY CASCADE"))
+        conn.execute(text(
+            "INSERT INTO contacts (email, name, created_at, link_key, followups_consent, soft_bounces) "
+            "SELECT 'r' || i || '@example.com', '', now(), 'k' || i, false, 0 FROM generate_series(1, 5000) i"))
+        conn.execute(text("INSERT INTO subscriptions (contact_id, topic, status, updated_at) "
+                          "SELECT id, 'newsletter', 'active', now() FROM contacts"))
+        conn.execute(text("INSERT INTO campaigns (kind, topic, subject, preheader, intro, body_markdown, state, "
+                          "created_at, note) VALUES ('newsletter', 'newsletter', 's', '', '', '', 'sending', "
+                          "now(), '')"))
+    yield engine
+    engine.dispose()
 
 
-def test_the_group_recheck_plan_is_a_primary_key_lookup(postgres_database) -> None:  # noqa: ANN001
-    engine = db.make_engine(postgres_database)
-    try:
-        with engine.begin() as conn:
-            conn.execute(text("TRUNCATE contacts, campaigns, subscriptions, suppressions RESTART IDENTITY CASCADE"))
-            conn.execute(text(
-                "INSERT INTO contacts (email, name, created_at, link_key, followups_consent, soft_bounces) "
-                "SELECT 'r' || i || '@example.com', '', now(), 'k' || i, false, 0 FROM generate_series(1, 5000) i"))
-            conn.execute(text("INSERT INTO subscriptions (contact_id, topic, status, updated_at) "
-                              "SELECT id, 'newsletter', 'active', now() FROM contacts"))
-        sql = GROUP_RECHECK_SQL.replace("%(contact_ids)s", "$1").replace("%(campaign_id)s", "$2")
-        with engine.connect() as conn:
-            conn.execute(text("SET plan_cache_mode = force_generic_plan"))
-            conn.exec_driver_sql(f"PREPARE group_recheck(text, bigint) AS {sql}")
-            plan = json.dumps(conn.exec_driver_sql(
-                "EXPLAIN (FORMAT JSON) EXECUTE group_recheck('1,2,3', 1)").scalar())
-            assert "pk_subscriptions" in plan and "ix_subscriptions_topic_status" not in plan, plan
-            conn.rollback()
-    finally:
-        engine.dispose()
+def _generic_plan(engine, prepare: str, execute: str) -> str:  # noqa: ANN001
+    """The plan PostgreSQL uses for a prepared statement once it settles on a generic one, as JSON text."""
+    with engine.connect() as conn:
+        conn.execute(text("SET plan_cache_mode = force_generic_plan"))
+        conn.exec_driver_sql(prepare)
+        plan = json.dumps(conn.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {execute}").scalar())
+        conn.rollback()
+    return plan
+
+
+def test_the_postgresql_generic_plan_is_a_primary_key_lookup(unanalyzed) -> None:  # noqa: ANN001
+    """The prepared re-check must find one subscription by its key, not walk every subscriber of the topic."""
+    sql, names = _numbered(RECHECK_SQL["campaign"])
+    args = ", ".join({"contact_id": "2500", "campaign_id": "1"}[name] for name in names)
+    plan = _generic_plan(unanalyzed, f"PREPARE recheck AS {sql}", f"EXECUTE recheck({args})")
+    assert "pk_subscriptions" in plan and "ix_subscriptions_topic_status" not in plan, plan
+
+
+def test_the_group_recheck_plan_is_a_primary_key_lookup(unanalyzed) -> None:  # noqa: ANN001
+    sql = GROUP_RECHECK_SQL.replace("%(contact_ids)s", "$1").replace("%(campaign_id)s", "$2")
+    plan = _generic_plan(unanalyzed, f"PREPARE group_recheck(text, bigint) AS {sql}",
+                         "EXECUTE group_recheck('1,2,3', 1)")
+    assert "pk_subscriptions" in plan and "ix_subscriptions_topic_status" not in plan, plan
 
 
 def test_a_check_hears_a_change_committed_elsewhere_and_stops_listening_when_closed(postgres_database) -> None:  # noqa: ANN001
