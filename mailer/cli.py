@@ -133,8 +133,9 @@ def send(ctx: Context, dry_run: bool, processes: int | None) -> None:
     # What is loaded by now (modules, config, the prepared engine) lives as long as the command: frozen,
     # the garbage collector stops walking it again and again during a long send (about 5% of the CPU).
     gc.freeze()
+    bar = sys.stdout.isatty()  # the progress bar needs the whole count; choosing the processes does not
     with runtime.sessions() as session:
-        total = sum(count for *_, count in outbox.due_summary(session, now))
+        total = outbox.due_count(session, now, at_most=None if bar else workers_module.AUTO_MINIMUM)
         total += sum(outbox.audience_size(session, c.topic) for c in campaigns.ready(session, now))
     processes = processes or workers_module.count(settings.delivery.processes, settings.delivery.connections, total)
     if processes > 1:
@@ -166,7 +167,7 @@ def send(ctx: Context, dry_run: bool, processes: int | None) -> None:
 
         return deliver.run(runtime, now, stop=stop, progress=progress, helpers=helpers if processes > 1 else None)
 
-    if sys.stdout.isatty() and total:
+    if bar and total:
         with click.progressbar(length=total, label="Sending", show_pos=True) as bar:
             lock = threading.Lock()  # the helpers' progress arrives on their reader threads
 

@@ -215,6 +215,15 @@ def counts(session: Session, campaign_id: int | None = None) -> dict[str, int]:
             ("queued", "sending", "deferred", "unknown", "sent", "failed", "skipped")}
 
 
+def due_count(session: Session, now: dt.datetime, at_most: int | None = None) -> int:
+    """How many messages a send now would hand over; counting stops at `at_most` (a cheap answer to
+    "is there a lot?" on a large outbox)."""
+    due = select(_T.c.id).where(text(WAITING_SQL), _T.c.due_at <= now)
+    if at_most is not None:
+        due = due.limit(at_most)
+    return int(session.scalar(select(func.count()).select_from(due.subquery())) or 0)
+
+
 def due_summary(session: Session, now: dt.datetime) -> list[tuple[str, int | None, int]]:
     """(kind, campaign id, count) of messages that a send now would hand over: for `send --dry-run`."""
     rows = session.execute(

@@ -273,6 +273,15 @@ def test_sent_results_are_recorded_exactly(settings, sessions, engine) -> None: 
         assert row.claimed_by is None and row.lease_until is None
 
 
+def test_the_due_count_can_stop_early(settings, sessions) -> None:  # noqa: ANN001
+    add_subscribers(sessions, settings, [f"d{n}@example.com" for n in range(5)])
+    start_campaign(sessions, settings)
+    with sessions() as session:
+        assert outbox.due_count(session, T0) == 5
+        assert outbox.due_count(session, T0, at_most=3) == 3
+        assert outbox.due_count(session, T0 - dt.timedelta(days=1)) == 0  # nothing due before it was queued
+
+
 def test_backoff_grows_and_is_capped(settings) -> None:  # noqa: ANN001
     import random
 
