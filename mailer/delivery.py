@@ -260,9 +260,17 @@ class _Job:
 
 @dataclass
 class _Result:
-    job: _Job
+    """What the recorder needs of a handled job: not the message's bytes, which are dropped as soon as
+    the relay has answered (a backlog of results must not hold kilobytes per message)."""
+
+    row: outbox.Claimed
+    message_id: str | None
     result: SendResult
     finished_at: dt.datetime
+
+    @classmethod
+    def of(cls, job: _Job, result: SendResult, finished_at: dt.datetime) -> _Result:
+        return cls(job.row, job.message_id, result, finished_at)
 
 
 @dataclass
@@ -361,12 +369,12 @@ class Delivery:
     # --- recording ---------------------------------------------------------------------------
 
     def _outcome(self, session: Session, item: _Result, report: Report) -> dict[str, object]:
-        row, result, now = item.job.row, item.result, item.finished_at
+        row, result, now = item.row, item.result, item.finished_at
         attempts = row.attempts + 1
         base: dict[str, object] = {"id": row.id, "lease_until": None, "claimed_by": None}
         if result.outcome == "sent":
             report.add("sent")
-            return {**base, "state": "sent", "attempts": attempts, "sent_at": now, "message_id": item.job.message_id,
+            return {**base, "state": "sent", "attempts": attempts, "sent_at": now, "message_id": item.message_id,
                     "smtp_code": result.code, "last_error": None}
         if result.outcome == "skipped":
             report.add("skipped")
@@ -430,7 +438,7 @@ class Delivery:
         if sent:
             with self.write_turn, connection.begin():
                 outbox.record_sent(connection, [
-                    (item.job.row.id, item.finished_at, item.job.message_id, item.result.code) for item in sent
+                    (item.row.id, item.finished_at, item.message_id, item.result.code) for item in sent
                 ])
             report.sent += len(sent)
         others = [item for item in results if item.result.outcome != "sent"]
@@ -623,11 +631,11 @@ class Delivery:
                 verdicts = dict(zip(map(id, sendable), check.allowed(sendable), strict=True))
                 for job in jobs:
                     if job.envelope is None:
-                        results.put(_Result(job, SendResult("skipped", None, job.reason), self.clock()))
+                        results.put(_Result.of(job, SendResult("skipped", None, job.reason), self.clock()))
                     elif verdicts[id(job)]:
                         checked.append(job)
                     else:
-                        results.put(_Result(job, SendResult("skipped", None, "no consent or suppressed at send time"),
+                        results.put(_Result.of(job, SendResult("skipped", None, "no consent or suppressed at send time"),
                                             self.clock()))
                 if checked:  # checked just now
                     pace.tick()
@@ -636,7 +644,7 @@ class Delivery:
                     return job, job.envelope
 
         def done(job: _Job, result: SendResult) -> None:
-            results.put(_Result(job, result, self.clock()))
+            results.put(_Result.of(job, result, self.clock()))
 
         connection = self.transport.connect()
         try:
