@@ -2,9 +2,11 @@
 
 One thread (the caller's) claims rows in batches and builds each message's bytes from the campaign's
 prepared parts. `connections` sender threads each own one transport connection and one database
-connection; right before handing a message to SMTP they re-check consent and suppression with one
-indexed lookup, so an opt-out takes effect even in the middle of a campaign. A recorder thread writes
-each result as soon as the reply has come (whatever has arrived, in one statement), and never before.
+connection; right before a message's envelope goes to the relay they re-check consent and suppression
+(ConsentCheck: a lookup per message on SQLite, per group with change notifications on PostgreSQL), so
+an opt-out takes effect even in the middle of a campaign. The transport pipelines each message's
+content with the next envelope. A recorder thread writes each result as soon as the reply has come
+(whatever has arrived, in one statement), and never before.
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ class ConsentCheck:
     leaves stops it, as a per-message lookup would.
     """
 
-    def __init__(self, engine: Engine, group: int | None = None) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.raw = engine.raw_connection()
         self.driver = self.raw.driver_connection
         self.listening = engine.dialect.name == "postgresql"
@@ -97,7 +99,7 @@ class ConsentCheck:
         else:
             self.sql = {k: re.sub(r":(\w+)", r"%(\1)s", v) for k, v in RECHECK_SQL.items()}
             self.driver.autocommit = True
-        self.group = group or (16 if self.listening else 1)
+        self.group = 16 if self.listening else 1  # the most messages one lookup covers
         self.cursor = self.raw.cursor()
         self.heard = False
         if self.listening:

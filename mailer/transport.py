@@ -170,7 +170,6 @@ def load_dkim(dkim_config: Dkim, private_key_pem: str = "") -> DkimSigner | None
 class _Tx:
     """One message on its way: the envelope checked, the bytes final (CRLF line endings, DKIM-signed)."""
 
-    envelope: Envelope
     mail_from: str
     rcpt: str
     data: bytes
@@ -437,7 +436,7 @@ class SMTPConnection:
                 data = self._transport.dkim.sign(data)
             except ValueError as exc:
                 return SendResult("temporary", None, str(exc), "envelope")
-        return _Tx(envelope, mail_from, rcpt, data, sender_utf8, rcpt_utf8 or sender_utf8)
+        return _Tx(mail_from, rcpt, data, sender_utf8, rcpt_utf8 or sender_utf8)
 
     def _mail_command(self, smtp: smtplib.SMTP, tx: _Tx) -> str | SendResult:
         """MAIL FROM's argument with the ESMTP options the relay offers and tx needs; or why not."""
