@@ -133,12 +133,13 @@ def send(ctx: Context, dry_run: bool, processes: int | None) -> None:
     # What is loaded by now (modules, config, the prepared engine) lives as long as the command: frozen,
     # the garbage collector stops walking it again and again during a long send (about 5% of the CPU).
     gc.freeze()
-    bar = sys.stdout.isatty()  # the progress bar needs the whole count; choosing the processes does not
+    show_bar = sys.stdout.isatty()  # the bar needs the whole count; choosing the processes does not
     with runtime.sessions() as session:
-        total = outbox.due_count(session, now, at_most=None if bar else workers_module.AUTO_MINIMUM)
+        total = outbox.due_count(session, now, at_most=None if show_bar else workers_module.AUTO_MINIMUM)
         total += sum(outbox.audience_size(session, c.topic) for c in campaigns.ready(session, now))
     processes = processes or workers_module.count(settings.delivery.processes, settings.delivery.connections, total)
     if processes > 1:
+        runtime.engine.dispose()  # replaced by the shared-out runtime's own engine
         runtime = Runtime(workers_module.share_out(settings, processes), clock=runtime.clock)
     stop = threading.Event()
     workers: list[workers_module.Worker] = []
@@ -167,7 +168,7 @@ def send(ctx: Context, dry_run: bool, processes: int | None) -> None:
 
         return deliver.run(runtime, now, stop=stop, progress=progress, helpers=helpers if processes > 1 else None)
 
-    if bar and total:
+    if show_bar and total:
         with click.progressbar(length=total, label="Sending", show_pos=True) as bar:
             lock = threading.Lock()  # the helpers' progress arrives on their reader threads
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import os
+import pty
 import random
 import signal
 import subprocess
@@ -195,3 +196,31 @@ def test_a_large_send_with_the_default_config_shares_the_work_out(config_path: P
     assert f"sent {recipients}," in result.stdout and "failed 0" in result.stdout
     per_recipient = collections.Counter(r.rcpt_tos[0] for r in smtp_server.received)
     assert len(per_recipient) == recipients and max(per_recipient.values()) == 1
+
+
+@pytest.mark.slow
+def test_on_a_terminal_the_progress_bar_counts_every_process(config_path: Path, send_env: dict[str, str],
+                                                            smtp_server: SMTPServer, engine) -> None:  # noqa: ANN001
+    recipients = 1200
+    settings = config.load(config_path, send_env)
+    bulk_subscribers(engine, recipients)
+    start_campaign(settings)
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen([MAILER, "send", "--processes", "2"], env=send_env, stdin=subprocess.DEVNULL,
+                               stdout=terminal, stderr=subprocess.PIPE)
+    os.close(terminal)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # the terminal closed with the command
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(controller)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    text = shown.decode(errors="replace")
+    assert "Sending" in text and f"{recipients}/{recipients}" in text, text[-500:]
+    assert f"sent {recipients}," in text
