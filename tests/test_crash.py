@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import insert, select
 
 from mailer import campaigns, config, db, outbox
-from mailer.models import ConsentEvent, Contact, Subscription
+from mailer.models import ConsentEvent, Contact, OutboxMessage, Subscription
 from tests.smtp_server import SMTPServer
 
 MAILER = str(Path(sys.executable).with_name("mailer"))
@@ -224,3 +224,35 @@ def test_on_a_terminal_the_progress_bar_counts_every_process(config_path: Path, 
     text = shown.decode(errors="replace")
     assert "Sending" in text and f"{recipients}/{recipients}" in text, text[-500:]
     assert f"sent {recipients}," in text
+
+
+@pytest.mark.slow
+def test_a_killed_send_stops_its_helpers_cleanly(config_path: Path, send_env: dict[str, str],
+                                                 smtp_server: SMTPServer, engine) -> None:  # noqa: ANN001
+    """SIGKILL to the command: its forked helper is told (SIGTERM on the parent's death), finishes what
+    it has in flight, records it and gives the rest back; it does not go on sending unseen."""
+    recipients = 1200
+    settings = config.load(config_path, send_env)
+    bulk_subscribers(engine, recipients)
+    start_campaign(settings)
+    smtp_server.faults.data_delay = 0.01
+    process = subprocess.Popen([MAILER, "send", "--processes", "2"], env=send_env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while smtp_server.data_commands < 60 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.kill()
+    process.wait(timeout=10)
+    time.sleep(1.5)  # the helper's clean stop
+    settled = smtp_server.data_commands
+    time.sleep(1.0)
+    assert smtp_server.data_commands == settled  # nobody is sending any more
+    engine_now = db.make_engine(settings.database.url)
+    try:
+        with engine_now.connect() as connection:
+            holders = connection.execute(select(OutboxMessage.claimed_by).where(OutboxMessage.state == "sending")
+                                         .distinct()).scalars().all()
+    finally:
+        engine_now.dispose()
+    # Only the killed process's own claims wait for their lease to run out; the helper gave its back.
+    assert all(f":{process.pid}:" in holder for holder in holders), holders
