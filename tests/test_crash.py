@@ -53,6 +53,14 @@ def start_campaign(settings: config.Settings) -> int:
         engine.dispose()
 
 
+def campaign_to(recipients: int, config_path: Path, send_env: dict[str, str], engine) -> config.Settings:  # noqa: ANN001
+    """The send's settings, after a campaign to `recipients` new subscribers was approved and enqueued."""
+    settings = config.load(config_path, send_env)
+    bulk_subscribers(engine, recipients)
+    start_campaign(settings)
+    return settings
+
+
 @pytest.fixture
 def send_env(config_path: Path, environ: dict[str, str], smtp_server: SMTPServer) -> dict[str, str]:
     text = config_path.read_text().replace('lease = "PT5M"', 'lease = "PT2S"')
@@ -77,9 +85,7 @@ def outbox_counts(settings: config.Settings) -> dict[str, int]:
 def test_sigkill_during_a_campaign_loses_nothing(config_path: Path, send_env: dict[str, str], smtp_server: SMTPServer,
                                                  engine) -> None:  # noqa: ANN001
     recipients = 2000
-    settings = config.load(config_path, send_env)
-    bulk_subscribers(engine, recipients)
-    start_campaign(settings)
+    settings = campaign_to(recipients, config_path, send_env, engine)
     smtp_server.faults.data_delay = 0.002  # a relay that takes a little time, so kills land mid-send
     rng = random.Random(7)
     kills = 0
@@ -118,9 +124,7 @@ def test_several_processes_drain_one_campaign_exactly_once(config_path: Path, se
     # PostgreSQL is where this scales out (FOR UPDATE SKIP LOCKED); on SQLite the processes take turns
     # at the one write lock, and the promise is the same: nobody gets the message twice.
     recipients = 1500
-    settings = config.load(config_path, send_env)
-    bulk_subscribers(engine, recipients)
-    start_campaign(settings)
+    campaign_to(recipients, config_path, send_env, engine)
     env = {**send_env}
     config_path.write_text(config_path.read_text().replace("batch_size = 200", "batch_size = 50"))
     workers = [spawn(env) for _ in range(processes)]
@@ -143,9 +147,7 @@ def test_several_processes_drain_one_campaign_exactly_once(config_path: Path, se
 def test_send_with_several_processes_reports_every_message_once(config_path: Path, send_env: dict[str, str],
                                                                  smtp_server: SMTPServer, engine) -> None:  # noqa: ANN001
     recipients = 600
-    settings = config.load(config_path, send_env)
-    bulk_subscribers(engine, recipients)
-    start_campaign(settings)
+    settings = campaign_to(recipients, config_path, send_env, engine)
     result = subprocess.run([MAILER, "send", "--processes", "3"], env=send_env, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
@@ -161,9 +163,7 @@ def test_sigterm_stops_every_process_of_a_send_cleanly(config_path: Path, send_e
     """The helpers are forked from the command: SIGTERM to it reaches them, each finishes what it has in
     flight, gives back the rest, and the command exits 0 with every result recorded."""
     recipients = 400
-    settings = config.load(config_path, send_env)
-    bulk_subscribers(engine, recipients)
-    start_campaign(settings)
+    settings = campaign_to(recipients, config_path, send_env, engine)
     smtp_server.faults.data_delay = 0.02  # slow enough to be stopped half-way
     process = subprocess.Popen([MAILER, "send", "--processes", "2"], env=send_env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
@@ -187,10 +187,8 @@ def test_a_large_send_with_the_default_config_shares_the_work_out(config_path: P
                                                                    smtp_server: SMTPServer, engine) -> None:  # noqa: ANN001
     """processes = "auto": on a machine with several cores a send of 1,000 or more forks helpers."""
     recipients = 1200
-    settings = config.load(config_path, send_env)
+    settings = campaign_to(recipients, config_path, send_env, engine)
     assert settings.delivery.processes == "auto"
-    bulk_subscribers(engine, recipients)
-    start_campaign(settings)
     result = subprocess.run([MAILER, "send"], env=send_env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert f"sent {recipients}," in result.stdout and "failed 0" in result.stdout
@@ -202,9 +200,7 @@ def test_a_large_send_with_the_default_config_shares_the_work_out(config_path: P
 def test_on_a_terminal_the_progress_bar_counts_every_process(config_path: Path, send_env: dict[str, str],
                                                             smtp_server: SMTPServer, engine) -> None:  # noqa: ANN001
     recipients = 1200
-    settings = config.load(config_path, send_env)
-    bulk_subscribers(engine, recipients)
-    start_campaign(settings)
+    campaign_to(recipients, config_path, send_env, engine)
     controller, terminal = pty.openpty()
     process = subprocess.Popen([MAILER, "send", "--processes", "2"], env=send_env, stdin=subprocess.DEVNULL,
                                stdout=terminal, stderr=subprocess.PIPE)
@@ -232,9 +228,7 @@ def test_a_killed_send_stops_its_helpers_cleanly(config_path: Path, send_env: di
     """SIGKILL to the command: its forked helper is told (SIGTERM on the parent's death), finishes what
     it has in flight, records it and gives the rest back; it does not go on sending unseen."""
     recipients = 1200
-    settings = config.load(config_path, send_env)
-    bulk_subscribers(engine, recipients)
-    start_campaign(settings)
+    settings = campaign_to(recipients, config_path, send_env, engine)
     smtp_server.faults.data_delay = 0.01
     process = subprocess.Popen([MAILER, "send", "--processes", "2"], env=send_env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
