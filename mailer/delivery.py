@@ -300,8 +300,9 @@ class Delivery:
         self.mail_from = self.settings.sender.from_email
         # SQLite has one writer at a time, and a writer that finds the lock taken sleeps in steps of
         # milliseconds: the claiming thread and the recorder take turns through this lock instead.
+        self.sqlite = self.engine.dialect.name == "sqlite"
         self.write_turn: threading.Lock | contextlib.nullcontext = (
-            threading.Lock() if self.engine.dialect.name == "sqlite" else contextlib.nullcontext()
+            threading.Lock() if self.sqlite else contextlib.nullcontext()
         )
 
     # --- preparing ---------------------------------------------------------------------------
@@ -438,7 +439,8 @@ class Delivery:
             return
         sent = [item for item in results if item.result.outcome == "sent"]
         if sent:
-            with self.write_turn, connection.begin():
+            # PostgreSQL: the connection is in autocommit mode, and one statement needs no transaction.
+            with self.write_turn, connection.begin() if self.sqlite else contextlib.nullcontext():
                 outbox.record_sent(connection, [
                     (item.row.id, item.finished_at, item.message_id, item.result.code) for item in sent
                 ])
