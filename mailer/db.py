@@ -42,6 +42,9 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
             # Take the write lock at the start: two writers never deadlock on a lock upgrade.
             # AUTOCOMMIT connections (read-only lookups such as the consent re-check) take no lock.
             if connection.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+                driver = connection.connection.driver_connection
+                if driver.isolation_level is not None:  # as left by an AUTOCOMMIT use of this connection
+                    driver.isolation_level = None
                 connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine

@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from mailer import audience, campaigns, config, outbox
 from mailer.delivery import Delivery, backoff
@@ -379,3 +379,54 @@ def test_a_confirmation_goes_only_past_suppressions_the_person_can_lift(settings
     report = deliver(settings, engine, smtp_server, T0)
     assert getattr(report, outcome) == 1
     assert len(smtp_server.received) == (1 if outcome == "sent" else 0)
+
+
+class _OutboxLock:
+    """Another session holding the outbox: on PostgreSQL every row locked, on SQLite the write lock."""
+
+    def __init__(self, engine) -> None:  # noqa: ANN001
+        self.raw = engine.raw_connection()
+        cursor = self.raw.cursor()
+        if engine.dialect.name == "sqlite":
+            self.raw.driver_connection.isolation_level = None  # BEGIN as written, not the driver's own
+            cursor.execute("BEGIN IMMEDIATE")
+        else:
+            cursor.execute("SELECT id FROM outbox FOR UPDATE")
+
+    def release(self) -> None:
+        self.raw.rollback()
+        self.raw.invalidate()  # closed, not handed back to the pool as it was changed
+
+
+def test_a_recorder_that_cannot_write_holds_the_connections_back(settings, sessions, engine, smtp_server) -> None:  # noqa: ANN001
+    """Replies whose results cannot be written (the database is locked) stop each connection after
+    UNRECORDED_PER_CONNECTION of them: that, and no more, is what a crash then could send twice. When the
+    database answers again the send goes on, each message once."""
+    from mailer.delivery import UNRECORDED_PER_CONNECTION
+
+    addresses = [f"person{n:03d}@example.com" for n in range(120)]
+    add_subscribers(sessions, settings, addresses)
+    start_campaign(sessions, settings)
+    smtp_server.faults.data_delay = 0.005  # without the limit, the queued messages would all go in 0.2 s
+    outcome: list[object] = []
+    sending = threading.Thread(target=lambda: outcome.append(deliver(settings, engine, smtp_server, T0)))
+    sending.start()
+    deadline = time.monotonic() + 20
+    while len(smtp_server.received) < 8 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    lock = _OutboxLock(engine)
+    try:
+        time.sleep(1.5)
+        held = len(smtp_server.received)
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:  # takes no lock
+            written = connection.scalar(select(func.count()).where(OutboxMessage.state == "sent"))
+        time.sleep(0.3)
+        assert len(smtp_server.received) == held  # nothing more goes while nothing can be written
+    finally:
+        lock.release()
+    sending.join(timeout=30)
+    limit = settings.delivery.connections * UNRECORDED_PER_CONNECTION
+    assert 0 < held - written <= limit, (held, written, limit)
+    assert held < len(addresses)
+    assert outcome[0].sent == len(addresses)
+    assert sorted(r.rcpt_tos[0] for r in smtp_server.received) == addresses
