@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import threading
+import weakref
 from pathlib import Path
+from types import TracebackType
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -53,3 +57,42 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+class WriteTurn:
+    """Turns at SQLite's write lock for the threads and processes of a send.
+
+    SQLite has one writer at a time, and a writer that finds the lock taken sleeps in steps of
+    milliseconds (1, 2, 5, 10 ...) before it tries again: replies would wait unwritten meanwhile. The
+    claiming and recording threads of one process take turns through a thread lock; the processes
+    through an flock(2) on a file beside the database, which wakes the next one the moment it is free.
+    """
+
+    def __init__(self, database: str | None) -> None:
+        self._thread_lock = threading.Lock()
+        self._fd: int | None = None
+        if database and database != ":memory:":
+            try:
+                import fcntl
+
+                self._fcntl = fcntl
+                self._fd = os.open(f"{database}-writers", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except (ImportError, OSError):  # no flock here: the busy timeout still serialises processes
+                self._fd = None
+            else:
+                weakref.finalize(self, os.close, self._fd)
+
+    def __enter__(self) -> None:
+        self._thread_lock.acquire()
+        if self._fd is not None:
+            try:
+                self._fcntl.flock(self._fd, self._fcntl.LOCK_EX)
+            except BaseException:
+                self._thread_lock.release()
+                raise
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        if self._fd is not None:
+            self._fcntl.flock(self._fd, self._fcntl.LOCK_UN)
+        self._thread_lock.release()

@@ -404,10 +404,11 @@ def test_a_recorder_that_cannot_write_holds_the_connections_back(settings, sessi
     database answers again the send goes on, each message once."""
     from mailer.delivery import UNRECORDED_PER_CONNECTION
 
+    settings = settings.model_copy(update={"delivery": settings.delivery.model_copy(update={"connections": 1})})
     addresses = [f"person{n:03d}@example.com" for n in range(120)]
     add_subscribers(sessions, settings, addresses)
     start_campaign(sessions, settings)
-    smtp_server.faults.data_delay = 0.005  # without the limit, the queued messages would all go in 0.2 s
+    smtp_server.faults.data_delay = 0.005  # without the limit, the queued messages would all go in 0.6 s
     outcome: list[object] = []
     sending = threading.Thread(target=lambda: outcome.append(deliver(settings, engine, smtp_server, T0)))
     sending.start()

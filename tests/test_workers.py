@@ -53,3 +53,33 @@ def test_the_connections_and_the_rate_limit_are_shared_out(settings) -> None:  #
     assert (each.connections, each.max_per_second) == (2, 5.0)
     assert workers.share_out(settings, 8).delivery.connections == 1  # never none
     assert settings.delivery.connections == 4  # the original is left as it was
+
+
+@pytest.mark.skipif(not workers.available(), reason="helpers are forked on Linux only")
+def test_the_processes_of_a_send_take_turns_at_sqlite_s_write_lock(tmp_path) -> None:  # noqa: ANN001
+    """db.WriteTurn: a process waits while another holds the turn, and goes on the moment it is free."""
+    import time
+
+    from mailer import db
+
+    database = str(tmp_path / "mailer.db")
+    ready_read, ready_write = os.pipe()
+
+    def holder(channel: workers.Channel) -> dict[str, int]:
+        with db.WriteTurn(database):  # its own, opened after the fork, as a helper's Delivery does
+            os.write(ready_write, b"x")
+            time.sleep(0.4)
+        return {"held": 1}
+
+    helper = workers.fork(holder)
+    assert os.read(ready_read, 1) == b"x"
+    started = time.monotonic()
+    with db.WriteTurn(database):
+        waited = time.monotonic() - started
+    assert workers.wait_all([helper]) == [{"held": 1}]
+    assert 0.25 < waited < 2.0
+    turn = db.WriteTurn(database)
+    started = time.monotonic()
+    with turn:  # free now: no wait
+        pass
+    assert time.monotonic() - started < 0.1
