@@ -68,11 +68,12 @@ RECHECK_SQL = {
 
 
 # The same for a group of newsletter recipients of one campaign, in one statement (PostgreSQL): one
-# primary-key lookup per recipient, whatever the statistics say; the status is compared here.
+# primary-key lookup per recipient, whatever the statistics say; the status is compared here. $1: the
+# contact ids as comma-separated text; $2: the campaign. Run as a db.PgStatement.
 GROUP_RECHECK_SQL = (
     "SELECT v.id, (SELECT s.status FROM subscriptions s WHERE s.contact_id = v.id AND s.topic = c.topic) "
-    "FROM unnest(string_to_array(%(contact_ids)s, ',')::bigint[]) AS v(id) "
-    "JOIN campaigns c ON c.id = %(campaign_id)s AND c.state = 'sending' "
+    "FROM unnest(string_to_array($1, ',')::bigint[]) AS v(id) "
+    "JOIN campaigns c ON c.id = $2::bigint AND c.state = 'sending' "
     "WHERE NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.contact_id = v.id)"
 )
 CONSENT_CHANNEL = "mailer_consent"  # PostgreSQL triggers notify it when consent-related rows change
@@ -102,9 +103,12 @@ class ConsentCheck:
         self.group = 16 if self.listening else 1  # the most messages one lookup covers
         self.cursor = self.raw.cursor()
         self.heard = False
+        self.group_statement: db.PgStatement | None = None
         if self.listening:
             self.driver.add_notify_handler(self._hear)  # notifications that arrive along with query results
             self.cursor.execute(f"LISTEN {CONSENT_CHANNEL}")
+            # Notifications that arrive with this statement's rows stay in libpq's queue for changed().
+            self.group_statement = db.PgStatement(self.driver, GROUP_RECHECK_SQL)
 
     def _hear(self, _notification: object) -> None:
         self.heard = True
@@ -139,14 +143,16 @@ class ConsentCheck:
                 verdicts[index] = self.allows(kind, params)
         for campaign_id, indexes in groups.items():
             ids = [jobs[index].recheck[1]["contact_id"] for index in indexes]  # type: ignore[index]
-            # The ids as text: psycopg would build an array parameter in Python, element by element.
-            self.cursor.execute(GROUP_RECHECK_SQL, {"contact_ids": ",".join(map(str, ids)), "campaign_id": campaign_id})
-            found = {contact_id for contact_id, status in self.cursor.fetchall() if status == "active"}
+            assert self.group_statement is not None
+            rows = self.group_statement.run(",".join(map(str, ids)), str(campaign_id))
+            found = {int(contact_id) for contact_id, status in rows if status == "active"}
             for index, contact_id in zip(indexes, ids, strict=True):
                 verdicts[index] = contact_id in found
         return verdicts
 
     def close(self) -> None:
+        if self.group_statement is not None:
+            self.group_statement.close()
         if self.listening:
             try:
                 self.cursor.execute("UNLISTEN *")  # back to the pool as it came
@@ -422,11 +428,12 @@ class Delivery:
         return {**base, "state": "deferred", "attempts": attempts, "smtp_code": result.code,
                 "due_at": now + backoff(self.settings, attempts, self.rng), "last_error": result.detail[:2000]}
 
-    def _open_recorder(self) -> Connection:
+    def _open_recorder(self) -> tuple[Connection, db.PgStatement | None]:
         """The connection results are written on. On PostgreSQL its commits do not wait for the WAL
         flush (synchronous_commit off): a killed worker loses nothing the server received, and only a
         crash of the database server itself could forget the last fraction of a second of results,
-        which would then be sent again — the same bound as the messages in flight."""
+        which would then be sent again — the same bound as the messages in flight. On PostgreSQL the
+        write of sent results is prepared on it once (outbox.SENT_PG)."""
         connection = self.engine.connect()
         if self.engine.dialect.name == "postgresql":
             # Each write is one statement, so it needs no transaction around it: in autocommit mode it
@@ -434,9 +441,12 @@ class Delivery:
             connection = connection.execution_options(isolation_level="AUTOCOMMIT")
             connection.exec_driver_sql("SET synchronous_commit TO OFF")
             connection.commit()  # ends SQLAlchemy's own bookkeeping; nothing is sent in autocommit mode
-        return connection
+            return connection, db.PgStatement(connection.connection.driver_connection, outbox.SENT_PG)
+        return connection, None
 
-    def _close_recorder(self, connection: Connection) -> None:
+    def _close_recorder(self, connection: Connection, statement: db.PgStatement | None) -> None:
+        if statement is not None:
+            statement.close()
         if self.engine.dialect.name == "postgresql":
             try:
                 connection.exec_driver_sql("RESET synchronous_commit")  # back to the pool as it came
@@ -445,7 +455,8 @@ class Delivery:
                 pass
         connection.close()
 
-    def _record(self, connection: Connection, results: list[_Result], report: Report) -> None:
+    def _record(self, connection: Connection, statement: db.PgStatement | None, results: list[_Result],
+                report: Report) -> None:
         """Write results: the common case (sent) in one statement on a kept connection, the rest
         (retries, failures, suppressions) through the ORM; then their connections may go on."""
         sent = [(item.row.id, item.finished_at, item.message_id, item.result.code)
@@ -453,7 +464,7 @@ class Delivery:
         if sent:
             # PostgreSQL: the connection is in autocommit mode, and one statement needs no transaction.
             with self.write_turn, connection.begin() if self.sqlite else contextlib.nullcontext():
-                outbox.record_sent(connection, sent)
+                outbox.record_sent(connection, sent, statement)
             report.sent += len(sent)
         others = [item for item in results if item.result.outcome != "sent"]
         if others:
@@ -681,7 +692,7 @@ class _Recorder:
         self.stop = stop
         self.failure = failure
         self.turn = threading.Lock()  # one write at a time on the connection
-        self.connection = delivery._open_recorder()
+        self.connection, self.statement = delivery._open_recorder()
         self.finished = False
 
     def add(self, result: _Result) -> None:
@@ -693,7 +704,7 @@ class _Recorder:
         if not batch or self.failure:
             return
         try:
-            self.delivery._record(self.connection, batch, self.report)
+            self.delivery._record(self.connection, self.statement, batch, self.report)
         except BaseException as exc:
             self.failure.append(exc)
             self.stop.set()
@@ -745,4 +756,4 @@ class _Recorder:
                             self.stop.set()
                         renewed_at = time.monotonic()
         finally:
-            delivery._close_recorder(self.connection)
+            delivery._close_recorder(self.connection, self.statement)

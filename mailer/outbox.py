@@ -11,6 +11,7 @@ from sqlalchemy import Connection, String, and_, bindparam, cast, func, literal,
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from mailer.db import PgStatement
 from mailer.models import WAITING_SQL, Campaign, Contact, OutboxMessage, Subscription, Suppression
 
 # States a message waits in until it is due; "unknown" waits for its one retry.
@@ -167,31 +168,39 @@ _SENT = (
 )
 
 
-# PostgreSQL: one statement for the whole batch, the columns passed as delimited text (psycopg turns a
-# Python list into an array parameter in Python code, element by element, which cost more than the
-# statement; a str goes through as it is). Message-IDs never contain a space; '' stands for NULL.
-_SENT_PG = (
+# PostgreSQL: one statement for the whole batch, the columns passed as delimited text (an array
+# parameter would be built in Python, element by element, which cost more than the statement).
+# Message-IDs never contain a space; '' stands for NULL. Run as a db.PgStatement.
+SENT_PG = (
     "UPDATE outbox AS o SET state = 'sent', attempts = o.attempts + 1, sent_at = v.at, message_id = v.mid, "
     "smtp_code = v.code, last_error = NULL, lease_until = NULL, claimed_by = NULL "
-    "FROM unnest(string_to_array(%(ids)s, ',')::bigint[], string_to_array(%(ats)s, ',')::timestamptz[], "
-    "string_to_array(%(mids)s, ' ', ''), string_to_array(%(codes)s, ',', '')::int[]) AS v(id, at, mid, code) "
+    "FROM unnest(string_to_array($1, ',')::bigint[], string_to_array($2, ',')::timestamptz[], "
+    "string_to_array($3, ' ', ''), string_to_array($4, ',', '')::int[]) AS v(id, at, mid, code) "
     "WHERE o.id = v.id"
 )
 
+SentRow = tuple[int, dt.datetime, str | None, int | None]
 
-def record_sent(connection: Connection, rows: Sequence[tuple[int, dt.datetime, str | None, int | None]]) -> None:
-    """Mark many rows sent at once (id, sent at, Message-ID, SMTP code): the hot path of a send."""
-    if connection.dialect.name == "postgresql":
-        # Straight to the driver, as a prepared statement: SQLAlchemy's own bookkeeping per execution
-        # cost more client time than psycopg's, and this runs once for every few messages.
-        connection.connection.driver_connection.execute(_SENT_PG, {
-            "ids": ",".join(str(row_id) for row_id, *_ in rows),
-            "ats": ",".join(at.isoformat() for _, at, *_ in rows),
-            "mids": " ".join(mid or "" for *_, mid, _ in rows),
-            "codes": ",".join("" if code is None else str(code) for *_, code in rows),
-        }, prepare=True)
+
+def record_sent(connection: Connection, rows: Sequence[SentRow], statement: PgStatement | None = None) -> None:
+    """Mark many rows sent at once (id, sent at, Message-ID, SMTP code): the hot path of a send.
+
+    On PostgreSQL `statement` is SENT_PG prepared on this connection (a send keeps one for its
+    recorder); without it, the statement is prepared for this call only."""
+    if connection.dialect.name != "postgresql":
+        connection.execute(_SENT, [{"b_id": i, "b_at": at, "b_mid": mid, "b_code": code} for i, at, mid, code in rows])
         return
-    connection.execute(_SENT, [{"b_id": i, "b_at": at, "b_mid": mid, "b_code": code} for i, at, mid, code in rows])
+    once = statement is None
+    if statement is None:
+        statement = PgStatement(connection.connection.driver_connection, SENT_PG)
+    try:
+        statement.run(",".join(str(row_id) for row_id, *_ in rows),
+                      ",".join(at.isoformat() for _, at, *_ in rows),
+                      " ".join(mid or "" for *_, mid, _ in rows),
+                      ",".join("" if code is None else str(code) for *_, code in rows))
+    finally:
+        if once:
+            statement.close()
 
 
 def release(session: Session, ids: Iterable[int]) -> int:

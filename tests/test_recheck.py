@@ -126,8 +126,7 @@ def test_the_postgresql_generic_plan_is_a_primary_key_lookup(unanalyzed) -> None
 
 
 def test_the_group_recheck_plan_is_a_primary_key_lookup(unanalyzed) -> None:  # noqa: ANN001
-    sql = GROUP_RECHECK_SQL.replace("%(contact_ids)s", "$1").replace("%(campaign_id)s", "$2")
-    plan = _generic_plan(unanalyzed, f"PREPARE group_recheck(text, bigint) AS {sql}",
+    plan = _generic_plan(unanalyzed, f"PREPARE group_recheck(text, bigint) AS {GROUP_RECHECK_SQL}",
                          "EXECUTE group_recheck('1,2,3', 1)")
     assert "pk_subscriptions" in plan and "ix_subscriptions_topic_status" not in plan, plan
 
@@ -146,8 +145,31 @@ def test_a_check_hears_a_change_committed_elsewhere_and_stops_listening_when_clo
             time.sleep(0.01)
         assert check.changed()
         check.close()
-        with engine.connect() as conn:  # the pooled connection it used listens no more
+        with engine.connect() as conn:  # the pooled connection it used listens no more, keeps no statement
             assert conn.exec_driver_sql("SELECT count(*) FROM pg_listening_channels()").scalar() == 0
+            assert conn.exec_driver_sql("SELECT count(*) FROM pg_prepared_statements").scalar() == 0
+    finally:
+        engine.dispose()
+
+
+def test_a_prepared_statement_runs_on_libpq_and_fails_loudly(postgres_database) -> None:  # noqa: ANN001
+    import psycopg
+
+    engine = db.make_engine(postgres_database)
+    try:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            driver = conn.connection.driver_connection
+            statement = db.PgStatement(driver, "SELECT x, 10 / x::int, NULLIF($2, '') FROM unnest(string_to_array($1, ',')) x")
+            assert statement.run("1,2,5", "é") == [("1", "10", "é"), ("2", "5", "é"), ("5", "2", "é")]
+            assert statement.run("1", "") == [("1", "10", None)]
+            assert statement.run("", None) == []
+            with pytest.raises(psycopg.errors.DivisionByZero, match="division by zero"):
+                statement.run("0", "x")
+            assert statement.run("2", "y") == [("2", "5", "y")]  # the connection is still usable
+            with pytest.raises(psycopg.errors.SyntaxError):
+                db.PgStatement(driver, "SELEC 1")
+            statement.close()
+            assert conn.exec_driver_sql("SELECT count(*) FROM pg_prepared_statements").scalar() == 0
     finally:
         engine.dispose()
 
