@@ -291,6 +291,12 @@ class _Result:
 # recorder waits while another process claims a batch, 8 cost about 15%. 32 costs nothing measurable.
 UNRECORDED_PER_CONNECTION = 32
 
+# After the first result of a write arrives, the recorder waits this long for others to join it. On a
+# fast relay this turns about two rows per statement into about six, which halves the database's work
+# per message and lifted the send benchmark by about a fifth; a crash can send again only the few
+# messages answered in that half millisecond. On a slow relay one result rarely has company anyway.
+RECORD_GATHER_SECONDS = 0.0005
+
 
 @dataclass
 class Delivery:
@@ -745,6 +751,8 @@ class _Recorder:
                 else:
                     if first is None:
                         self.finished = True
+                    else:
+                        time.sleep(RECORD_GATHER_SECONDS)
                 with self.turn:
                     self._write(self._drain(first))
                     if not self.failure and time.monotonic() - renewed_at >= renew_every:
