@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 
 from mailer import campaigns
 from mailer.delivery import Delivery
+from mailer.render import Renderer
 from mailer.runtime import Runtime
 from mailer.workers import Worker, wait_all
 
@@ -24,11 +25,12 @@ def run(
 ) -> dict[str, int]:
     """Dispatch, send, finish. `helpers` starts helper processes (mailer.workers) that drain the
     same outbox alongside this one; their counts are added in."""
+    renderer = Renderer(runtime.settings)
     with runtime.sessions.begin() as session:
-        enqueued = campaigns.dispatch(session, now)
+        enqueued = campaigns.dispatch(session, now, renderer)
     workers = list(helpers()) if helpers else []
     try:
-        report = Delivery(runtime.settings, runtime.engine, runtime.transport, runtime.clock).run(
+        report = Delivery(runtime.settings, runtime.engine, runtime.transport, runtime.clock, renderer=renderer).run(
             stop=stop, progress=progress)
     finally:
         results = wait_all(workers)

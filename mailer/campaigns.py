@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from mailer import outbox
 from mailer.config import Settings, hhmm
 from mailer.models import Campaign, OutboxMessage, Post
-from mailer.render import one_line
+from mailer.render import Renderer, RenderError, one_line
 
 log = logging.getLogger("mailer.campaigns")
 
@@ -176,10 +176,19 @@ def ready(session: Session, now: dt.datetime, *, lock: bool = False) -> list[Cam
     return list(session.scalars(query.with_for_update(skip_locked=True) if lock else query))
 
 
-def dispatch(session: Session, now: dt.datetime) -> dict[int, int]:
-    """Enqueue every approved campaign whose time has come; returns {campaign id: rows enqueued}."""
+def dispatch(session: Session, now: dt.datetime, renderer: Renderer) -> dict[int, int]:
+    """Enqueue every approved campaign whose time has come; returns {campaign id: rows enqueued}.
+
+    Each is rendered here, once, and keeps those bodies for its whole send (Campaign.frozen_html). One
+    whose templates fail to render stays approved, enqueued for no one, and the error is logged: it
+    goes out once the template is fixed."""
     enqueued = {}
     for campaign in ready(session, now, lock=True):
+        try:
+            campaign.frozen_html, campaign.frozen_text = renderer.campaign_documents(campaign)
+        except RenderError as exc:
+            log.error("campaign %s not sent: %s", campaign.id, exc)
+            continue
         enqueued[campaign.id] = outbox.enqueue_campaign(session, campaign, now)
         campaign.state = "sending"
         campaign.enqueued_at = now

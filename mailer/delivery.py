@@ -355,7 +355,7 @@ class Delivery:
             campaign = session.get(Campaign, row.campaign_id)
             if campaign is None:
                 raise LookupError(f"campaign {row.campaign_id} is gone")
-            return self.renderer.prepare_campaign(campaign)
+            return self.renderer.prepare_frozen(campaign)
         if row.kind == "followup":
             from mailer import followups  # followups imports delivery's neighbours; import late
 

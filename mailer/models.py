@@ -122,6 +122,10 @@ class Campaign(Base):
     enqueued_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
     note: Mapped[str] = mapped_column(Text, default="")
+    # The bodies as rendered when the send began (campaigns.dispatch): templates applied, CSS inlined,
+    # placeholders where the personal values go. Every process and every night of the send uses these.
+    frozen_html: Mapped[str | None] = mapped_column(Text)
+    frozen_text: Mapped[str | None] = mapped_column(Text)
 
     posts: Mapped[list[Post]] = relationship(order_by="Post.published_at.desc()", lazy="selectin")
 

@@ -24,7 +24,6 @@ from email.headerregistry import Address
 from pathlib import Path
 
 import nh3
-import premailer
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from mailer.config import Settings
@@ -77,6 +76,8 @@ def html_to_text(fragment: str, width: int = 76) -> str:
 
 def inline_css(document: str) -> str:
     """premailer: <style> rules into style="" attributes (kept @media rules stay in a <style>)."""
+    import premailer  # a tenth of a second to import; a send of a frozen campaign never needs it
+
     return premailer.Premailer(
         document,
         remove_classes=False,
@@ -281,13 +282,24 @@ class Renderer:
         **context: object,
     ) -> PreparedMessage:
         """Render `<template>.html` and `.txt` once, inline the CSS once, build the static headers."""
-        subject = one_line(subject)
-        ctx = self._context(subject=subject, preheader=one_line(preheader), marketing=marketing, **context)
+        html_doc, text_doc = self.render_documents(template, subject=subject, preheader=preheader,
+                                                   marketing=marketing, **context)
+        return self.assemble(subject, html_doc, text_doc, marketing=marketing)
+
+    def render_documents(self, template: str, *, subject: str, preheader: str, marketing: bool = True,
+                         **context: object) -> tuple[str, str]:
+        """The HTML (CSS inlined) and plain-text bodies, placeholders where the personal values go."""
+        ctx = self._context(subject=one_line(subject), preheader=one_line(preheader), marketing=marketing, **context)
         html_doc = inline_css(self._render(f"{template}.html", ctx))
         if not html_doc.lstrip().lower().startswith("<!doctype"):
             html_doc = "<!DOCTYPE html>\n" + html_doc
         text_doc = self._render(f"{template}.txt", ctx).strip("\n") + "\n"
         html_doc = html_doc.rstrip("\n") + "\n"
+        return html_doc, text_doc
+
+    def assemble(self, subject: str, html_doc: str, text_doc: str, *, marketing: bool = True) -> PreparedMessage:
+        """A PreparedMessage from rendered bodies: the static headers and the MIME frame around them."""
+        subject = one_line(subject)
         sender = self.settings.sender
         boundary = "=_mailer_" + secrets.token_hex(16)
         static = b"".join(
@@ -330,6 +342,17 @@ class Renderer:
 
     def prepare_campaign(self, campaign: object, *, subject_prefix: str = "") -> PreparedMessage:
         """A newsletter digest (its posts) or a one-off (staff Markdown), through the same templates."""
+        html_doc, text_doc = self.campaign_documents(campaign, subject_prefix=subject_prefix)
+        return self.assemble(subject_prefix + campaign.subject, html_doc, text_doc)
+
+    def prepare_frozen(self, campaign: object) -> PreparedMessage:
+        """The campaign as frozen when its send began (campaigns.dispatch); rendered now if it was not."""
+        if campaign.frozen_html is None or campaign.frozen_text is None:
+            return self.prepare_campaign(campaign)
+        return self.assemble(campaign.subject, campaign.frozen_html, campaign.frozen_text)
+
+    def campaign_documents(self, campaign: object, *, subject_prefix: str = "") -> tuple[str, str]:
+        """The campaign's rendered HTML and text bodies (see render_documents)."""
         body_html = ""
         views: list[PostView] = []
         if campaign.kind == "newsletter":
@@ -339,7 +362,7 @@ class Renderer:
 
             body_html = nh3.clean(markdown.markdown(campaign.body_markdown or "", extensions=["sane_lists"]))
         preheader = campaign.preheader or (views[0].summary if views else "")
-        return self.prepare(
+        return self.render_documents(
             "email/newsletter/digest",
             subject=subject_prefix + campaign.subject,
             preheader=preheader[:150],

@@ -30,6 +30,7 @@ from mailer.models import (
     StaffUser,
     Suppression,
 )
+from mailer.render import Renderer
 from mailer.runtime import Runtime
 from mailer.web import create_app
 from mailer.web.admin import MAX_ID, next_send_time
@@ -514,7 +515,7 @@ def test_cancel(staff_client: FlaskClient, runtime: Runtime) -> None:
     campaign_id = draft_newsletter(runtime)
     post(staff_client, f"/admin/campaigns/{campaign_id}/approve", {"when": "now"})
     with runtime.sessions.begin() as session:
-        assert campaigns.dispatch(session, runtime.clock()) == {campaign_id: 1}
+        assert campaigns.dispatch(session, runtime.clock(), Renderer(runtime.settings)) == {campaign_id: 1}
     response = post(staff_client, f"/admin/campaigns/{campaign_id}/cancel")
     assert "Cancelled. 1 message(s)" in flashed(staff_client, response)
     assert campaign_row(runtime, campaign_id).state == "cancelled"
@@ -571,7 +572,7 @@ def test_campaign_figures_for_a_constructed_scenario(staff_client: FlaskClient, 
         campaign = campaigns.create_oneoff(session, settings, topic="newsletter", subject="Figures",
                                            body_markdown="x", now=WEB_START)
         campaigns.approve(session, campaign, by="test", now=WEB_START)
-        campaigns.dispatch(session, WEB_START)
+        campaigns.dispatch(session, WEB_START, Renderer(settings))
         campaign_id = campaign.id
         first_send = WEB_START + dt.timedelta(minutes=5)
         states = {"ann": "sent", "ben": "sent", "cat": "sent", "dan": "failed", "eve": "deferred",

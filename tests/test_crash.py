@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import logging
 import os
 import pty
 import random
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,11 +20,13 @@ import pytest
 from sqlalchemy import insert, select
 
 from mailer import campaigns, config, db, outbox
-from mailer.models import ConsentEvent, Contact, OutboxMessage, Subscription
+from mailer.models import Campaign, ConsentEvent, Contact, OutboxMessage, Subscription
+from mailer.render import Renderer
 from tests.smtp_server import SMTPServer
 
 MAILER = str(Path(sys.executable).with_name("mailer"))
 NOW = dt.datetime(2026, 11, 23, 18, 0, tzinfo=dt.UTC)
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def bulk_subscribers(engine, n: int, topic: str = "newsletter") -> None:  # noqa: ANN001
@@ -47,7 +52,7 @@ def start_campaign(settings: config.Settings) -> int:
             campaign = campaigns.create_oneoff(session, settings, topic="newsletter", subject="Open evening",
                                                body_markdown="Join us.", now=NOW)
             campaigns.approve(session, campaign, by="test", now=NOW)
-            campaigns.dispatch(session, NOW)
+            campaigns.dispatch(session, NOW, Renderer(settings))
             return campaign.id
     finally:
         engine.dispose()
@@ -255,3 +260,46 @@ def test_a_killed_send_stops_its_helpers_cleanly(config_path: Path, send_env: di
         engine_now.dispose()
     # Only the killed process's own claims wait for their lease to run out; the helper gave its back.
     assert all(f":{process.pid}:" in holder for holder in holders), holders
+
+
+def test_a_campaign_goes_out_as_dispatched_whatever_happens_to_the_templates(
+        config_path: Path, send_env: dict[str, str], smtp_server: SMTPServer, engine, tmp_path: Path) -> None:  # noqa: ANN001
+    """campaigns.dispatch freezes the bodies: a template edited mid-send changes nothing already under
+    way, and the send itself neither renders nor imports premailer (a tenth of a second per command)."""
+    templates = tmp_path / "templates"
+    shutil.copytree(ROOT / "templates", templates)
+    text_ = config_path.read_text()
+    config_path.write_text(re.sub(r'templates = "[^"]*"', f'templates = "{templates}"', text_))
+    campaign_to(3, config_path, send_env, engine)
+    digest = templates / "email" / "newsletter" / "digest.html"
+    digest.write_text(digest.read_text().replace("</body>", "EDITED-AFTER-DISPATCH</body>"))
+    result = subprocess.run([sys.executable, "-X", "importtime", MAILER, "send"], env=send_env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "sent 3," in result.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "mailer.delivery" in imported and "premailer" not in imported
+    bodies = [item.data for item in smtp_server.received]
+    assert len(bodies) == 3 and all(b"Join us." in body and b"EDITED-AFTER-DISPATCH" not in body for body in bodies)
+
+
+def test_a_campaign_whose_template_is_broken_waits_approved(config_path: Path, send_env: dict[str, str],
+                                                            engine, tmp_path: Path, caplog) -> None:  # noqa: ANN001
+    templates = tmp_path / "templates"
+    shutil.copytree(ROOT / "templates", templates)
+    digest = templates / "email" / "newsletter" / "digest.html"
+    digest.write_text(digest.read_text() + "{% if %}")
+    config_path.write_text(re.sub(r'templates = "[^"]*"', f'templates = "{templates}"', config_path.read_text()))
+    settings = config.load(config_path, send_env)
+    with db.session_factory(engine).begin() as session:
+        campaign = campaigns.create_oneoff(session, settings, topic="newsletter", subject="Open evening",
+                                           body_markdown="Join us.", now=NOW)
+        campaigns.approve(session, campaign, by="test", now=NOW)
+    bulk_subscribers(engine, 2)
+    with caplog.at_level(logging.ERROR, logger="mailer.campaigns"), db.session_factory(engine).begin() as session:
+        assert campaigns.dispatch(session, NOW, Renderer(settings)) == {}
+    assert f"campaign {campaign.id} not sent: template email/newsletter/digest.html" in caplog.text
+    with db.session_factory(engine)() as session:
+        stored = session.get(Campaign, campaign.id)
+        assert stored.state == "approved" and stored.frozen_html is None
+        assert outbox.counts(session)["queued"] == 0

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from mailer import audience, campaigns, config, outbox
 from mailer.delivery import Delivery, backoff
 from mailer.models import Campaign, OutboxMessage, Suppression
+from mailer.render import Renderer
 from mailer.runtime import fixed_clock
 from mailer.transport import SMTPTransport
 from tests.smtp_server import SMTPServer
@@ -31,7 +32,7 @@ def start_campaign(sessions, settings: config.Settings, now: dt.datetime = T0) -
         campaign = campaigns.create_oneoff(session, settings, topic="newsletter", subject="Open evening",
                                            body_markdown="Join us **Thursday**.", now=now)
         campaigns.approve(session, campaign, by="test", now=now)
-        campaigns.dispatch(session, now)
+        campaigns.dispatch(session, now, Renderer(settings))
         return campaign.id
 
 

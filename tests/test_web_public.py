@@ -27,6 +27,7 @@ from mailer.models import (
     RateEvent,
     Suppression,
 )
+from mailer.render import Renderer
 from mailer.runtime import Runtime
 from mailer.transport import SMTPTransport
 from mailer.web import create_app
@@ -843,7 +844,7 @@ def test_one_click_from_a_received_email_and_the_next_campaign_skips(client: Fla
             created = campaigns.create_oneoff(session, runtime.settings, topic="newsletter", subject=subject,
                                               body_markdown="Join us.", now=clock.now)
             campaigns.approve(session, created, by="test", now=clock.now)
-            campaigns.dispatch(session, clock.now)
+            campaigns.dispatch(session, clock.now, Renderer(runtime.settings))
         _deliver(runtime, smtp_server)
 
     campaign("Open evening")

@@ -124,7 +124,7 @@ def build_database(url: str, n: int, settings: config.Settings) -> dict[str, flo
         assert outcome.campaign is not None, outcome.reason
     started = time.perf_counter()
     with sessions.begin() as session:
-        enqueued = campaigns.dispatch(session, NOW)
+        enqueued = campaigns.dispatch(session, NOW, render.Renderer(settings))
     enqueue = time.perf_counter() - started
     engine.dispose()
     assert sum(enqueued.values()) == n, enqueued
