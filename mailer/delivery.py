@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
-import hmac
 import logging
 import os
 import queue
@@ -32,7 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailer import audience, db, outbox
 from mailer.config import Settings, duration
-from mailer.links import Links
+from mailer.links import Links, keyed
 from mailer.models import Campaign, Contact
 from mailer.render import PreparedMessage, Recipient, Renderer, first_name
 from mailer.transport import Envelope, SendResult, Transport
@@ -257,6 +255,29 @@ class _Pace:
         self._last = now
 
 
+class Permits:
+    """A counting semaphore on queue.SimpleQueue, whose put and get are single C calls: it is taken and
+    given back for every message, and threading.Semaphore's Python-level Condition cost several
+    microseconds each time."""
+
+    __slots__ = ("_tokens",)
+
+    def __init__(self, count: int) -> None:
+        self._tokens: queue.SimpleQueue[None] = queue.SimpleQueue()
+        for _ in range(count):
+            self._tokens.put(None)
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        try:
+            self._tokens.get(blocking, timeout)
+        except queue.Empty:
+            return False
+        return True
+
+    def release(self) -> None:
+        self._tokens.put(None)
+
+
 @dataclass
 class _Job:
     row: outbox.Claimed
@@ -275,11 +296,11 @@ class _Result:
     message_id: str | None
     result: SendResult
     finished_at: dt.datetime
-    permit: threading.Semaphore | None = None  # the sending connection's, given back once this is committed
+    permit: Permits | None = None  # the sending connection's, given back once this is committed
 
     @classmethod
     def of(cls, job: _Job, result: SendResult, finished_at: dt.datetime,
-           permit: threading.Semaphore | None = None) -> _Result:
+           permit: Permits | None = None) -> _Result:
         return cls(job.row, job.message_id, result, finished_at, permit)
 
 
@@ -370,7 +391,9 @@ class Delivery:
         raise LookupError(f"unknown message kind {row.kind!r}")
 
     def message_id(self, outbox_id: int) -> str:
-        tag = hmac.new(self.settings.secret_key.encode(), f"mid:{outbox_id}".encode(), hashlib.sha256).hexdigest()[:16]
+        mac = keyed(self.settings.secret_key).copy()
+        mac.update(f"mid:{outbox_id}".encode())
+        tag = mac.hexdigest()[:16]
         return self.renderer.message_id(outbox_id, tag)
 
     def _job(self, row: outbox.Claimed, now: dt.datetime) -> _Job:
@@ -511,8 +534,10 @@ class Delivery:
         # Room for a batch and a half: the next claim (and its rendering) happens while the senders still
         # have half a batch to send, so they never wait for the database.
         ahead = max(connections * 4, settings.batch_size // 2)
-        work: queue.Queue[_Job | None] = queue.Queue(maxsize=ahead + settings.batch_size)
-        results: queue.Queue[_Result | None] = queue.Queue()
+        # SimpleQueues: a put or a get is one C call, with no Python-level Condition (twice per message each).
+        # The work queue holds at most `ahead` plus one batch: a batch is claimed only below `ahead`.
+        work: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        results: queue.SimpleQueue[_Result | None] = queue.SimpleQueue()
         failure: list[BaseException] = []
         recorder = _Recorder(self, results, report, progress, stop, failure)
         limiter = RateLimiter(settings.max_per_second)
@@ -533,7 +558,7 @@ class Delivery:
             while not stop.is_set():
                 if not pending:
                     if work.qsize() >= ahead:  # the senders have enough to do for now
-                        time.sleep(0.001)
+                        time.sleep(0.005 if ahead >= 64 else 0.001)  # each look costs a wake-up
                         continue
                     batch = settings.batch_size if limit is None else min(settings.batch_size, limit - claimed_total)
                     if batch <= 0:
@@ -550,11 +575,7 @@ class Delivery:
                     if not rows:
                         break  # nothing else is due; what is in flight finishes below
                 while pending and not stop.is_set():
-                    try:
-                        work.put(pending[0], timeout=0.05)
-                    except queue.Full:
-                        continue
-                    pending.popleft()
+                    work.put(pending.popleft())
             completed = not stop.is_set()
         finally:
             # When stopped (or failing), jobs not yet taken by a sender were never handed to SMTP: they go
@@ -581,7 +602,7 @@ class Delivery:
             raise failure[0]
         return report
 
-    def _sender(self, work: queue.Queue, recorder: _Recorder, limiter: RateLimiter, stop: threading.Event,
+    def _sender(self, work: queue.SimpleQueue, recorder: _Recorder, limiter: RateLimiter, stop: threading.Event,
                 released: list[int]) -> None:
         """One connection, reused: take a job, re-check consent, send, report. The connection asks for the
         next job only when it can send it (while the previous message's content is going out), so the
@@ -590,7 +611,7 @@ class Delivery:
         pace = _Pace()
         # One per message taken and not yet recorded (see UNRECORDED_PER_CONNECTION): the next message's
         # envelope goes with this one's content, so that one is taken too.
-        permits = threading.Semaphore(UNRECORDED_PER_CONNECTION + 1)
+        permits = Permits(UNRECORDED_PER_CONNECTION + 1)
         finished = False
         checked: deque[_Job] = deque()  # allowed when last checked, in order
 
@@ -672,7 +693,7 @@ class Delivery:
                     connection.stream(take, done)
                 except Exception:  # a transport bug: the messages it held keep their lease and are retried
                     log.exception("transport error; the connection is reopened")
-                    permits = threading.Semaphore(UNRECORDED_PER_CONNECTION + 1)  # those held no result
+                    permits = Permits(UNRECORDED_PER_CONNECTION + 1)  # those held no result
                     connection.close()
                     connection = self.transport.connect()
         finally:
@@ -689,7 +710,7 @@ class _Recorder:
     busy machine).
     """
 
-    def __init__(self, delivery: Delivery, results: queue.Queue, report: Report,
+    def __init__(self, delivery: Delivery, results: queue.SimpleQueue, report: Report,
                  progress: Callable[[int], None] | None, stop: threading.Event, failure: list[BaseException]) -> None:
         self.delivery = delivery
         self.results = results

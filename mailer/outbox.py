@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, String, and_, bindparam, cast, func, literal, not_, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from mailer.db import PgStatement
@@ -22,6 +21,8 @@ _T = OutboxMessage.__table__
 
 def _insert(session: Session):  # noqa: ANN202
     """INSERT with ON CONFLICT for the session's dialect, on the Core table (the ORM form drops rowcount)."""
+    from sqlalchemy.dialects import postgresql, sqlite  # only where rows are enqueued
+
     dialect_insert = sqlite.insert if session.get_bind().dialect.name == "sqlite" else postgresql.insert
     # rowcount of an INSERT is only kept when asked for (SQLAlchemy's preserve_rowcount).
     return dialect_insert(OutboxMessage.__table__).execution_options(preserve_rowcount=True)
@@ -182,12 +183,30 @@ SENT_PG = (
 SentRow = tuple[int, dt.datetime, str | None, int | None]
 
 
+# SQLite: the same as _SENT, run with the driver's own executemany (its loop over the rows is in C; the
+# ORM's per-row parameter processing cost more than the update). The times are stored as _SENT would.
+SENT_SQLITE = (
+    "UPDATE outbox SET state = 'sent', attempts = attempts + 1, lease_until = NULL, claimed_by = NULL, "
+    "sent_at = ?, message_id = ?, last_error = NULL, smtp_code = ? WHERE id = ?"
+)
+
+
 def record_sent(connection: Connection, rows: Sequence[SentRow], statement: PgStatement | None = None) -> None:
     """Mark many rows sent at once (id, sent at, Message-ID, SMTP code): the hot path of a send.
 
     On PostgreSQL `statement` is SENT_PG prepared on this connection (a send keeps one for its
-    recorder); without it, the statement is prepared for this call only."""
-    if connection.dialect.name != "postgresql":
+    recorder); without it, the statement is prepared for this call only. On SQLite the rows go through
+    the driver's executemany, in the connection's current transaction."""
+    dialect = connection.dialect
+    if dialect.name == "sqlite":
+        stored = _T.c.sent_at.type.dialect_impl(dialect).bind_processor(dialect)  # aware UTC → the column's text
+        cursor = connection.connection.driver_connection.cursor()
+        try:
+            cursor.executemany(SENT_SQLITE, [(stored(at), mid, code, i) for i, at, mid, code in rows])
+        finally:
+            cursor.close()
+        return
+    if dialect.name != "postgresql":
         connection.execute(_SENT, [{"b_id": i, "b_at": at, "b_mid": mid, "b_code": code} for i, at, mid, code in rows])
         return
     once = statement is None

@@ -21,12 +21,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from email.header import Header
 from email.headerregistry import Address
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nh3
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from mailer.config import Settings
+
+if TYPE_CHECKING:
+    from jinja2 import Environment
 
 log = logging.getLogger("mailer.render")
 
@@ -35,6 +39,7 @@ PERSONAL_FIELDS = ("first_name", "preferences_url", "unsubscribe_url", "confirm_
 _MARK = "%%MAILER-{}%%"
 _MARK_RE = re.compile(r"%%MAILER-([a-z_]+)%%")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+_HTML_SPECIAL = re.compile(r"[&<>\"']")  # what html.escape changes; most values (the links) have none
 
 
 class RenderError(Exception):
@@ -47,6 +52,8 @@ def one_line(value: str) -> str:
 
 
 def make_environment(templates_dir: Path) -> Environment:
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
     return Environment(
         loader=FileSystemLoader(str(templates_dir)),
         autoescape=select_autoescape(["html"]),
@@ -165,7 +172,7 @@ class Part:
         out = [self.literals[0]]
         for name, literal in zip(self.names, self.literals[1:], strict=True):
             value = values.get(name, "")
-            out.append(html.escape(value) if self.escape else value)
+            out.append(html.escape(value) if self.escape and _HTML_SPECIAL.search(value) else value)
             out.append(literal)
         return "".join(out)
 
@@ -252,8 +259,12 @@ class Renderer:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.env = make_environment(settings.templates_dir)
         self.from_domain = settings.sender.from_email.rpartition("@")[2]
+
+    @cached_property
+    def env(self) -> Environment:
+        """Made on first use: a send of campaigns rendered at dispatch never needs Jinja2 (30 ms to import)."""
+        return make_environment(self.settings.templates_dir)
 
     def _context(self, **extra: object) -> dict[str, object]:
         recipient = {name: _MARK.format(name) for name in PERSONAL_FIELDS}

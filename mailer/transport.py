@@ -11,12 +11,15 @@ import dataclasses
 import email.parser
 import email.policy
 import hashlib
+import io
 import logging
 import os
 import re
 import smtplib
 import socket
 import ssl
+import struct
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -212,7 +215,7 @@ def _describe(exc: BaseException, timeout: float) -> str:
     cause = exc
     if isinstance(exc, smtplib.SMTPServerDisconnected) and exc.__context__ is not None:
         cause = exc.__context__
-    if isinstance(cause, TimeoutError):
+    if isinstance(cause, _TIMED_OUT):
         return f"no reply within {timeout:g} s"
     if isinstance(cause, ssl.SSLCertVerificationError):
         return f"TLS certificate not trusted: {cause.verify_message}"
@@ -225,11 +228,14 @@ def _describe(exc: BaseException, timeout: float) -> str:
     return str(cause) or cause.__class__.__name__
 
 
+_UNUSABLE_IN_ADDRESS = re.compile(r"[<>\r\n\t ]")
+
+
 def _smtp_address(address: str) -> tuple[str, bool]:
     """The address for MAIL FROM / RCPT TO with an IDNA domain, and whether it needs SMTPUTF8."""
     if not address:
         return "", False  # the null reverse-path "<>"
-    if any(char in address for char in "<>\r\n\t ") or address.count("@") < 1:
+    if "@" not in address or _UNUSABLE_IN_ADDRESS.search(address):
         raise ValueError(f"not a usable envelope address: {address!r}")
     local, _, domain = address.rpartition("@")
     if not local or not domain:
@@ -264,7 +270,64 @@ def _dot_stuffed(data: bytes) -> bytes:
     return payload + b".\r\n"
 
 
-class _SMTP(smtplib.SMTP):
+# What a socket raises when its time runs out: Python's own timeout, or the kernel's (SO_RCVTIMEO and
+# SO_SNDTIMEO on a blocking socket, see _kernel_timeouts).
+_TIMED_OUT = (TimeoutError, BlockingIOError)
+
+
+def _kernel_timeouts(sock: socket.socket, timeout: float) -> None:
+    """Let the kernel enforce the timeout of an open plain session (Linux).
+
+    A socket with a Python-level timeout polls before every send and every receive: two system calls
+    where one would do, and two releases of the GIL that the other sender threads contend for, for
+    each message. A blocking socket with SO_RCVTIMEO / SO_SNDTIMEO waits as long and no longer.
+    A TLS session keeps Python's timeout: the ssl module waits out the kernel's timeout on a blocking
+    socket (it would wait for ever), and TLS costs far more than the poll anyway.
+    """
+    if not sys.platform.startswith("linux") or isinstance(sock, ssl.SSLSocket) or timeout < 0.001:
+        return  # (a timeout of 0 would mean "wait for ever")
+    seconds = int(timeout)
+    limit = struct.pack("@ll", seconds, int((timeout - seconds) * 1_000_000))  # struct timeval
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
+    except OSError:  # not settable here: Python's own timeout stays
+        return
+    sock.settimeout(None)
+
+
+class _SocketReader(io.RawIOBase):
+    """The raw stream under smtplib's reply reader: a timeout surfaces as TimeoutError whether it was
+    Python's or the kernel's (which a blocking socket reports as EAGAIN, and socket.SocketIO as an
+    empty read, that is, as a closed connection)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self._sock = sock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        try:
+            return self._sock.recv_into(buffer)
+        except BlockingIOError:  # the kernel's timeout ran out
+            raise TimeoutError("timed out") from None
+
+
+class _Replies:
+    """Mixed into smtplib's classes: replies are read through a _SocketReader."""
+
+    sock: socket.socket | None
+    file: io.BufferedReader | None
+
+    def getreply(self) -> tuple[int, bytes]:
+        if self.file is None and self.sock is not None:  # a new connection, or a new TLS layer
+            self.file = io.BufferedReader(_SocketReader(self.sock))
+        return super().getreply()  # type: ignore[misc]
+
+
+class _SMTP(_Replies, smtplib.SMTP):
     """smtplib.SMTP that remembers the host it dialled, so STARTTLS checks the certificate against it."""
 
     def connect(
@@ -275,7 +338,7 @@ class _SMTP(smtplib.SMTP):
         return super().connect(host, port, source_address)
 
 
-class _SMTPOverTLS(smtplib.SMTP_SSL):
+class _SMTPOverTLS(_Replies, smtplib.SMTP_SSL):
     """smtplib.SMTP_SSL with the certificate checked against the dialled host, and no socket leaked."""
 
     def connect(
@@ -341,6 +404,7 @@ class SMTPConnection:
         self._smtp: smtplib.SMTP | None = None
         self._needs_rset = False  # the last transaction failed part-way on a live connection
         self._dot_sent = False  # the current message's final "." has left; a loss now is "unknown"
+        self._sender: tuple[str, tuple[str, bool]] | None = None  # the last MAIL FROM address, checked
 
     # -- public -----------------------------------------------------------------------------------
 
@@ -422,7 +486,9 @@ class SMTPConnection:
     def _transaction(self, envelope: Envelope) -> _Tx | SendResult:
         """The envelope checked and the bytes made final (CRLF, DKIM); or why it cannot be sent."""
         try:
-            mail_from, sender_utf8 = _smtp_address(envelope.mail_from)
+            if self._sender is None or self._sender[0] != envelope.mail_from:  # the same for a whole send
+                self._sender = (envelope.mail_from, _smtp_address(envelope.mail_from))
+            mail_from, sender_utf8 = self._sender[1]
         except ValueError as exc:
             # The sender comes from the config: retry (and let staff fix it) rather than blame the recipient.
             return SendResult("temporary", None, f"sender: {exc}", "envelope")
@@ -668,6 +734,8 @@ class SMTPConnection:
                 detail += " (nothing sent)"
             log.warning("cannot open SMTP connection: %s", detail)
             raise _Failed(SendResult("temporary", None, detail, "connect")) from None
+        if smtp.sock is not None:
+            _kernel_timeouts(smtp.sock, transport.timeout)
         log.info("SMTP connection to %s open (%s)", where, "TLS" if self._encrypted(smtp) else "plain")
         return smtp
 

@@ -272,6 +272,10 @@ def test_sent_results_are_recorded_exactly(settings, sessions, engine) -> None: 
         row = stored[row_id]
         assert (row.state, row.sent_at, row.message_id, row.smtp_code, row.attempts) == ("sent", at, mid, code, 1)
         assert row.claimed_by is None and row.lease_until is None
+        with sessions() as session:  # stored as the ORM stores times: comparisons in SQL find it
+            assert session.scalar(select(OutboxMessage.id).where(OutboxMessage.sent_at == at)) == row_id
+            assert session.scalar(select(OutboxMessage.id).where(OutboxMessage.sent_at > at - dt.timedelta(microseconds=1),
+                                                                 OutboxMessage.sent_at < at + dt.timedelta(microseconds=1))) == row_id
 
 
 def test_the_due_count_can_stop_early(settings, sessions) -> None:  # noqa: ANN001

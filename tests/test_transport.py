@@ -452,6 +452,45 @@ def test_implicit_tls_is_sent_when_the_certificate_is_trusted(
     assert len(server.received) == 1 and server.received[0].tls is True
 
 
+@pytest.mark.parametrize("scheme", ["smtps", "starttls"])
+def test_timeouts_hold_on_tls_sessions_too(make_server, server_tls, certificate, connect, scheme: str) -> None:
+    """A plain session leaves its timeout to the kernel (below); a TLS one keeps Python's, since the ssl
+    module would wait out the kernel's for ever. Either way the wait ends and reads as "no reply"."""
+    if scheme == "smtps":
+        server = make_server(ssl_context=server_tls)
+        transport = smtp_transport(server, scheme="smtps", query=f"cafile={certificate[0]}", timeout=0.5)
+    else:
+        server = make_server(tls_context=server_tls, require_starttls=True)
+        transport = smtp_transport(server, query=f"starttls=true&cafile={certificate[0]}", timeout=0.5)
+    connection = connect(transport)
+    assert connection.send(envelope(key="1")).outcome == "sent"
+
+    server.faults.data_delay = 1.5
+    started = time.monotonic()
+    result = connection.send(envelope(key="2"))
+    assert time.monotonic() - started < 1.4
+    assert (result.outcome, result.stage) == ("unknown", "data")
+    assert "no reply within 0.5 s" in result.detail
+
+    server.faults.data_delay = 0
+    assert connection.send(envelope(key="3")).outcome == "sent"
+    assert [item.tls for item in server.received] == [True, True]
+    assert server.connections == 2
+    assert connection._smtp.sock.gettimeout() == 0.5  # noqa: SLF001
+
+
+def test_an_open_session_leaves_its_timeout_to_the_kernel(smtp_server: SMTPServer, connect) -> None:
+    import socket
+    import struct
+
+    connection = connect(smtp_transport(smtp_server, timeout=2.5))
+    assert connection.send(envelope()).outcome == "sent"
+    sock = connection._smtp.sock  # noqa: SLF001
+    assert sock.gettimeout() is None  # no poll(2) before each send and receive
+    for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
+        assert struct.unpack("@ll", sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("@ll"))) == (2, 500_000)
+
+
 def test_implicit_tls_with_an_untrusted_certificate_is_temporary(make_server, server_tls, connect) -> None:
     server = make_server(ssl_context=server_tls)
     result = connect(smtp_transport(server, scheme="smtps")).send(envelope())
