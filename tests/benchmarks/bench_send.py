@@ -214,6 +214,15 @@ def run_naive(settings: config.Settings, url: str, port: int, count: int) -> dic
     return {"seconds": elapsed, "rate": count / elapsed}
 
 
+def compile_bytecode() -> None:
+    """Compile mailer's modules to bytecode, as `pip install` does for an installed package.
+
+    A checkout installed in editable mode caches its bytecode on first import, unless
+    PYTHONDONTWRITEBYTECODE is set (as it is on some CI machines): then every `mailer send` would
+    compile its modules again, about a tenth of a second that an installed mailer never spends."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "mailer"), str(ROOT / "jobs")], check=True)
+
+
 def python_speed() -> float:
     """Nanoseconds per iteration of a plain Python loop (best of 3), in a fresh interpreter.
 
@@ -256,6 +265,7 @@ def main() -> int:
     parser.add_argument("--json", default=str(ROOT / "tests" / "benchmarks" / "results" / "bench_send.json"))
     args = parser.parse_args()
     ensure_postfix_tools()
+    compile_bytecode()
     kinds = ["sqlite"] + (["postgresql"] if args.pg_url else [])
     results: dict[str, object] = {"n": args.n, "connections": args.connections, "rounds": args.rounds,
                                   "machine": {"cpus": os.cpu_count(), "python_loop_ns": python_speed()}}
