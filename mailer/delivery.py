@@ -128,6 +128,8 @@ class ConsentCheck:
 
     def allowed(self, jobs: list[_Job]) -> list[bool]:
         """Each job's verdict, in order (jobs with nothing to send are refused)."""
+        if not self.listening:  # one lookup each
+            return [job.recheck is not None and self.allows(*job.recheck) for job in jobs]
         self.heard = False  # a change committed from here on is heard before the next message goes
         verdicts = [False] * len(jobs)
         groups: dict[int, list[int]] = {}
@@ -399,9 +401,9 @@ class Delivery:
     def _job(self, row: outbox.Claimed, now: dt.datetime) -> _Job:
         if row.contact_id is None or row.email is None:
             return _Job(row, None, None, None, reason="contact erased")
-        prepared = self.prepared.get(self._key(row), LookupError("not prepared"))
-        if isinstance(prepared, LookupError):
-            return _Job(row, None, None, None, reason=str(prepared))
+        prepared = self.prepared.get(self._key(row))
+        if not isinstance(prepared, PreparedMessage):
+            return _Job(row, None, None, None, reason=str(prepared or "not prepared"))
         values = {
             "first_name": first_name(row.name or "") or "there",
             "unsubscribe_url": self.links.unsubscribe(row.contact_id, row.link_key),
@@ -614,13 +616,14 @@ class Delivery:
         permits = Permits(UNRECORDED_PER_CONNECTION + 1)
         finished = False
         checked: deque[_Job] = deque()  # allowed when last checked, in order
+        connections = self.settings.delivery.connections
 
         def pull(wait: bool) -> list[_Job]:
             """Up to a group of jobs from the queue, never more than this connection's share of what is
             waiting (the other connections must not sit idle); the first may be waited for."""
             nonlocal finished
             jobs: list[_Job] = []
-            size = group_size(check.group, work.qsize(), self.settings.delivery.connections, pace.seconds)
+            size = 1 if check.group == 1 else group_size(check.group, work.qsize(), connections, pace.seconds)
             while not finished and len(jobs) < size:
                 try:
                     job = work.get() if wait and not jobs else work.get_nowait()
@@ -667,13 +670,11 @@ class Delivery:
                 checked.clear()
                 if not jobs:
                     return None
-                sendable = [job for job in jobs if job.envelope is not None]
-                verdicts = dict(zip(map(id, sendable), check.allowed(sendable), strict=True))
-                for job in jobs:
-                    if job.envelope is None:
-                        recorder.add(_Result.of(job, SendResult("skipped", None, job.reason), self.clock()))
-                    elif verdicts[id(job)]:
+                for job, allowed in zip(jobs, check.allowed(jobs), strict=True):  # (nothing to send: refused)
+                    if allowed:
                         checked.append(job)
+                    elif job.envelope is None:
+                        recorder.add(_Result.of(job, SendResult("skipped", None, job.reason), self.clock()))
                     else:
                         recorder.add(_Result.of(job, SendResult("skipped", None, "no consent or suppressed at send time"),
                                             self.clock()))

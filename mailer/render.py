@@ -169,6 +169,11 @@ class Part:
         return cls(literals, names, escape, tuple(chunks))
 
     def fill(self, values: Mapping[str, str]) -> str:
+        if len(self.names) == 1:  # the usual line: one placeholder
+            value = values.get(self.names[0], "")
+            if self.escape and _HTML_SPECIAL.search(value):
+                value = html.escape(value)
+            return self.literals[0] + value + self.literals[1]
         out = [self.literals[0]]
         for name, literal in zip(self.names, self.literals[1:], strict=True):
             value = values.get(name, "")
@@ -178,7 +183,7 @@ class Part:
 
     def encoded(self, values: Mapping[str, str]) -> bytes:
         """The filled part, quoted-printable with CRLF: the same bytes as _qp(self.fill(values))."""
-        return b"".join(chunk if isinstance(chunk, bytes) else _qp(chunk.fill(values)) for chunk in self.chunks)
+        return b"".join([chunk if chunk.__class__ is bytes else _qp(chunk.fill(values)) for chunk in self.chunks])
 
 
 @dataclass(frozen=True)

@@ -316,15 +316,22 @@ class _SocketReader(io.RawIOBase):
 
 
 class _Replies:
-    """Mixed into smtplib's classes: replies are read through a _SocketReader."""
+    """Mixed into smtplib's classes: replies are read through a _SocketReader. smtplib reads them from
+    `self.file`, which it makes from the socket when it finds None (a new connection, a new TLS layer):
+    here it never finds None while there is a socket."""
 
     sock: socket.socket | None
-    file: io.BufferedReader | None
+    _reader: io.BufferedReader | None = None
 
-    def getreply(self) -> tuple[int, bytes]:
-        if self.file is None and self.sock is not None:  # a new connection, or a new TLS layer
-            self.file = io.BufferedReader(_SocketReader(self.sock))
-        return super().getreply()  # type: ignore[misc]
+    @property
+    def file(self) -> io.BufferedReader | None:
+        if self._reader is None and self.sock is not None:
+            self._reader = io.BufferedReader(_SocketReader(self.sock))
+        return self._reader
+
+    @file.setter
+    def file(self, value: io.BufferedReader | None) -> None:
+        self._reader = value
 
 
 class _SMTP(_Replies, smtplib.SMTP):
