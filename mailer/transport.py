@@ -258,16 +258,14 @@ def _normalise_line_endings(data: bytes) -> bytes:
     return re.sub(rb"\r\n|\r|\n", b"\r\n", data)
 
 
-def _dot_stuffed(data: bytes) -> bytes:
-    """The DATA payload: leading dots doubled, CRLF-terminated, then the final "."."""
+def _dot_stuffed(data: bytes, then: bytes = b"") -> bytes:
+    """The DATA payload: leading dots doubled, CRLF-terminated, then the final "." (and `then`, the
+    next commands, joined in the same copy)."""
     # The same rule as smtplib's _quote_periods, on CRLF-normalised data; bytes.replace is ~30x
     # faster than a multiline regex on a 10-50 KB newsletter, and this runs for every recipient.
-    payload = data.replace(b"\r\n.", b"\r\n..")
-    if payload.startswith(b"."):
-        payload = b"." + payload
-    if not payload.endswith(b"\r\n"):
-        payload += b"\r\n"
-    return payload + b".\r\n"
+    payload = data.replace(b"\r\n.", b"\r\n..")  # (no copy when there is no such line)
+    return b"".join((b"." if payload.startswith(b".") else b"", payload,
+                     b".\r\n" if payload.endswith(b"\r\n") else b"\r\n.\r\n", then))
 
 
 # What a socket raises when its time runs out: Python's own timeout, or the kernel's (SO_RCVTIMEO and
@@ -621,12 +619,14 @@ class SMTPConnection:
         smtp = self._smtp
         assert smtp is not None
         timeout = self._transport.timeout
-        payload = _dot_stuffed(tx.data)
-        sent, error = _write(smtp, payload + nxt.command if nxt is not None else payload)
+        then = nxt.command if nxt is not None else b""
+        wire = _dot_stuffed(tx.data, then)
+        sent, error = _write(smtp, wire)
+        payload = len(wire) - len(then)  # bytes up to and with the final "."
         retry: Literal["retry"] | None = "retry" if nxt is not None else None
         if error is not None:
             self._drop()
-            if sent < len(payload):  # the final "." never left complete: the relay cannot have accepted it
+            if sent < payload:  # the final "." never left complete: the relay cannot have accepted it
                 return SendResult("temporary", None, f"message data: {_describe(error, timeout)}", "data"), retry
             self._dot_sent = True
             return SendResult("unknown", None, f"after the message was sent: {_describe(error, timeout)}", "data"), retry
