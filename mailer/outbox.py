@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, String, and_, bindparam, cast, func, literal, not_, select, text, update
+from sqlalchemy import Connection, String, and_, cast, func, literal, not_, select, text, update
 from sqlalchemy.orm import Session
 
 from mailer.db import PgStatement
@@ -161,14 +161,6 @@ def record(session: Session, updates: Sequence[Mapping[str, Any]]) -> None:
         session.execute(update(OutboxMessage), [dict(item) for item in updates])
 
 
-_SENT = (
-    update(_T)
-    .where(_T.c.id == bindparam("b_id"))
-    .values(state="sent", attempts=_T.c.attempts + 1, sent_at=bindparam("b_at"), message_id=bindparam("b_mid"),
-            smtp_code=bindparam("b_code"), last_error=None, lease_until=None, claimed_by=None)
-)
-
-
 # PostgreSQL: one statement for the whole batch, the columns passed as delimited text (an array
 # parameter would be built in Python, element by element, which cost more than the statement).
 # Message-IDs never contain a space; '' stands for NULL. Run as a db.PgStatement.
@@ -183,8 +175,8 @@ SENT_PG = (
 SentRow = tuple[int, dt.datetime, str | None, int | None]
 
 
-# SQLite: the same as _SENT, run with the driver's own executemany (its loop over the rows is in C; the
-# ORM's per-row parameter processing cost more than the update). The times are stored as _SENT would.
+# SQLite: run with the driver's own executemany (its loop over the rows is in C; SQLAlchemy's per-row
+# parameter processing cost more than the update). The times are stored as the ORM stores them.
 SENT_SQLITE = (
     "UPDATE outbox SET state = 'sent', attempts = attempts + 1, lease_until = NULL, claimed_by = NULL, "
     "sent_at = ?, message_id = ?, last_error = NULL, smtp_code = ? WHERE id = ?"
@@ -205,9 +197,6 @@ def record_sent(connection: Connection, rows: Sequence[SentRow], statement: PgSt
             cursor.executemany(SENT_SQLITE, [(stored(at), mid, code, i) for i, at, mid, code in rows])
         finally:
             cursor.close()
-        return
-    if dialect.name != "postgresql":
-        connection.execute(_SENT, [{"b_id": i, "b_at": at, "b_mid": mid, "b_code": code} for i, at, mid, code in rows])
         return
     once = statement is None
     if statement is None:

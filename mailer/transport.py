@@ -622,11 +622,11 @@ class SMTPConnection:
         then = nxt.command if nxt is not None else b""
         wire = _dot_stuffed(tx.data, then)
         sent, error = _write(smtp, wire)
-        payload = len(wire) - len(then)  # bytes up to and with the final "."
+        through_dot = len(wire) - len(then)  # the bytes up to and with the final "."
         retry: Literal["retry"] | None = "retry" if nxt is not None else None
         if error is not None:
             self._drop()
-            if sent < payload:  # the final "." never left complete: the relay cannot have accepted it
+            if sent < through_dot:  # the final "." never left complete: the relay cannot have accepted it
                 return SendResult("temporary", None, f"message data: {_describe(error, timeout)}", "data"), retry
             self._dot_sent = True
             return SendResult("unknown", None, f"after the message was sent: {_describe(error, timeout)}", "data"), retry

@@ -10,6 +10,7 @@ import select
 import shutil
 import socket
 import ssl
+import struct
 import subprocess
 import threading
 import time
@@ -480,9 +481,6 @@ def test_timeouts_hold_on_tls_sessions_too(make_server, server_tls, certificate,
 
 
 def test_an_open_session_leaves_its_timeout_to_the_kernel(smtp_server: SMTPServer, connect) -> None:
-    import socket
-    import struct
-
     connection = connect(smtp_transport(smtp_server, timeout=2.5))
     assert connection.send(envelope()).outcome == "sent"
     sock = connection._smtp.sock  # noqa: SLF001
