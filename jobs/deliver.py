@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import threading
 from collections.abc import Callable, Sequence
 
 from mailer import campaigns
 from mailer.delivery import Delivery
 from mailer.render import Renderer
 from mailer.runtime import Runtime
+from mailer.stopping import Stop
 from mailer.workers import Worker, wait_all
 
 TRIGGER = "interval"  # seconds = 60
@@ -19,7 +19,7 @@ COUNTS = ("sent", "deferred", "failed", "skipped", "unknown")
 def run(
     runtime: Runtime,
     now: dt.datetime,
-    stop: threading.Event | None = None,
+    stop: Stop | None = None,
     progress: Callable[[int], None] | None = None,
     helpers: Callable[[], Sequence[Worker]] | None = None,
 ) -> dict[str, int]:

@@ -108,6 +108,7 @@ def tick(ctx: Context, at: str | None) -> None:
 @friendly
 def send(ctx: Context, dry_run: bool, processes: int | None) -> None:
     """Hand every due outbox message to the transport now (SMTP or .eml files)."""
+    import contextlib
     import gc
     import signal
 
@@ -115,6 +116,7 @@ def send(ctx: Context, dry_run: bool, processes: int | None) -> None:
     from mailer import workers as workers_module
     from mailer.delivery import Delivery
     from mailer.runtime import Runtime
+    from mailer.stopping import StopRequest
 
     runtime = ctx.runtime
     now = ctx.now()
@@ -141,18 +143,21 @@ def send(ctx: Context, dry_run: bool, processes: int | None) -> None:
     if processes > 1:
         runtime.engine.dispose()  # replaced by the shared-out runtime's own engine
         runtime = Runtime(workers_module.share_out(settings, processes), clock=runtime.clock)
-    stop = threading.Event()
+    stop = StopRequest()
     workers: list[workers_module.Worker] = []
 
-    def on_signal(signum: int, _frame: object) -> None:
-        click.echo(f"mailer: {signal.Signals(signum).name}: finishing the messages in flight...", err=True)
-        stop.set()
+    def on_signal(name: str) -> None:
+        """The first SIGTERM or SIGINT (repeats are ignored). Runs in a signal handler: it takes no lock,
+        so the line goes straight to the file descriptor (a buffered stream may be mid-write)."""
+        with contextlib.suppress(OSError):
+            os.write(2, f"mailer: {name}: finishing the messages in flight...\n".encode())
         for helper in workers:
             helper.send_signal(signal.SIGTERM)
 
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+        handler = stop.handler(on_signal)
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
 
     def sending(progress: Callable[[int], None] | None) -> dict[str, int]:
         def helpers() -> list[workers_module.Worker]:

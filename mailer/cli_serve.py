@@ -20,6 +20,7 @@ from mailer import db, schema
 from mailer.cli_context import Context, UserError, friendly, pass_ctx, setup_logging
 from mailer.leader import DEFAULT_LEASE, LeaderLock, make_holder
 from mailer.runtime import Runtime
+from mailer.stopping import StopRequest
 
 log = logging.getLogger("mailer.serve")
 
@@ -42,18 +43,6 @@ def lease_from_environment() -> dt.timedelta:
     if not 1 <= seconds <= 3600:
         raise UserError(f"{LEASE_ENV}: expected between 1 and 3600 seconds, got {value}")
     return dt.timedelta(seconds=seconds)
-
-
-class _StopRequest:
-    """Set by the signal handler, read by the main loop. A plain attribute: a handler must not take locks
-    (an Event's condition lock may be held by the very code the signal interrupted)."""
-
-    def __init__(self) -> None:
-        self.signal_name: str | None = None
-
-    def handle(self, signum: int, _frame: object) -> None:
-        if self.signal_name is None:
-            self.signal_name = signal.Signals(signum).name
 
 
 def _service_logging(click_ctx: click.Context) -> None:
@@ -89,10 +78,10 @@ def serve(ctx: Context, host: str | None, port: int | None) -> None:
     from mailer.scheduler import SchedulerService
     from mailer.web import create_app
 
-    stop_request = _StopRequest()
+    stop_request = StopRequest()  # set by the signal handler, read by the loop below
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, stop_request.handle)
-        signal.signal(signal.SIGINT, stop_request.handle)
+        signal.signal(signal.SIGTERM, stop_request.handler())
+        signal.signal(signal.SIGINT, stop_request.handler())
     _service_logging(click.get_current_context())
     settings = ctx.settings
     host = host or settings.web.host
@@ -123,9 +112,9 @@ def serve(ctx: Context, host: str | None, port: int | None) -> None:
         log.info("serving on http://%s:%d as %s (pid %d)", host, port, "leader" if leading else "standby",
                  os.getpid(), extra={"host": host, "port": port, "role": "leader" if leading else "standby",
                                      "holder": lock.holder})
-        while stop_request.signal_name is None and web.is_alive():
+        while stop_request.reason is None and web.is_alive():
             time.sleep(0.2)
-        reason = stop_request.signal_name or "the web server stopped unexpectedly"
+        reason = stop_request.reason or "the web server stopped unexpectedly"
         log.info("stopping (%s): no new job runs; messages in flight finish", reason, extra={"reason": reason})
         finished = service.shutdown(JOBS_STOP_TIMEOUT)
         _close_server(server, web, wake, socket_map)
@@ -138,7 +127,7 @@ def serve(ctx: Context, host: str | None, port: int | None) -> None:
         logging.shutdown()
         os._exit(1)
     log.info("stopped", extra={"reason": reason})
-    if stop_request.signal_name is None:
+    if stop_request.reason is None:
         raise UserError(reason)
 
 

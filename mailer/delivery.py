@@ -33,6 +33,7 @@ from mailer.config import Settings, duration
 from mailer.links import Links, keyed
 from mailer.models import Campaign, Contact
 from mailer.render import PreparedMessage, Recipient, Renderer, first_name
+from mailer.stopping import Stop, StopRequest
 from mailer.transport import Envelope, SendResult, Transport
 
 log = logging.getLogger("mailer.delivery")
@@ -512,7 +513,7 @@ class Delivery:
     def run(
         self,
         *,
-        stop: threading.Event | None = None,
+        stop: Stop | None = None,
         limit: int | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> Report:
@@ -525,11 +526,11 @@ class Delivery:
         for their result to be written (what a crash could send twice); when it would have to wait,
         it writes what has arrived itself (`_Recorder`).
         """
-        stop = stop or threading.Event()
+        stop = stop or StopRequest()
         settings = self.settings.delivery
         report = Report()
         lease = duration(settings.lease)
-        with self.sessions.begin() as session:
+        with self.write_turn, self.sessions.begin() as session:
             reclaimed = outbox.reclaim_expired(session, self.clock())
         if reclaimed:
             log.warning("%d messages of a stopped worker returned to the queue", reclaimed)
@@ -605,13 +606,13 @@ class Delivery:
                 thread.join(timeout=max(5.0, settings.timeout_seconds * 3))
             results.put(None)
             recording.join()
-            with self.sessions.begin() as session:
+            with self.write_turn, self.sessions.begin() as session:  # the processes of a send stop together
                 report.released = outbox.release(session, unsent + released)
         if failure:
             raise failure[0]
         return report
 
-    def _sender(self, work: queue.SimpleQueue, recorder: _Recorder, limiter: RateLimiter, stop: threading.Event,
+    def _sender(self, work: queue.SimpleQueue, recorder: _Recorder, limiter: RateLimiter, stop: Stop,
                 released: list[int]) -> None:
         """One connection, reused: take a job, re-check consent, send, report. The connection asks for the
         next job only when it can send it (while the previous message's content is going out), so the
@@ -719,7 +720,7 @@ class _Recorder:
     """
 
     def __init__(self, delivery: Delivery, results: queue.SimpleQueue, report: Report,
-                 progress: Callable[[int], None] | None, stop: threading.Event, failure: list[BaseException]) -> None:
+                 progress: Callable[[int], None] | None, stop: Stop, failure: list[BaseException]) -> None:
         self.delivery = delivery
         self.results = results
         self.report = report

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -73,8 +74,22 @@ def send_env(config_path: Path, environ: dict[str, str], smtp_server: SMTPServer
     return {**os.environ, **environ, "MAILER_SMTP_URL": smtp_server.url, "MAILER_CONFIG": str(config_path)}
 
 
-def spawn(env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([MAILER, "send"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+def spawn(env: dict[str, str], *args: str) -> subprocess.Popen:
+    """`mailer send` in a session of its own: `settle` can end every process of it, helpers included."""
+    return subprocess.Popen([MAILER, "send", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+
+
+def settle(process: subprocess.Popen, timeout: float = 30) -> None:
+    """Wait for a send (and its helpers, which hold its output open) to end; if it does not, kill them
+    all, so the failure is this test's and leaves nothing running into the next."""
+    try:
+        process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
 
 
 def outbox_counts(settings: config.Settings) -> dict[str, int]:
@@ -87,8 +102,12 @@ def outbox_counts(settings: config.Settings) -> dict[str, int]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("processes", ["auto", "4"])
 def test_sigkill_during_a_campaign_loses_nothing(config_path: Path, send_env: dict[str, str], smtp_server: SMTPServer,
-                                                 engine) -> None:  # noqa: ANN001
+                                                 engine, processes: str) -> None:  # noqa: ANN001
+    # "auto": as many processes as this machine has cores (up to 4); "4": a larger machine's, on any machine.
+    # Each SIGKILL makes its helpers stop (the parent-death signal, sometimes several times over).
+    args = () if processes == "auto" else ("--processes", processes)
     recipients = 2000
     settings = campaign_to(recipients, config_path, send_env, engine)
     smtp_server.faults.data_delay = 0.002  # a relay that takes a little time, so kills land mid-send
@@ -97,7 +116,7 @@ def test_sigkill_during_a_campaign_loses_nothing(config_path: Path, send_env: di
     for _ in range(5):
         # Killed mid-send, whatever the machine's speed: once the relay has seen some of its messages.
         target = smtp_server.data_commands + rng.randint(20, 250)
-        process = spawn(send_env)
+        process = spawn(send_env, *args)
         try:
             deadline = time.monotonic() + 30
             while smtp_server.data_commands < target and process.poll() is None and time.monotonic() < deadline:
@@ -106,7 +125,7 @@ def test_sigkill_during_a_campaign_loses_nothing(config_path: Path, send_env: di
                 process.send_signal(signal.SIGKILL)
                 kills += 1
         finally:
-            process.communicate(timeout=30)
+            settle(process)
     time.sleep(2.2)  # the killed workers' leases run out
     final = subprocess.run([MAILER, "send"], env=send_env, capture_output=True, text=True, timeout=120)
     assert final.returncode == 0, final.stderr
@@ -190,6 +209,55 @@ def test_sigterm_stops_every_process_of_a_send_cleanly(config_path: Path, send_e
     assert 40 <= counts["sent"] == len(received) < recipients
     assert counts["queued"] == recipients - counts["sent"]
     assert f"sent {counts['sent']}," in out
+
+
+def helper_pids(pid: int) -> list[int]:
+    """The processes `pid` forked (Linux: /proc/<pid>/task/*/children)."""
+    found: list[int] = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found += [int(child) for child in children.read_text().split()]
+        except OSError:  # the thread ended meanwhile
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_repeated_signals_stop_every_process_of_a_send_cleanly(config_path: Path, send_env: dict[str, str],
+                                                               smtp_server: SMTPServer, engine) -> None:  # noqa: ANN001
+    """A helper may be told to stop several times in a row: Linux sends the parent-death signal again
+    each time one of a killed parent's threads, having adopted the helper, dies in turn; and an impatient
+    operator presses Ctrl-C twice. Every repeat is ignored, none blocks the stop (a signal handler that
+    took a lock deadlocked when a repeat interrupted it inside), and every result is recorded."""
+    recipients = 600
+    settings = campaign_to(recipients, config_path, send_env, engine)
+    smtp_server.faults.data_delay = 0.01
+    process = subprocess.Popen([MAILER, "send", "--processes", "3"], env=send_env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while smtp_server.data_commands < 40 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    helpers = helper_pids(process.pid)
+    assert len(helpers) == 2, helpers
+    end = time.monotonic() + 1.0
+    while time.monotonic() < end:  # a stream of repeats: some land while an earlier one is being handled
+        for pid in (process.pid, *helpers):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+    try:
+        out, err = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        for pid in (process.pid, *helpers):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail("the send did not stop within 60 s of the signals")
+    assert process.returncode == 0, err
+    assert err.count("finishing the messages in flight") == 3, err  # once per process, whatever the repeats
+    counts = outbox_counts(settings)
+    received = collections.Counter(r.rcpt_tos[0] for r in smtp_server.received)
+    assert counts["sending"] == 0 and max(received.values()) == 1
+    assert counts["sent"] == len(received) and counts["queued"] == recipients - counts["sent"]
 
 
 @pytest.mark.slow
