@@ -80,8 +80,9 @@ def serve(ctx: Context, host: str | None, port: int | None) -> None:
 
     stop_request = StopRequest()  # set by the signal handler, read by the loop below
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, stop_request.handler())
-        signal.signal(signal.SIGINT, stop_request.handler())
+        handler = stop_request.handler()
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
     _service_logging(click.get_current_context())
     settings = ctx.settings
     host = host or settings.web.host
