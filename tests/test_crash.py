@@ -80,11 +80,13 @@ def spawn(env: dict[str, str], *args: str) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def settle(process: subprocess.Popen, timeout: float = 30) -> None:
-    """Wait for a send (and its helpers, which hold its output open) to end; if it does not, kill them
-    all, so the failure is this test's and leaves nothing running into the next."""
+def settle(process: subprocess.Popen, timeout: float = 30) -> tuple[str, str]:
+    """Wait for a send (and its helpers, which hold its output open) to end, and return its stdout and
+    stderr; if it does not end, kill them all, so the failure is this test's and leaves nothing running
+    into the next."""
     try:
-        process.communicate(timeout=timeout)
+        out, err = process.communicate(timeout=timeout)
+        return out.decode(errors="replace"), err.decode(errors="replace")
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
@@ -232,8 +234,7 @@ def test_repeated_signals_stop_every_process_of_a_send_cleanly(config_path: Path
     recipients = 600
     settings = campaign_to(recipients, config_path, send_env, engine)
     smtp_server.faults.data_delay = 0.01
-    process = subprocess.Popen([MAILER, "send", "--processes", "3"], env=send_env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = spawn(send_env, "--processes", "3")
     deadline = time.monotonic() + 30
     while smtp_server.data_commands < 40 and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -244,14 +245,7 @@ def test_repeated_signals_stop_every_process_of_a_send_cleanly(config_path: Path
         for pid in (process.pid, *helpers):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-    try:
-        out, err = process.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        for pid in (process.pid, *helpers):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        process.communicate()
-        pytest.fail("the send did not stop within 60 s of the signals")
+    _, err = settle(process, timeout=60)  # a deadlocked process fails here
     assert process.returncode == 0, err
     assert err.count("finishing the messages in flight") == 3, err  # once per process, whatever the repeats
     counts = outbox_counts(settings)
