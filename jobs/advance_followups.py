@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from mailer import followups
 from mailer.runtime import Runtime
+from mailer.sequences import followups
 
 TRIGGER = "interval"  # minutes = 5
 

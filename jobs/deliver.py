@@ -5,12 +5,12 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Sequence
 
-from mailer import campaigns
-from mailer.delivery import Delivery
-from mailer.render import Renderer
+from mailer.outbound.delivery import Delivery
+from mailer.outbound.workers import Worker, wait_all
+from mailer.publishing import campaigns
+from mailer.publishing.render import Renderer
 from mailer.runtime import Runtime
 from mailer.stopping import Stop
-from mailer.workers import Worker, wait_all
 
 TRIGGER = "interval"  # seconds = 60
 COUNTS = ("sent", "deferred", "failed", "skipped", "unknown")

@@ -6,9 +6,10 @@ import datetime as dt
 
 from sqlalchemy import delete
 
-from mailer import followups, outbox
 from mailer.models import RateEvent
+from mailer.outbound import outbox
 from mailer.runtime import Runtime
+from mailer.sequences import followups
 
 TRIGGER = "cron"  # daily at 03:30 clinic time
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from mailer import feeds
+from mailer.publishing import feeds
 from mailer.runtime import Runtime
 
 TRIGGER = "interval"  # minutes = settings.feed.poll_minutes

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from mailer import campaigns
+from mailer.publishing import campaigns
 from mailer.runtime import Runtime
 
 log = logging.getLogger("mailer.newsletter")

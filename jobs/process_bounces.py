@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from mailer import bounces
+from mailer.inbound import bounces
 from mailer.runtime import Runtime
 
 TRIGGER = "interval"  # minutes = 15

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from mailer.links import email_hash
 from mailer.models import ConsentEvent, Contact, Enrollment, OutboxMessage, Subscription, Suppression
-from mailer.render import one_line
+from mailer.publishing.render import one_line
 
 log = logging.getLogger("mailer.audience")
 

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailer import db
 from mailer.config import Settings
-from mailer.transport import Transport
+from mailer.outbound.transport import Transport
 
 
 def system_clock() -> dt.datetime:
@@ -46,7 +46,7 @@ class Runtime:
     def transport(self) -> Transport:
         if self.transport_override is not None:
             return self.transport_override
-        from mailer.transport import make_transport
+        from mailer.outbound.transport import make_transport
 
         return make_transport(self.settings)
 

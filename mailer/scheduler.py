@@ -32,10 +32,10 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 import jobs
-from mailer import campaigns
 from mailer.config import Settings, hhmm
 from mailer.leader import LeaderLock
 from mailer.models import JobRun
+from mailer.publishing import campaigns
 from mailer.runtime import Runtime
 
 log = logging.getLogger("mailer.scheduler")

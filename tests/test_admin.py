@@ -16,7 +16,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select, update
 from werkzeug.test import TestResponse
 
-from mailer import audience, campaigns, config, feeds, figures, followups, outbox, staff
+from mailer import audience, config, staff
 from mailer.cli import main
 from mailer.config import Settings
 from mailer.links import email_hash
@@ -30,8 +30,11 @@ from mailer.models import (
     StaffUser,
     Suppression,
 )
-from mailer.render import Renderer
+from mailer.outbound import outbox
+from mailer.publishing import campaigns, feeds, figures
+from mailer.publishing.render import Renderer
 from mailer.runtime import Runtime
+from mailer.sequences import followups
 from mailer.web import create_app
 from mailer.web.admin import MAX_ID, next_send_time
 from tests.smtp_server import SMTPServer

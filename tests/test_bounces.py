@@ -20,11 +20,13 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailer import audience, bounces, followups
-from mailer.bounces import Bounce, classify, classify_all, parse
+from mailer import audience
 from mailer.cli import main
 from mailer.config import Settings
+from mailer.inbound import bounces
+from mailer.inbound.bounces import Bounce, classify, classify_all, parse
 from mailer.models import ConsentEvent, Contact, Enrollment, OutboxMessage, Subscription, Suppression
+from mailer.sequences import followups
 from tests.conftest import utc
 
 DSN = Path(__file__).parent / "data" / "dsn"

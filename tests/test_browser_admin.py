@@ -11,11 +11,13 @@ import pytest
 from sqlalchemy import Engine, select
 
 from jobs import deliver
-from mailer import audience, campaigns, config, feeds, followups, staff
+from mailer import audience, config, staff
 from mailer.config import Settings
 from mailer.models import Campaign, Contact, Enrollment
+from mailer.outbound.transport import SMTPTransport
+from mailer.publishing import campaigns, feeds
 from mailer.runtime import Runtime
-from mailer.transport import SMTPTransport
+from mailer.sequences import followups
 from tests.smtp_server import SMTPServer
 from tests.test_browser_preferences import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, require_chromium
 from tests.web_fixtures import LiveServer, SettableClock

@@ -20,9 +20,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import insert, select
 
-from mailer import campaigns, config, db, outbox
+from mailer import config, db
 from mailer.models import Campaign, ConsentEvent, Contact, OutboxMessage, Subscription
-from mailer.render import Renderer
+from mailer.outbound import outbox
+from mailer.publishing import campaigns
+from mailer.publishing.render import Renderer
 from tests.smtp_server import SMTPServer
 
 MAILER = str(Path(sys.executable).with_name("mailer"))
@@ -340,7 +342,7 @@ def test_a_campaign_goes_out_as_dispatched_whatever_happens_to_the_templates(
     assert result.returncode == 0, result.stderr[-2000:]
     assert "sent 3," in result.stdout
     imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
-    assert "mailer.delivery" in imported and "premailer" not in imported
+    assert "mailer.outbound.delivery" in imported and "premailer" not in imported
     bodies = [item.data for item in smtp_server.received]
     assert len(bodies) == 3 and all(b"Join us." in body and b"EDITED-AFTER-DISPATCH" not in body for body in bodies)
 

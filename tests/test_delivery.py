@@ -9,12 +9,14 @@ import time
 import pytest
 from sqlalchemy import func, select
 
-from mailer import audience, campaigns, config, outbox
-from mailer.delivery import Delivery, backoff
+from mailer import audience, config
 from mailer.models import Campaign, OutboxMessage, Suppression
-from mailer.render import Renderer
+from mailer.outbound import outbox
+from mailer.outbound.delivery import Delivery, backoff
+from mailer.outbound.transport import SMTPTransport
+from mailer.publishing import campaigns
+from mailer.publishing.render import Renderer
 from mailer.runtime import fixed_clock
-from mailer.transport import SMTPTransport
 from tests.smtp_server import SMTPServer
 
 T0 = dt.datetime(2026, 11, 23, 18, 0, tzinfo=dt.UTC)
@@ -405,7 +407,7 @@ def test_a_recorder_that_cannot_write_holds_the_connections_back(settings, sessi
     """Replies whose results cannot be written (the database is locked) stop each connection after
     UNRECORDED_PER_CONNECTION of them: that, and no more, is what a crash then could send twice. When the
     database answers again the send goes on, each message once."""
-    from mailer.delivery import UNRECORDED_PER_CONNECTION
+    from mailer.outbound.delivery import UNRECORDED_PER_CONNECTION
 
     settings = settings.model_copy(update={"delivery": settings.delivery.model_copy(update={"connections": 1})})
     addresses = [f"person{n:03d}@example.com" for n in range(120)]

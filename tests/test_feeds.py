@@ -18,8 +18,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailer import config
-from mailer.feeds import FeedError, IngestResult, fetch, ingest, parse, sanitise_html
 from mailer.models import FeedState, Post
+from mailer.publishing.feeds import FeedError, IngestResult, fetch, ingest, parse, sanitise_html
 from tests.conftest import SAMPLE, utc
 
 Sessions = sessionmaker[Session]
@@ -758,8 +758,8 @@ def test_oversized_validators_are_not_kept(sessions: Sessions, server: FeedServe
 def test_ingest_with_fetches_outside_the_write_transaction(sessions, tmp_path) -> None:  # noqa: ANN001
     """While a slow blog is being fetched, the database stays writable (an unsubscribe must not wait)."""
     from mailer import config as config_module
-    from mailer import feeds as feeds_module
     from mailer.models import Contact
+    from mailer.publishing import feeds as feeds_module
 
     body = RSS
     fetching = threading.Event()

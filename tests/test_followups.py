@@ -16,12 +16,13 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 import jobs
-from mailer import audience, config, followups
+from mailer import audience, config
 from mailer.config import FollowupStep, Settings
-from mailer.followups import InquiryError, due_time, into_window
 from mailer.models import ConsentEvent, Contact, Enrollment, Inquiry, OutboxMessage
-from mailer.render import Recipient, Renderer, sample_values
+from mailer.publishing.render import Recipient, Renderer, sample_values
 from mailer.runtime import Runtime, fixed_clock
+from mailer.sequences import followups
+from mailer.sequences.followups import InquiryError, due_time, into_window
 from tests.conftest import SAMPLE, utc
 
 Sessions = sessionmaker[Session]
@@ -632,9 +633,9 @@ def test_templates_work_without_phone_or_website(plain_settings: Settings) -> No
 @pytest.fixture
 def smtp_runtime(settings: Settings, engine, smtp_server):  # noqa: ANN001, ANN201
     try:
-        from mailer.transport import make_transport
+        from mailer.outbound.transport import make_transport
     except ImportError:  # the transport is written in parallel; without it this test cannot run
-        pytest.skip("mailer.transport.make_transport is not available yet")
+        pytest.skip("mailer.outbound.transport.make_transport is not available yet")
     smtp_settings = settings.model_copy(update={"delivery": settings.delivery.model_copy(
         update={"transport": "smtp", "smtp_url": smtp_server.url, "connections": 1})})
     transport = make_transport(smtp_settings)

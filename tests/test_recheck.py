@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import text
 
 from mailer import db
-from mailer.delivery import GROUP_RECHECK_SQL, RECHECK_SQL, ConsentCheck, group_size
 from mailer.models import Campaign, Contact, Enrollment, Subscription, Suppression
+from mailer.outbound.delivery import GROUP_RECHECK_SQL, RECHECK_SQL, ConsentCheck, group_size
 
 NOW = dt.datetime(2026, 11, 24, 0, 30, tzinfo=dt.UTC)
 

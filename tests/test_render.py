@@ -12,7 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from mailer import config, render
+from mailer import config
+from mailer.publishing import render
 from tests.conftest import ROOT
 
 NOW = dt.datetime(2026, 11, 23, 0, 0, tzinfo=dt.UTC)

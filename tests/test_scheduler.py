@@ -22,11 +22,12 @@ from click.testing import CliRunner
 from sqlalchemy import create_engine, func, select, text
 
 import jobs
-from mailer import audience, campaigns, config, db, feeds
+from mailer import audience, config, db
 from mailer.cli import main
-from mailer.cli_serve import LEASE_ENV
+from mailer.cli.serve import LEASE_ENV
 from mailer.leader import LeaderLock
 from mailer.models import Campaign, JobRun, OutboxMessage, Post
+from mailer.publishing import campaigns, feeds
 from mailer.runtime import Runtime
 from mailer.scheduler import DailyAt, SchedulerService, build_scheduler, catch_up_newsletter, run_scheduled
 from tests.conftest import free_port

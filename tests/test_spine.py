@@ -10,9 +10,10 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from mailer import campaigns, config, db
+from mailer import config, db
 from mailer.cli import main
 from mailer.models import Campaign, OutboxMessage, Post
+from mailer.publishing import campaigns
 from tests.conftest import SAMPLE
 from tests.smtp_server import SMTPServer
 

@@ -23,7 +23,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from mailer import config as config_module
 from mailer.config import Dkim, parse_smtp_url
-from mailer.transport import (
+from mailer.outbound.transport import (
     DkimSigner,
     Envelope,
     FileTransport,

@@ -14,9 +14,8 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import create_engine, func, select
 
-from mailer import audience, campaigns
+from mailer import audience
 from mailer.config import Settings, parse_smtp_url
-from mailer.delivery import Delivery
 from mailer.links import make_token
 from mailer.models import (
     ConsentEvent,
@@ -27,9 +26,11 @@ from mailer.models import (
     RateEvent,
     Suppression,
 )
-from mailer.render import Renderer
+from mailer.outbound.delivery import Delivery
+from mailer.outbound.transport import SMTPTransport
+from mailer.publishing import campaigns
+from mailer.publishing.render import Renderer
 from mailer.runtime import Runtime
-from mailer.transport import SMTPTransport
 from mailer.web import create_app
 from tests.conftest import free_port
 from tests.smtp_server import SMTPServer

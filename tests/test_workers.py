@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from mailer import workers
+from mailer.outbound import workers
 
 
 def test_auto_uses_a_process_per_core_up_to_the_connections_for_a_large_send() -> None:

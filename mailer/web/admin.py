@@ -38,7 +38,7 @@ from markupsafe import Markup
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from mailer import audience, campaigns, figures, followups, outbox, previews
+from mailer import audience
 from mailer import staff as staff_accounts
 from mailer.config import Settings
 from mailer.models import (
@@ -51,7 +51,10 @@ from mailer.models import (
     OutboxMessage,
     StaffUser,
 )
-from mailer.render import RenderError
+from mailer.outbound import outbox
+from mailer.publishing import campaigns, figures, previews
+from mailer.publishing.render import RenderError
+from mailer.sequences import followups
 from mailer.web import PAGE_CSS, current_runtime, security
 
 log = logging.getLogger("mailer.web.admin")

@@ -31,11 +31,12 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from mailer import audience, outbox
+from mailer import audience
 from mailer.audience import AudienceError, RequestInfo
 from mailer.config import Settings
 from mailer.links import ParsedToken, make_token, parse_token, verify_token
 from mailer.models import ConsentEvent, Contact, JobRun, OutboxMessage
+from mailer.outbound import outbox
 from mailer.web import current_runtime, error_response, security
 
 log = logging.getLogger("mailer.web")
@@ -439,7 +440,7 @@ def intake() -> tuple[Response, int]:
     except _IntakeProblem as problem:
         return _json_error(400, str(problem), problem.field)
 
-    from mailer import followups  # imported here: the follow-up engine is a heavier neighbour
+    from mailer.sequences import followups
 
     try:
         with runtime.sessions.begin() as session:

@@ -38,7 +38,9 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
-from mailer import campaigns, config, db, feeds, render, schema, workers  # noqa: E402
+from mailer import config, db, schema  # noqa: E402
+from mailer.outbound import workers  # noqa: E402
+from mailer.publishing import campaigns, feeds, render  # noqa: E402
 
 MAILER = str(Path(sys.executable).with_name("mailer"))
 SAMPLE_FEED = ROOT / "mailer" / "sample" / "blog-feed.xml"

@@ -12,11 +12,13 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 import jobs
-from mailer import audience, config, followups, previews, schema
+from mailer import audience, config, schema
 from mailer.models import Campaign, Contact, Inquiry, OutboxMessage
+from mailer.publishing import previews
 from mailer.runtime import Runtime, fixed_clock
+from mailer.sequences import followups
 
-SAMPLE = Path(__file__).with_name("sample")
+SAMPLE = Path(__file__).parent.parent / "sample"
 
 # Simulated clinic-time moments (America/Chicago in the sample config), after the sample inquiries.
 NIGHTS = (

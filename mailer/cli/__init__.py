@@ -14,8 +14,10 @@ from pathlib import Path
 
 import click
 
-from mailer import audience, campaigns, config, outbox
-from mailer.cli_context import Context, LazyGroup, UserError, friendly, parse_instant, pass_ctx, setup_logging
+from mailer import audience, config
+from mailer.cli.context import Context, LazyGroup, UserError, friendly, parse_instant, pass_ctx, setup_logging
+from mailer.outbound import outbox
+from mailer.publishing import campaigns
 
 __all__ = ["Context", "UserError", "friendly", "main", "parse_instant", "pass_ctx", "setup_logging"]
 
@@ -24,8 +26,8 @@ log = logging.getLogger("mailer.cli")
 
 @click.group(
     cls=LazyGroup,
-    lazy_subcommands={"bounces": "mailer.cli_bounces:bounces", "serve": "mailer.cli_serve:serve",
-                      "staff": "mailer.cli_staff:staff"},
+    lazy_subcommands={"bounces": "mailer.cli.bounces:bounces", "serve": "mailer.cli.serve:serve",
+                      "staff": "mailer.cli.staff:staff"},
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -70,7 +72,7 @@ def init(ctx: Context) -> None:
 @friendly
 def ingest(ctx: Context) -> None:
     """Pull the blog feed now and store new posts."""
-    from mailer import feeds
+    from mailer.publishing import feeds
 
     result = feeds.ingest_with(ctx.runtime.sessions, ctx.settings.feed, ctx.now())
     if result.not_modified:
@@ -113,8 +115,8 @@ def send(ctx: Context, dry_run: bool, processes: int | None) -> None:
     import signal
 
     from jobs import deliver
-    from mailer import workers as workers_module
-    from mailer.delivery import Delivery
+    from mailer.outbound import workers as workers_module
+    from mailer.outbound.delivery import Delivery
     from mailer.runtime import Runtime
     from mailer.stopping import StopRequest
 
@@ -266,7 +268,7 @@ def campaigns_show(ctx: Context, campaign_id: int) -> None:
 @friendly
 def campaigns_preview(ctx: Context, campaign_id: int, as_text: bool) -> None:
     """Write the campaign's HTML as a file to open in a browser (and print its path)."""
-    from mailer import previews
+    from mailer.publishing import previews
 
     with ctx.runtime.sessions() as session:
         campaign = campaigns.get(session, campaign_id)
@@ -307,7 +309,7 @@ def campaigns_cancel(ctx: Context, campaign_id: int) -> None:
 @friendly
 def campaigns_test(ctx: Context, campaign_id: int, to: str) -> None:
     """Send one test copy of the campaign to an address, now, with sample personal values."""
-    from mailer import previews
+    from mailer.publishing import previews
 
     address = audience.normalize_email(to)
     with ctx.runtime.sessions() as session:
@@ -421,7 +423,7 @@ def inquiries_group() -> None:
 @friendly
 def inquiries_add(ctx: Context, email: str, name: str, consent: bool, consent_text: str, source: str) -> None:
     """Record an inquiry (staff entry)."""
-    from mailer import followups
+    from mailer.sequences import followups
 
     if consent and not consent_text:
         consent_text = f"Agreed by {source} to follow-up emails from {ctx.settings.clinic.name} about the inquiry."
@@ -439,7 +441,7 @@ def inquiries_add(ctx: Context, email: str, name: str, consent: bool, consent_te
 @friendly
 def inquiries_import(ctx: Context, csv_file: io.TextIOBase) -> None:
     """Import inquiries from CSV with columns email,name,consent,consent_text,source,received_at."""
-    from mailer import followups
+    from mailer.sequences import followups
 
     with ctx.runtime.sessions.begin() as session:
         report = followups.import_csv(session, ctx.settings, csv_file, ctx.now())
@@ -457,7 +459,7 @@ def inquiries_import(ctx: Context, csv_file: io.TextIOBase) -> None:
 @friendly
 def inquiries_close(ctx: Context, email: str, reason: str) -> None:
     """Stop a contact's follow-ups: they booked, or the inquiry is closed."""
-    from mailer import followups
+    from mailer.sequences import followups
 
     with ctx.runtime.sessions.begin() as session:
         stopped = followups.close(session, ctx.settings, email, reason, ctx.now())
@@ -475,9 +477,9 @@ def inquiries_close(ctx: Context, email: str, reason: str) -> None:
 def demo(ctx: Context, var_dir: Path) -> None:
     """The whole main job on the embedded default: SQLite under ./var/, the sample feed, sample
     subscribers and inquiries, delivery into ./var/outbox/ as .eml files. Safe to run again."""
-    from mailer import demo as demo_module
+    from mailer.cli import demo_run
 
-    demo_module.run(ctx.config_path, var_dir.resolve(), echo=click.echo)
+    demo_run.run(ctx.config_path, var_dir.resolve(), echo=click.echo)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,7 +11,8 @@ from typing import Any
 import click
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from mailer import audience, campaigns, config
+from mailer import audience, config
+from mailer.publishing import campaigns
 from mailer.runtime import Runtime, fixed_clock, system_clock
 
 
@@ -23,9 +24,9 @@ class UserError(click.ClickException):
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
-    from mailer.feeds import FeedError
-    from mailer.followups import InquiryError
-    from mailer.render import RenderError
+    from mailer.publishing.feeds import FeedError
+    from mailer.publishing.render import RenderError
+    from mailer.sequences.followups import InquiryError
 
     return (config.ConfigError, audience.AudienceError, campaigns.CampaignError, FeedError, InquiryError,
             RenderError, ValueError)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from mailer import bounces as bounce_reports
-from mailer.cli_context import Context, UserError, friendly, pass_ctx
+from mailer.cli.context import Context, UserError, friendly, pass_ctx
+from mailer.inbound import bounces as bounce_reports
 
 
 @click.group("bounces")

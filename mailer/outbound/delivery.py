@@ -28,13 +28,14 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailer import audience, db, outbox
+from mailer import audience, db
 from mailer.config import Settings, duration
 from mailer.links import Links, keyed
 from mailer.models import Campaign, Contact
-from mailer.render import PreparedMessage, Recipient, Renderer, first_name
+from mailer.outbound import outbox
+from mailer.outbound.transport import Envelope, SendResult, Transport
+from mailer.publishing.render import PreparedMessage, Recipient, Renderer, first_name
 from mailer.stopping import Stop, StopRequest
-from mailer.transport import Envelope, SendResult, Transport
 
 log = logging.getLogger("mailer.delivery")
 
@@ -383,7 +384,7 @@ class Delivery:
                 raise LookupError(f"campaign {row.campaign_id} is gone")
             return self.renderer.prepare_frozen(campaign)
         if row.kind == "followup":
-            from mailer import followups  # followups imports delivery's neighbours; import late
+            from mailer.sequences import followups  # followups imports delivery's neighbours; import late
 
             return followups.prepare_step(self.renderer, self.settings, row.step or 0)
         if row.kind == "confirm":

@@ -10,10 +10,10 @@ from sqlalchemy import exists, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from mailer import outbox
 from mailer.config import Settings, hhmm
 from mailer.models import Campaign, OutboxMessage, Post
-from mailer.render import Renderer, RenderError, one_line
+from mailer.outbound import outbox
+from mailer.publishing.render import Renderer, RenderError, one_line
 
 log = logging.getLogger("mailer.campaigns")
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from mailer.config import Settings
 from mailer.models import Campaign
-from mailer.render import Recipient, Renderer, sample_values
+from mailer.outbound.transport import Envelope, SendResult
+from mailer.publishing.render import Recipient, Renderer, sample_values
 from mailer.runtime import Runtime
-from mailer.transport import Envelope, SendResult
 
 
 def render_parts(settings: Settings, campaign: Campaign) -> tuple[str, str, str]:

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from mailer import audience
 from mailer.config import Bounces, Settings
 from mailer.models import Contact, OutboxMessage
-from mailer.render import one_line as _header_safe
+from mailer.publishing.render import one_line as _header_safe
 
 log = logging.getLogger("mailer.bounces")
 

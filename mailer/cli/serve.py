@@ -17,7 +17,7 @@ from waitress import wasyncore
 from waitress.trigger import trigger
 
 from mailer import db, schema
-from mailer.cli_context import Context, UserError, friendly, pass_ctx, setup_logging
+from mailer.cli.context import Context, UserError, friendly, pass_ctx, setup_logging
 from mailer.leader import DEFAULT_LEASE, LeaderLock, make_holder
 from mailer.runtime import Runtime
 from mailer.stopping import StopRequest

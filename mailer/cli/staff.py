@@ -8,7 +8,7 @@ import sys
 import click
 
 from mailer import staff as staff_accounts
-from mailer.cli_context import Context, UserError, friendly, pass_ctx
+from mailer.cli.context import Context, UserError, friendly, pass_ctx
 
 PASSWORD_VARIABLE = "MAILER_STAFF_PASSWORD"
 

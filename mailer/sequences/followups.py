@@ -15,10 +15,11 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from mailer import audience, outbox
+from mailer import audience
 from mailer.config import Settings, duration, hhmm
 from mailer.models import ConsentEvent, Contact, Enrollment, Inquiry, OutboxMessage
-from mailer.render import PreparedMessage, Renderer
+from mailer.outbound import outbox
+from mailer.publishing.render import PreparedMessage, Renderer
 
 log = logging.getLogger("mailer.followups")
 

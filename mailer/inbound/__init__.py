@@ -1,0 +1,1 @@
+"""Inbound: what comes back (bounces, replies, relay webhooks, bookings), read and applied."""

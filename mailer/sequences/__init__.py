@@ -1,0 +1,1 @@
+"""Sequences: inquiries and their follow-up sequences."""
