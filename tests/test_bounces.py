@@ -26,6 +26,7 @@ from mailer.config import Settings
 from mailer.inbound import bounces
 from mailer.inbound.bounces import Bounce, classify, classify_all, parse
 from mailer.models import ConsentEvent, Contact, Enrollment, OutboxMessage, Subscription, Suppression
+from mailer.outbound.messages import make_message_id
 from mailer.sequences import followups
 from tests.conftest import utc
 
@@ -259,7 +260,7 @@ def inquire(sessions: Sessions, settings: Settings, address: str) -> None:
         assert outcome.enrolled
 
 
-def sent_row(sessions: Sessions, address: str) -> tuple[int, str]:
+def sent_row(sessions: Sessions, settings: Settings, address: str) -> tuple[int, str]:
     """An outbox row already handed to the relay, as delivery leaves it: (id, its Message-ID)."""
     with sessions.begin() as session:
         contact = audience.find_contact(session, address)
@@ -268,7 +269,7 @@ def sent_row(sessions: Sessions, address: str) -> tuple[int, str]:
                             attempts=1, created_at=T0, due_at=T0, sent_at=T0)
         session.add(row)
         session.flush()
-        row.message_id = f"<{row.id}.0123456789abcdef@therapycentral.example>"
+        row.message_id = make_message_id(settings.secret_key, row.id, "therapycentral.example")
         return row.id, row.message_id
 
 
@@ -327,7 +328,7 @@ def test_a_hard_bounce_suppresses_and_stops_follow_ups(settings: Settings, sessi
 def test_a_bounce_of_our_message_marks_its_outbox_row_and_keeps_it_sent(settings: Settings,
                                                                           sessions: Sessions) -> None:
     subscribe(sessions, settings, "a.nobody@contoso.example")
-    row_id, message_id = sent_row(sessions, "a.nobody@contoso.example")
+    row_id, message_id = sent_row(sessions, settings, "a.nobody@contoso.example")
     raw = corpus("exchange-online-recipient-not-found.eml",
                  {"<18.fedcba9876543210@therapycentral.example>": message_id})
     assert run(sessions, settings, raw).hard == 1
@@ -342,7 +343,7 @@ def test_a_bounce_of_our_message_marks_its_outbox_row_and_keeps_it_sent(settings
 def test_the_returned_message_id_finds_the_contact_when_the_address_does_not(settings: Settings,
                                                                            sessions: Sessions) -> None:
     subscribe(sessions, settings, "sam@mail.example", "bystander@mail.example")
-    _row_id, message_id = sent_row(sessions, "sam@mail.example")
+    _row_id, message_id = sent_row(sessions, settings, "sam@mail.example")
     # A complaint whose provider redacted the recipient: only our Message-ID says who it was.
     raw = arf("abuse", to="redacted").replace(b"<9.0123456789abcdef@therapycentral.example>", message_id.encode())
     report = run(sessions, settings, raw)

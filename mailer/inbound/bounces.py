@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from mailer import audience
 from mailer.config import Bounces, Settings
 from mailer.models import Contact, OutboxMessage
+from mailer.outbound.messages import outbox_id_of
 from mailer.publishing.render import one_line as _header_safe
 
 log = logging.getLogger("mailer.bounces")
@@ -425,7 +426,7 @@ def process(session: Session, settings: Settings, messages: Iterable[tuple[str, 
 
 def _apply(session: Session, settings: Settings, bounce: Bounce, now: dt.datetime,
            report: BounceReport, key: str) -> None:
-    contact, row = _resolve(session, bounce)
+    contact, row = _resolve(session, settings.secret_key, bounce)
     if contact is None:
         report.unknown_recipient += 1
         log.info("%s in message %s is for no known contact; ignored", _what(bounce), key)
@@ -464,9 +465,9 @@ def _suppress(session: Session, secret: str, contact: Contact, reason: str,
     return 0 if existing is not None else 1
 
 
-def _resolve(session: Session, bounce: Bounce) -> tuple[Contact | None, OutboxMessage | None]:
+def _resolve(session: Session, secret: str, bounce: Bounce) -> tuple[Contact | None, OutboxMessage | None]:
     """The contact a bounce is about, and the outbox row it answers when its Message-ID is ours."""
-    row = _outbox_row(session, bounce.original_message_id)
+    row = _outbox_row(session, secret, bounce.original_message_id)
     if row is not None and row.contact_id is not None:
         contact = session.get(Contact, row.contact_id)
         if contact is not None:
@@ -478,16 +479,12 @@ def _resolve(session: Session, bounce: Bounce) -> tuple[Contact | None, OutboxMe
     return None, row
 
 
-def _outbox_row(session: Session, message_id: str | None) -> OutboxMessage | None:
-    """Our outbox row for a returned Message-ID, found by primary key.
-
-    Our Message-IDs start with the outbox id ("<123.tag@domain>", see render.message_id), so no index on
-    message_id is needed; the stored value must match exactly, and its keyed tag cannot be guessed.
-    """
-    found = re.fullmatch(r"<(\d{1,18})\.[^<>\s@]+@[^<>\s]+>", message_id or "")
-    if not found:
+def _outbox_row(session: Session, secret: str, message_id: str | None) -> OutboxMessage | None:
+    """Our outbox row for a returned Message-ID (see outbound.messages), found by primary key."""
+    outbox_id = outbox_id_of(secret, message_id)
+    if outbox_id is None:
         return None
-    row = session.get(OutboxMessage, int(found.group(1)))
+    row = session.get(OutboxMessage, outbox_id)
     return row if row is not None and row.message_id == message_id else None
 
 

@@ -30,9 +30,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailer import audience, db
 from mailer.config import Settings, duration
-from mailer.links import Links, keyed
+from mailer.links import Links
 from mailer.models import Campaign, Contact
 from mailer.outbound import outbox
+from mailer.outbound.messages import make_message_id
 from mailer.outbound.transport import Envelope, SendResult, Transport
 from mailer.publishing.render import PreparedMessage, Recipient, Renderer, first_name
 from mailer.stopping import Stop, StopRequest
@@ -351,6 +352,7 @@ class Delivery:
         self.links = Links(self.settings.web.base_url, self.settings.secret_key)
         self.prepared: dict[tuple[str, int], PreparedMessage | LookupError] = {}
         self.mail_from = self.settings.sender.from_email
+        self.from_domain = self.mail_from.rpartition("@")[2]
         self.sqlite = self.engine.dialect.name == "sqlite"
         # On SQLite the claims and the result writes of every process of a send take turns (db.WriteTurn).
         self.write_turn: db.WriteTurn | contextlib.nullcontext = (
@@ -397,10 +399,7 @@ class Delivery:
         raise LookupError(f"unknown message kind {row.kind!r}")
 
     def message_id(self, outbox_id: int) -> str:
-        mac = keyed(self.settings.secret_key).copy()
-        mac.update(f"mid:{outbox_id}".encode())
-        tag = mac.hexdigest()[:16]
-        return self.renderer.message_id(outbox_id, tag)
+        return make_message_id(self.settings.secret_key, outbox_id, self.from_domain)
 
     def _job(self, row: outbox.Claimed, now: dt.datetime) -> _Job:
         if row.contact_id is None or row.email is None:

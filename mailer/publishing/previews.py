@@ -35,8 +35,8 @@ def send_test(runtime: Runtime, campaign: Campaign, address: str) -> SendResult:
     prepared = renderer.prepare_campaign(campaign, subject_prefix="[TEST] ")
     now = runtime.clock()
     stamp = f"test{campaign.id}x{int(now.timestamp())}"
-    data = prepared.build(Recipient(address, "", sample_values(settings.web.base_url),
-                                    renderer.message_id(0, stamp)), now)
+    message_id = f"<{stamp}@{settings.sender.from_email.rpartition('@')[2]}>"
+    data = prepared.build(Recipient(address, "", sample_values(settings.web.base_url), message_id), now)
     connection = runtime.transport.connect()
     try:
         return connection.send(Envelope(settings.sender.from_email, address, data, key=stamp))

@@ -264,7 +264,6 @@ class Renderer:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.from_domain = settings.sender.from_email.rpartition("@")[2]
 
     @cached_property
     def env(self) -> Environment:
@@ -387,9 +386,6 @@ class Renderer:
             body_html=body_html,
             body_text=html_to_text(body_html) if body_html else "",
         )
-
-    def message_id(self, outbox_id: int, secret_part: str) -> str:
-        return f"<{outbox_id}.{secret_part}@{self.from_domain}>"
 
 
 def sample_values(base_url: str) -> dict[str, str]:
