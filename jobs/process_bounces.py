@@ -14,6 +14,6 @@ def run(runtime: Runtime, now: dt.datetime) -> dict[str, object]:
     settings = runtime.settings
     if settings.bounces.source == "none":
         return {"_skipped": True}
-    with bounces.open_source(settings.bounces, settings.imap_password) as source:
+    with bounces.open_source(settings) as source:
         report = bounces.drain(runtime.sessions, settings, source, now)
     return report.counts()

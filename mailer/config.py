@@ -220,14 +220,25 @@ class Web(_Section):
         return value.rstrip("/")
 
 
-class Bounces(_Section):
+class MailboxSettings(_Section):
+    """Where mail comes back to: a maildir folder or an IMAP folder (the password from the environment)."""
+
     source: Literal["none", "maildir", "imap"] = "none"
     maildir: str = ""
     imap_host: str = ""
-    imap_port: int = 993
+    imap_port: int = Field(default=993, ge=1, le=65535)
     imap_user: str = ""
     imap_folder: str = "INBOX"
+
+
+class Bounces(MailboxSettings):
     soft_bounce_limit: int = Field(default=5, ge=1)
+
+
+class Replies(MailboxSettings):
+    # What a handled reply becomes in the mailbox: "seen" (maildir cur/ with the S flag, IMAP \Seen)
+    # or "none" (left as it is, for a mailbox people also read; mailer remembers what it handled).
+    mark: Literal["seen", "none"] = "seen"
 
 
 class Paths(_Section):
@@ -248,12 +259,14 @@ class Settings(_Section):
     delivery: Delivery
     web: Web
     bounces: Bounces = Bounces()
+    replies: Replies = Replies()
     paths: Paths = Paths()
     # Secrets: from the environment only (see load()).
     secret_key: str = Field(default="", repr=False)
     intake_token: str = Field(default="", repr=False)
     dkim_private_key: str = Field(default="", repr=False)
     imap_password: str = Field(default="", repr=False)
+    replies_imap_password: str = Field(default="", repr=False)
     source: str = ""
 
     @field_validator("topics")
@@ -291,7 +304,7 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "BASE_URL": ("web", "base_url"),
 }
 ENV_SECRETS = {"SECRET_KEY": "secret_key", "INTAKE_TOKEN": "intake_token", "DKIM_PRIVATE_KEY": "dkim_private_key",
-               "IMAP_PASSWORD": "imap_password"}
+               "IMAP_PASSWORD": "imap_password", "REPLIES_IMAP_PASSWORD": "replies_imap_password"}
 
 
 def default_config_path(environ: dict[str, str] | None = None) -> Path:
@@ -343,9 +356,10 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
         match = re.fullmatch(r"sqlite(\+\w+)?:///(?!/)(.+)", url)
         if match and match.group(2) != ":memory:":
             database["url"] = f"sqlite{match.group(1) or ''}:///{absolute(unquote(match.group(2)))}"
-    bounces = raw.get("bounces")
-    if isinstance(bounces, dict) and isinstance(bounces.get("maildir"), str) and bounces["maildir"]:
-        bounces["maildir"] = absolute(bounces["maildir"])
+    for section in ("bounces", "replies"):
+        mailbox = raw.get(section)
+        if isinstance(mailbox, dict) and isinstance(mailbox.get("maildir"), str) and mailbox["maildir"]:
+            mailbox["maildir"] = absolute(mailbox["maildir"])
 
 
 def load(path: Path | str | None = None, environ: dict[str, str] | None = None) -> Settings:

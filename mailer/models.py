@@ -356,6 +356,27 @@ class Lease(Base):
     acquired_at: Mapped[dt.datetime]
 
 
+class MailboxCursor(Base):
+    """How far an IMAP folder has been read: its UIDVALIDITY and the highest UID handled."""
+
+    __tablename__ = "mailbox_cursors"
+
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)  # "bounces" | "replies"
+    uidvalidity: Mapped[int] = mapped_column(BigInteger)
+    last_uid: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[dt.datetime]
+
+
+class HandledMessage(Base):
+    """A maildir message already handled, kept while it is still in the maildir."""
+
+    __tablename__ = "handled_messages"
+
+    mailbox: Mapped[str] = mapped_column(String(40), primary_key=True)  # "bounces" | "replies"
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)  # the maildir's unique name
+    handled_at: Mapped[dt.datetime]
+
+
 class RateEvent(Base):
     """Recent requests per client key, for rate limits shared by every process on the database."""
 
@@ -374,9 +395,11 @@ __all__ = [
     "Contact",
     "Enrollment",
     "FeedState",
+    "HandledMessage",
     "Inquiry",
     "JobRun",
     "Lease",
+    "MailboxCursor",
     "OutboxMessage",
     "Post",
     "RateEvent",

@@ -6,11 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import mailbox
 import re
-import shutil
-import socketserver
 import ssl
-import subprocess
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +21,12 @@ from mailer.cli import main
 from mailer.config import Settings
 from mailer.inbound import bounces
 from mailer.inbound.bounces import Bounce, classify, classify_all, parse
+from mailer.inbound.mailbox import ImapMailbox, MailboxError
 from mailer.models import ConsentEvent, Contact, Enrollment, OutboxMessage, Subscription, Suppression
 from mailer.outbound.messages import make_message_id
 from mailer.sequences import followups
 from tests.conftest import utc
+from tests.imap_server import ImapServer, make_certificate, running
 
 DSN = Path(__file__).parent / "data" / "dsn"
 T0 = utc(2026, 11, 24, 12, 0)
@@ -515,140 +513,15 @@ def test_imap_without_a_password_is_a_one_line_error(config_path: Path,
 # --- IMAP: a small IMAP4rev1 server over TLS on loopback -----------------------------------------------
 
 
-def test_fetched_body_reads_imaplibs_answer_shapes() -> None:
-    assert bounces.fetched_body([(b"1 (UID 7 BODY[] {5}", b"Hello"), b")"]) == b"Hello"
-    unsolicited_first = [b"3 (FLAGS (\\Seen))", (b"1 (UID 7 BODY[] {2}", b"Hi"), b" FLAGS (\\Recent))"]
-    assert bounces.fetched_body(unsolicited_first) == b"Hi"
-    assert bounces.fetched_body([None]) is None
-    assert bounces.fetched_body([b"1 (UID 7 FLAGS ())"]) is None
-
-
-@dataclass
-class Stored:
-    uid: int
-    body: bytes
-    flags: set[str] = field(default_factory=set)
-
-
-class ImapServer(socketserver.ThreadingTCPServer):
-    """Just enough IMAP4rev1 for read_imap: LOGIN, SELECT, UID SEARCH UNSEEN, UID FETCH, UID STORE."""
-
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, tls: ssl.SSLContext, user: str, password: str) -> None:
-        super().__init__(("127.0.0.1", 0), ImapSession)
-        self.tls, self.user, self.password = tls, user, password
-        self.messages: list[Stored] = []
-        self.commands: list[str] = []
-
-    @property
-    def port(self) -> int:
-        return self.server_address[1]
-
-    def add(self, body: bytes, *flags: str) -> None:
-        self.messages.append(Stored(len(self.messages) + 1, body, set(flags)))
-
-
-class ImapSession(socketserver.StreamRequestHandler):
-    server: ImapServer
-
-    def setup(self) -> None:
-        try:
-            self.request = self.server.tls.wrap_socket(self.request, server_side=True)
-        except (ssl.SSLError, OSError):
-            self.request = None
-            return
-        super().setup()
-
-    def finish(self) -> None:
-        # The TLS socket replaced the one socketserver closes: close it here.
-        if self.request is not None:
-            super().finish()
-            self.request.close()
-
-    def handle(self) -> None:
-        if self.request is None:
-            return
-        self.send(b"* OK [CAPABILITY IMAP4rev1] test server ready")
-        authenticated = False
-        for line in self.rfile:
-            tag, _, rest = line.decode().rstrip("\r\n").partition(" ")
-            words = [quoted if quoted else bare for quoted, bare in re.findall(r'"((?:[^"\\]|\\.)*)"|(\S+)', rest)]
-            command = [w.upper() for w in words[:2]]
-            self.server.commands.append(" ".join(command))
-            if command[:1] == ["CAPABILITY"]:
-                self.send(b"* CAPABILITY IMAP4rev1")
-            elif command[:1] == ["LOGIN"]:
-                if words[1:3] != [self.server.user, self.server.password]:
-                    self.send(f"{tag} NO [AUTHENTICATIONFAILED] Invalid credentials".encode())
-                    continue
-                authenticated = True
-            elif command[:1] == ["SELECT"] and authenticated:
-                if words[1] != "INBOX":
-                    self.send(f"{tag} NO [NONEXISTENT] Unknown folder".encode())
-                    continue
-                self.send(f"* {len(self.server.messages)} EXISTS".encode())
-                self.send(b"* OK [UIDVALIDITY 1] UIDs valid")
-            elif command == ["UID", "SEARCH"]:
-                unseen = [str(m.uid) for m in self.server.messages if "\\Seen" not in m.flags]
-                self.send(" ".join(["* SEARCH", *unseen]).encode())
-            elif command == ["UID", "FETCH"]:
-                for m in self.stored(words[2]):
-                    self.send(f"* {m.uid} FETCH (UID {m.uid} BODY[] {{{len(m.body)}}}".encode())
-                    self.wfile.write(m.body)
-                    self.send(b")")
-            elif command == ["UID", "STORE"]:
-                for m in self.stored(words[2]):
-                    m.flags.add("\\Seen")
-            elif command[:1] == ["LOGOUT"]:
-                self.send(b"* BYE logging out")
-                self.send(f"{tag} OK LOGOUT completed".encode())
-                return
-            elif command[:1] != ["CLOSE"]:
-                self.send(f"{tag} BAD unexpected command".encode())
-                continue
-            self.send(f"{tag} OK done".encode())
-
-    def stored(self, uid_set: str) -> list[Stored]:
-        wanted = {int(uid) for uid in uid_set.split(",")}
-        return [m for m in self.server.messages if m.uid in wanted]
-
-    def send(self, line: bytes) -> None:
-        self.wfile.write(line + b"\r\n")
-
-
-def _openssl(*args: str) -> bytes:
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command is not installed")
-    return subprocess.run(["openssl", *args], check=True, capture_output=True).stdout
-
-
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A self-signed certificate for 127.0.0.1 (its key beside it as key.pem)."""
-    folder = tmp_path_factory.mktemp("imap-tls")
-    _openssl(
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
-        "-addext", "subjectAltName=IP:127.0.0.1",
-        "-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem"),
-    )  # fmt: skip
-    return folder / "cert.pem"
+    return make_certificate(tmp_path_factory.mktemp("imap-tls"))
 
 
 @pytest.fixture
 def imap_server(certificate: Path) -> Iterator[ImapServer]:
-    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    tls.load_cert_chain(certificate, certificate.parent / "key.pem")
-    server = ImapServer(tls, "bounces@therapycentral.example", "s3cret pass")
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with running(certificate, "bounces@therapycentral.example", "s3cret pass") as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def test_imap_end_to_end_marks_processed_messages_seen(settings: Settings, sessions: Sessions, config_path: Path,
@@ -675,18 +548,18 @@ def test_imap_end_to_end_marks_processed_messages_seen(settings: Settings, sessi
 
 
 def test_imap_refuses_an_untrusted_certificate(imap_server: ImapServer) -> None:
-    with pytest.raises(bounces.BounceSourceError, match=r"^IMAP 127\.0\.0\.1:\d+: certificate not trusted"):
-        bounces.read_imap("127.0.0.1", imap_server.port, "bounces@therapycentral.example", "s3cret pass")
+    with pytest.raises(MailboxError, match=r"^IMAP 127\.0\.0\.1:\d+: certificate not trusted"):
+        ImapMailbox("bounces", "127.0.0.1", imap_server.port, "bounces@therapycentral.example", "s3cret pass")
 
 
 def test_imap_login_and_folder_errors_are_one_line(imap_server: ImapServer, certificate: Path) -> None:
     trusted = ssl.create_default_context(cafile=certificate)
-    with pytest.raises(bounces.BounceSourceError, match=r": \[AUTHENTICATIONFAILED\] Invalid credentials$"):
-        bounces.read_imap("127.0.0.1", imap_server.port, "bounces@therapycentral.example", "wrong",
-                          ssl_context=trusted)
-    with pytest.raises(bounces.BounceSourceError, match=r"cannot open folder 'Bounces'"):
-        bounces.read_imap("127.0.0.1", imap_server.port, "bounces@therapycentral.example", "s3cret pass",
-                          "Bounces", ssl_context=trusted)
+    with pytest.raises(MailboxError, match=r": \[AUTHENTICATIONFAILED\] Invalid credentials$"):
+        ImapMailbox("bounces", "127.0.0.1", imap_server.port, "bounces@therapycentral.example", "wrong",
+                    ssl_context=trusted)
+    with pytest.raises(MailboxError, match=r"cannot open folder 'Bounces'"):
+        ImapMailbox("bounces", "127.0.0.1", imap_server.port, "bounces@therapycentral.example", "s3cret pass",
+                    "Bounces", ssl_context=trusted)
 
 
 def test_the_scheduled_job_reads_the_mailbox_or_skips_without_one(settings: Settings, sessions: Sessions,

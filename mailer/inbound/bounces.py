@@ -12,25 +12,21 @@ import datetime as dt
 import email.errors
 import email.policy
 import email.utils
-import imaplib
 import logging
-import mailbox
-import os
 import re
-import ssl
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from email.message import EmailMessage, Message
 from email.parser import BytesParser, HeaderParser
-from pathlib import Path
-from types import TracebackType
-from typing import Literal, Protocol, Self, cast
+from typing import Literal, Self, cast
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailer import audience
-from mailer.config import Bounces, Settings
+from mailer.config import Settings
+from mailer.inbound import mailbox
+from mailer.inbound.mailbox import Incoming, Mailbox
 from mailer.models import Contact, OutboxMessage
 from mailer.outbound.messages import outbox_id_of
 from mailer.publishing.render import one_line as _header_safe
@@ -85,10 +81,6 @@ _AUTO_REPLY_BODY = re.compile(
 def one_line(text: str) -> str:
     """Control characters out and runs of whitespace (folded header lines) made one space."""
     return " ".join(_header_safe(text).split())
-
-
-class BounceSourceError(Exception):
-    """The bounce mailbox cannot be read (no such folder, login refused, untrusted certificate); one line."""
 
 
 @dataclass(frozen=True)
@@ -507,229 +499,21 @@ def _contact_by_address(session: Session, address: str | None) -> Contact | None
 # --- the bounce mailbox -----------------------------------------------------------------------------
 
 
-class BounceSource(Protocol):
-    """Where bounces arrive: gives unprocessed messages as (key, bytes) and remembers which were processed."""
-
-    def __iter__(self) -> Iterator[tuple[str, bytes]]: ...
-
-    def mark_processed(self, keys: Sequence[str]) -> None: ...
-
-    def close(self) -> None: ...
-
-    def __enter__(self) -> Self: ...
-
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 traceback: TracebackType | None) -> None: ...
+def open_source(settings: Settings) -> Mailbox:
+    """The configured bounce mailbox, opened: handled maildir messages move to its `.processed` folder,
+    handled IMAP messages are flagged seen. A one-line MailboxError naming the key when it is not usable."""
+    return mailbox.open_mailbox("bounces", settings.bounces, settings.imap_password,
+                                password_env="MAILER_IMAP_PASSWORD", mark="move")
 
 
-class _Closing:
-    def close(self) -> None:  # pragma: no cover - overridden
-        pass
+def drain(sessions: sessionmaker[Session], settings: Settings, source: Mailbox, now: dt.datetime,
+          batch_size: int = mailbox.BATCH_SIZE) -> BounceReport:
+    """Apply every message not handled yet, a batch per transaction (see inbound.mailbox)."""
 
-    def __enter__(self) -> Self:
-        return self
+    def apply(session: Session, batch: list[Incoming]) -> BounceReport:
+        return process(session, settings, [(item.key, item.raw) for item in batch], now)
 
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 traceback: TracebackType | None) -> None:
-        self.close()
-
-
-class MaildirBounces(_Closing):
-    """The messages in a maildir's new/ and cur/; processed ones are moved to its `.processed` folder.
-
-    Moving (rather than flagging them seen in place) keeps the inbox meaning "not yet processed" even when
-    someone reads the mailbox with a mail client, and keeps every report for staff to look at. A message
-    is moved only after the database transaction that applied it committed, so a crash in between means
-    it is processed again on the next run (a hard bounce or complaint twice changes nothing; a soft
-    bounce may count twice).
-    """
-
-    PROCESSED = "processed"
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        if not (self.path / "new").is_dir() or not (self.path / "cur").is_dir():
-            raise BounceSourceError(f"{self.path}: not a maildir (it needs new/ and cur/ folders)")
-        self._inbox = mailbox.Maildir(self.path, factory=None, create=False)
-
-    def __iter__(self) -> Iterator[tuple[str, bytes]]:
-        # The keys are listed once (sorted: maildir names begin with the arrival time), so moving
-        # processed messages away while we go does not disturb the listing.
-        for key in sorted(self._inbox.keys()):
-            try:
-                yield key, self._inbox.get_bytes(key)
-            except (KeyError, FileNotFoundError):
-                continue  # another reader moved it meanwhile
-
-    def mark_processed(self, keys: Sequence[str]) -> None:
-        folder = self._processed_folder()
-        for key in keys:
-            try:
-                message = self._inbox.get_message(key)
-            except (KeyError, FileNotFoundError):
-                continue
-            # Seen in the archive, so a mail client does not show old reports as new mail.
-            message.set_subdir("cur")
-            message.add_flag("S")
-            folder.add(message)
-            self._inbox.discard(key)
-
-    def _processed_folder(self) -> mailbox.Maildir:
-        if self.PROCESSED in self._inbox.list_folders():
-            return self._inbox.get_folder(self.PROCESSED)
-        return self._inbox.add_folder(self.PROCESSED)
-
-
-class ImapBounces(_Closing):
-    """The unseen messages of an IMAP folder over TLS (certificate verified); processed ones get \\Seen.
-
-    Messages are fetched with BODY.PEEK so reading does not mark them; \\Seen is set only after the
-    database transaction that applied them committed. Use a mailbox or folder of its own for bounces:
-    a person reading it in a mail client marks messages seen, and seen messages are not processed.
-    """
-
-    def __init__(self, host: str, port: int, user: str, password: str, folder: str = "INBOX", *,
-                 ssl_context: ssl.SSLContext | None = None, timeout: float = 60.0) -> None:
-        self.where = f"IMAP {host}:{port}"
-        context = ssl_context or ssl.create_default_context()
-        try:
-            self._imap = imaplib.IMAP4_SSL(host, port, ssl_context=context, timeout=timeout)
-        except ssl.SSLCertVerificationError as exc:
-            raise BounceSourceError(f"{self.where}: certificate not trusted ({exc.verify_message})") from None
-        except (OSError, imaplib.IMAP4.error) as exc:
-            raise BounceSourceError(f"{self.where}: cannot connect: {_one_line_error(exc)}") from None
-        try:
-            self._imap.login(user, password)
-            kind, data = self._imap.select(_quote(folder))
-            if kind != "OK":
-                raise BounceSourceError(f"{self.where}: cannot open folder {folder!r}: {_imap_text(data)}")
-        except imaplib.IMAP4.error as exc:
-            self._shutdown()
-            raise BounceSourceError(f"{self.where}: {_one_line_error(exc)}") from None
-        except BaseException:
-            self._shutdown()
-            raise
-
-    def __iter__(self) -> Iterator[tuple[str, bytes]]:
-        try:
-            _kind, data = self._imap.uid("SEARCH", None, "UNSEEN")
-            uids = data[0].split() if data and isinstance(data[0], bytes) else []
-            for uid in uids:
-                _kind, fetched = self._imap.uid("FETCH", uid, "(BODY.PEEK[])")
-                body = fetched_body(fetched)
-                if body is not None:
-                    yield uid.decode("ascii"), body
-        except (imaplib.IMAP4.error, OSError) as exc:
-            raise BounceSourceError(f"{self.where}: {_one_line_error(exc)}") from None
-
-    def mark_processed(self, keys: Sequence[str]) -> None:
-        try:
-            for start in range(0, len(keys), 200):
-                self._imap.uid("STORE", ",".join(keys[start:start + 200]), "+FLAGS.SILENT", r"(\Seen)")
-        except (imaplib.IMAP4.error, OSError) as exc:
-            raise BounceSourceError(f"{self.where}: {_one_line_error(exc)}") from None
-
-    def close(self) -> None:
-        try:
-            self._imap.close()
-            self._imap.logout()
-        except (imaplib.IMAP4.error, OSError):
-            self._shutdown()
-
-    def _shutdown(self) -> None:
-        try:
-            self._imap.shutdown()
-        except OSError:
-            pass
-
-
-def read_maildir(path: str | os.PathLike[str]) -> MaildirBounces:
-    """The unprocessed messages of a maildir, as (key, bytes); see MaildirBounces."""
-    return MaildirBounces(path)
-
-
-def read_imap(host: str, port: int, user: str, password: str, folder: str = "INBOX", *,
-              ssl_context: ssl.SSLContext | None = None) -> ImapBounces:
-    """The unseen messages of an IMAP folder, as (uid, bytes); see ImapBounces."""
-    return ImapBounces(host, port, user, password, folder, ssl_context=ssl_context)
-
-
-def fetched_body(data: Sequence[object]) -> bytes | None:
-    """The message bytes of a `UID FETCH ... (BODY.PEEK[])` answer, as imaplib returns it.
-
-    imaplib gives a list mixing (b'1 (UID 7 BODY[] {1234}', b'<literal>') pairs with bare bytes such as
-    b')' or unsolicited b'2 (FLAGS (\\Seen))' lines; the literal after the BODY[] item is the message.
-    """
-    for item in data:
-        if not (isinstance(item, tuple) and len(item) >= 2):
-            continue
-        head, literal = item[0], item[1]
-        if isinstance(head, bytes) and isinstance(literal, bytes) and (b"BODY[]" in head.upper()
-                                                                        or b"RFC822 " in head.upper()):
-            return literal
-    return None
-
-
-def _quote(folder: str) -> str:
-    """An IMAP quoted string: imaplib does not quote mailbox names itself (spaces would break SELECT)."""
-    return '"' + folder.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _imap_text(data: Sequence[object]) -> str:
-    parts = [item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item) for item in data or []]
-    return one_line(" ".join(parts))[:200]
-
-
-def _one_line_error(exc: BaseException) -> str:
-    text = str(exc)
-    # imaplib puts the server's bytes repr in its errors: b'[AUTHENTICATIONFAILED] Invalid credentials'
-    if text.startswith(("b'", 'b"')) and text.endswith(("'", '"')):
-        text = text[2:-1]
-    return one_line(text)[:200] or type(exc).__name__
-
-
-# --- the configured source, drained ------------------------------------------------------------
-
-# Messages applied per database transaction; each batch is marked processed right after its commit.
-BATCH_SIZE = 100
-
-
-def open_source(settings: Bounces, imap_password: str) -> BounceSource:
-    """The configured bounce mailbox, opened; a one-line error naming the key when it is not usable."""
-    if settings.source == "maildir":
-        if not settings.maildir:
-            raise BounceSourceError('bounces.source is "maildir" but bounces.maildir is empty: set it to the folder '
-                            "where bounces arrive")
-        return read_maildir(settings.maildir)
-    if settings.source == "imap":
-        for key in ("imap_host", "imap_user"):
-            if not getattr(settings, key):
-                raise BounceSourceError(f'bounces.source is "imap" but bounces.{key} is empty')
-        if not imap_password:
-            raise BounceSourceError('bounces.source is "imap" but MAILER_IMAP_PASSWORD is not set')
-        return read_imap(settings.imap_host, settings.imap_port, settings.imap_user, imap_password,
-                         settings.imap_folder)
-    raise BounceSourceError('bounces.source is "none": set it to maildir or imap in config.toml')
-
-
-def drain(sessions: sessionmaker[Session], settings: Settings, source: BounceSource, now: dt.datetime,
-          batch_size: int = BATCH_SIZE) -> BounceReport:
-    """Apply every unprocessed message, a batch per transaction, marking each batch only after it committed."""
     report = BounceReport()
-    batch: list[tuple[str, bytes]] = []
-
-    def flush() -> None:
-        nonlocal report
-        with sessions.begin() as session:
-            report += process(session, settings, batch, now)
-        # After the commit: a crash before this line re-reads the batch next time rather than losing it.
-        source.mark_processed([key for key, _raw in batch])
-        batch.clear()
-
-    for item in source:
-        batch.append(item)
-        if len(batch) >= batch_size:
-            flush()
-    if batch:
-        flush()
+    for part in mailbox.drain(sessions, source, apply, now, batch_size):
+        report += part
     return report
