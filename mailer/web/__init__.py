@@ -89,13 +89,11 @@ def create_app(runtime: Runtime, *, leader: Callable[[], bool] | None = None) ->
 
     _register_error_handlers(app)
 
-    from mailer.web import public
+    from mailer.web import api, public
 
     app.register_blueprint(public.blueprint)
-    # Staff pages: mailer/web/admin.py registers its blueprint here, under /admin, with its own login
-    # and session-bound CSRF (security.form_token with the session as scope works for that too):
-    #     from mailer.web import admin
-    #     app.register_blueprint(admin.blueprint, url_prefix="/admin")
+    app.register_blueprint(api.blueprint)
+    # Staff pages, under /admin, with their own login and session-bound CSRF.
     from mailer.web import admin
     app.register_blueprint(admin.blueprint, url_prefix="/admin")
     return app

@@ -1,4 +1,4 @@
-"""Subscriber pages (unsubscribe, one-click, preferences, sign-up, confirm), the intake API and /healthz.
+"""Subscriber pages: unsubscribe, one-click, preferences, sign-up and confirm.
 
 Links in emails carry signed tokens (mailer.links): a contact id and an HMAC over the contact's random
 link key. A token that is malformed, tampered with, or names no contact gets the same 404 page, and
@@ -11,31 +11,25 @@ unsubscribe or a confirmation happens only on POST (a button on the page, or RFC
 from __future__ import annotations
 
 import datetime as dt
-import hmac
-import json
 import logging
-from typing import Any
 
 from flask import (
     Blueprint,
     Response,
     abort,
-    current_app,
-    jsonify,
     redirect,
     render_template,
     request,
     url_for,
 )
-from sqlalchemy import func, select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mailer import audience
 from mailer.audience import AudienceError, RequestInfo
 from mailer.config import Settings
 from mailer.links import ParsedToken, make_token, parse_token, verify_token
-from mailer.models import ConsentEvent, Contact, JobRun, OutboxMessage
+from mailer.models import ConsentEvent, Contact, OutboxMessage
 from mailer.outbound import outbox
 from mailer.web import current_runtime, error_response, security
 
@@ -56,11 +50,6 @@ UNSUBSCRIBE_BODY = ("List-Unsubscribe", "One-Click")
 
 
 # --- helpers ------------------------------------------------------------------------------------
-
-
-def _request_info() -> RequestInfo:
-    """The IP address and user agent recorded with a consent change made through this request."""
-    return RequestInfo(ip=request.remote_addr, user_agent=request.headers.get("User-Agent") or None)
 
 
 def _contact_for(session: Session, settings: Settings, token: str, purpose: str) -> tuple[Contact, ParsedToken]:
@@ -118,7 +107,7 @@ def unsubscribe(token: str) -> tuple[str, int]:
                                    preferences_token=None), 400
         source = "unsubscribe-page" if request.form.get("via") == "page" else "one-click"
         changed = audience.unsubscribe_all(session, settings.secret_key, contact, source=source, now=now,
-                                           request=_request_info())
+                                           request=security.request_info())
         preferences_token = make_token(settings.secret_key, "preferences", contact.id, contact.link_key)
         contact_id = contact.id
     if changed:
@@ -202,7 +191,7 @@ def preferences_save(token: str) -> Response | tuple[str, int]:
                        else "We could not verify this form, so your changes were not saved.")
             return _render_preferences(session, settings, contact, token, now,
                                        problem=f"{wording} Please make your choices again."), 400
-        info = _request_info()
+        info = security.request_info()
         source = "preference-page"
         if request.form.get("action") == "stop-all":
             audience.unsubscribe_all(session, settings.secret_key, contact, source=source, now=now, request=info)
@@ -294,7 +283,7 @@ def _sign_up(session: Session, settings: Settings, email: str, name: str, topics
     consent_event_id = None
     for topic in topics:
         subscription = audience.request_subscription(session, contact, topic, source="signup-form",
-                                                     wording=wording, request=_request_info(), now=now)
+                                                     wording=wording, request=security.request_info(), now=now)
         if subscription.status == "pending":
             consent_event_id = subscription.consent_event_id
     if consent_event_id is None:
@@ -355,7 +344,7 @@ def confirm(token: str) -> tuple[str, int]:
         contact = _confirm_contact(session, settings, token, now)
         if contact is None:
             return _expired()
-        confirmed = audience.confirm_pending(session, settings.secret_key, contact, request=_request_info(), now=now)
+        confirmed = audience.confirm_pending(session, settings.secret_key, contact, request=security.request_info(), now=now)
         statuses = _topic_statuses(contact)
         contact_id = contact.id
     if confirmed:
@@ -364,123 +353,3 @@ def confirm(token: str) -> tuple[str, int]:
                                topics=[settings.topics.get(topic, topic) for topic in confirmed]), 200
     state = "already" if "active" in statuses.values() else "nothing"
     return render_template("pages/confirm.html", state=state, token=token, topics=[]), 200
-
-
-# --- the intake API ----------------------------------------------------------------------------------
-
-# The JSON fields: name -> required. Values are checked here for their JSON type only; their content
-# (address, lengths, control characters) is checked by followups.record_inquiry, which names the field.
-INTAKE_STRINGS = {"email": True, "name": False, "consent_text": False, "source": False, "message": False}
-INTAKE_FIELDS = frozenset(INTAKE_STRINGS) | {"consent"}
-
-
-class _IntakeProblem(Exception):
-    def __init__(self, field: str | None, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-
-
-def _json_error(code: int, message: str, field: str | None = None) -> tuple[Response, int]:
-    return jsonify({"error": message, "field": field}), code
-
-
-def _bearer_ok(expected: str) -> bool:
-    """The Authorization header carries the configured intake token (compared in constant time)."""
-    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    if not expected or scheme.lower() != "bearer":
-        return False
-    return hmac.compare_digest(value.strip().encode(), expected.encode())
-
-
-def _intake_fields(payload: Any) -> dict[str, Any]:
-    """The fields of an intake request with the right JSON types, or _IntakeProblem naming the field."""
-    if not isinstance(payload, dict):
-        raise _IntakeProblem(None, "the body must be a JSON object")
-    fields: dict[str, Any] = {}
-    for field, required in INTAKE_STRINGS.items():
-        value = payload.get(field)
-        if value is None and not required:
-            value = ""  # an optional field may be left out or sent as null
-        if value is None:
-            raise _IntakeProblem(field, f"{field}: required")
-        if not isinstance(value, str):
-            raise _IntakeProblem(field, f"{field}: must be a string")
-        fields[field] = value
-    consent = payload.get("consent")
-    # A real JSON boolean only: "yes", 1 or "false" are ambiguous, and consent is never guessed.
-    if not isinstance(consent, bool):
-        raise _IntakeProblem("consent", "consent: must be true or false (a JSON boolean)")
-    fields["consent"] = consent
-    return fields
-
-
-def _problem_field(message: str) -> str | None:
-    """The field an error message starts with ("email: ..."), if it is one of ours."""
-    head = message.partition(":")[0].strip()
-    return head if head in INTAKE_FIELDS else None
-
-
-@blueprint.post("/api/inquiries")
-def intake() -> tuple[Response, int]:
-    """The website's contact form: JSON behind a bearer token; 201 with the inquiry id."""
-    runtime = current_runtime()
-    settings = runtime.settings
-    now = runtime.clock()
-    if not _bearer_ok(settings.intake_token):
-        response, code = _json_error(401, "a valid bearer token is required")
-        response.headers["WWW-Authenticate"] = 'Bearer realm="mailer"'
-        return response, code
-    raw = request.get_data(cache=False)  # over web.max_body_bytes: 413, answered in JSON by error_response
-    try:
-        payload = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return _json_error(400, "the body is not valid JSON")
-    try:
-        fields = _intake_fields(payload)
-    except _IntakeProblem as problem:
-        return _json_error(400, str(problem), problem.field)
-
-    from mailer.sequences import followups
-
-    try:
-        with runtime.sessions.begin() as session:
-            outcome = followups.record_inquiry(
-                session, settings, email=fields["email"], name=fields["name"], consent=fields["consent"],
-                consent_text=fields["consent_text"], source=fields["source"], received_at=now, now=now,
-                message=fields["message"], request=_request_info(),
-            )
-    except (followups.InquiryError, AudienceError) as exc:
-        return _json_error(400, str(exc), _problem_field(str(exc)))
-    # Ids only: the address and the visitor's message never go into a log line.
-    log.info("inquiry %s received through the intake API", outcome.inquiry_id)
-    return jsonify({"inquiry_id": outcome.inquiry_id}), 201
-
-
-# --- health ------------------------------------------------------------------------------------------
-
-
-@blueprint.get("/healthz")
-def healthz() -> tuple[Response, int]:
-    """Database reachable (200) or not (503), whether this process leads the scheduler, and each job's last run."""
-    runtime = current_runtime()
-    leader_check = current_app.extensions.get("mailer.leader")
-    try:
-        leader = bool(leader_check()) if leader_check is not None else None
-    except Exception:  # a failing leader check must not turn the health answer into a 500
-        log.warning("leader check failed", exc_info=True)
-        leader = None
-    try:
-        # An AUTOCOMMIT connection: on SQLite a health check must not queue behind a writer's lock.
-        with runtime.engine.connect() as connection:
-            connection = connection.execution_options(isolation_level="AUTOCOMMIT")
-            newest = select(func.max(JobRun.id)).group_by(JobRun.job_id)
-            rows = connection.execute(
-                select(JobRun.job_id, JobRun.started_at, JobRun.outcome, JobRun.counts)
-                .where(JobRun.id.in_(newest)).order_by(JobRun.job_id)
-            ).all()
-    except (SQLAlchemyError, OSError) as exc:
-        log.error("health check: the database does not answer (%s)", type(exc).__name__)
-        return jsonify({"status": "error", "database": False, "leader": leader, "jobs": {}}), 503
-    jobs = {job_id: {"last_run": started_at.isoformat(), "outcome": outcome, "counts": counts or {}}
-            for job_id, started_at, outcome, counts in rows}
-    return jsonify({"status": "ok", "database": True, "leader": leader, "jobs": jobs}), 200

@@ -14,10 +14,11 @@ import hmac
 from enum import Enum
 from urllib.parse import urlsplit
 
-from flask import Request
+from flask import Request, request
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from mailer.audience import RequestInfo
 from mailer.models import RateEvent
 
 FORM_TOKEN_MAX_AGE = dt.timedelta(hours=24)
@@ -125,3 +126,8 @@ def content_security_policy(css: str) -> str:
         "object-src 'none'",
         "frame-ancestors 'none'",
     ])
+
+
+def request_info() -> RequestInfo:
+    """The IP address and user agent recorded with a consent change made through this request."""
+    return RequestInfo(ip=request.remote_addr, user_agent=request.headers.get("User-Agent") or None)

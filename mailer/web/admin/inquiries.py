@@ -1,0 +1,88 @@
+"""Staff pages for inquiries: the list, one inquiry, booked or closed."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Response, g, request
+from sqlalchemy import select
+
+from mailer.models import Contact, Enrollment, Inquiry
+from mailer.sequences import followups
+from mailer.web import current_runtime
+from mailer.web.admin.base import (
+    INQUIRIES_SHOWN,
+    STOP_REASONS,
+    blueprint,
+    current_settings,
+    done,
+    get_or_404,
+    page,
+    problem_page,
+)
+
+log = logging.getLogger("mailer.web.admin")
+
+
+# --- inquiries -------------------------------------------------------------------------------------
+
+
+def _sequence_state(enrollment_status: str | None, stop_reason: str | None, next_step: int | None,
+                    consent: bool) -> str:
+    """Where an inquiry's follow-up sequence stands, in words."""
+    steps = len(current_settings().followups.steps)
+    if enrollment_status is None:
+        return "none (no consent)" if not consent else "none"
+    if enrollment_status == "completed":
+        return f"finished: all {steps} sent"
+    if enrollment_status == "stopped":
+        return STOP_REASONS.get(stop_reason or "", f"stopped: {stop_reason or 'unknown reason'}")
+    if next_step is not None and next_step >= steps:
+        return f"all {steps} sent"
+    return f"step {(next_step or 0) + 1} of {steps} next"
+
+
+@blueprint.get("/inquiries")
+def inquiries() -> Response:
+    """The newest inquiries with their consent and follow-up state (never the visitor's message)."""
+    with current_runtime().sessions() as db:
+        rows = followups.status_rows(db, limit=INQUIRIES_SHOWN)
+    described = [(row, _sequence_state(row.enrollment_status, row.stop_reason, row.next_step, row.consent))
+                 for row in rows]
+    return page("admin/inquiries.html", section="admin.inquiries", rows=described, limit=INQUIRIES_SHOWN)
+
+
+@blueprint.get("/inquiries/<int:inquiry_id>")
+def inquiry(inquiry_id: int) -> Response:
+    """One inquiry, with the visitor's message (for staff only), consent and follow-up state."""
+    with current_runtime().sessions() as db:
+        row = get_or_404(db, Inquiry, inquiry_id, "inquiry")
+        contact = db.get(Contact, row.contact_id)
+        enrollment = db.scalar(select(Enrollment).where(Enrollment.inquiry_id == row.id)
+                               .order_by(Enrollment.id.desc()).limit(1))
+        state = _sequence_state(enrollment.status if enrollment else None,
+                                enrollment.stop_reason if enrollment else None,
+                                enrollment.next_step if enrollment else None, row.consent)
+        return page("admin/inquiry.html", section="admin.inquiries", inquiry=row, contact=contact,
+                     enrollment=enrollment, sequence_state=state)
+
+
+@blueprint.post("/inquiries/<int:inquiry_id>/close")
+def inquiry_close(inquiry_id: int) -> Response:
+    """Mark the inquirer booked or closed: their open inquiries close and their follow-ups stop at once."""
+    reason = request.form.get("reason")
+    back = ".inquiry" if request.form.get("back") == "inquiry" else ".inquiries"
+    values = {"inquiry_id": inquiry_id} if back == ".inquiry" else {}
+    if reason not in ("booked", "closed"):
+        return problem_page(400, "Nothing was changed", "Choose “Mark booked” or “Mark closed”.")
+    runtime = current_runtime()
+    with runtime.sessions.begin() as db:
+        row = get_or_404(db, Inquiry, inquiry_id, "inquiry")
+        contact = get_or_404(db, Contact, row.contact_id, "contact")
+        stopped = followups.close(db, runtime.settings, contact.email, reason, runtime.clock())
+        name = row.name or contact.name or contact.email
+    log.info("inquiry %s marked %s by staff account %s", inquiry_id, reason, g.staff.id)
+    follow = "Their follow-up emails are stopped." if stopped else "No follow-up emails were running."
+    return done(back, f"{name}: marked {reason}. {follow}", **values)
+
+
