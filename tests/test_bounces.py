@@ -20,8 +20,9 @@ from mailer import audience
 from mailer.cli import main
 from mailer.config import Settings
 from mailer.inbound import bounces
-from mailer.inbound.bounces import Bounce, classify, classify_all, parse
+from mailer.inbound.bounces import Bounce, classify, classify_all
 from mailer.inbound.mailbox import ImapMailbox, MailboxError
+from mailer.inbound.reading import is_auto_reply, parse
 from mailer.models import ConsentEvent, Contact, Enrollment, OutboxMessage, Subscription, Suppression
 from mailer.outbound.messages import make_message_id
 from mailer.sequences import followups
@@ -95,7 +96,7 @@ def test_a_delayed_report_is_not_a_bounce_the_final_report_will_come() -> None:
 @pytest.mark.parametrize("name", AUTO_REPLIES)
 def test_auto_replies_are_never_bounces(name: str) -> None:
     message = parse(corpus(name))
-    assert bounces.is_auto_reply(message)
+    assert is_auto_reply(message)
     assert classify_all(message) == []
 
 
@@ -103,7 +104,7 @@ def test_mail_server_reports_are_not_auto_replies_though_marked_auto_submitted()
     # Postfix, Exim and Gmail mark their bounces "Auto-Submitted: auto-replied" (RFC 3834).
     for name in ("postfix-user-unknown.eml", "exim-plain-bounce.eml", "gmail-account-does-not-exist.eml"):
         assert "Auto-Submitted: auto-replied" in corpus(name).decode()
-        assert not bounces.is_auto_reply(parse(corpus(name)))
+        assert not is_auto_reply(parse(corpus(name)))
 
 
 # --- classification: reports written here ----------------------------------------------------------
@@ -201,7 +202,7 @@ def test_a_redacted_complaint_keeps_only_the_message_id() -> None:
 ])
 def test_auto_reply_subjects(subject: str) -> None:
     raw = f"From: someone@example.com\nSubject: {subject}\nContent-Type: text/plain\n\nBack soon.\n"
-    assert bounces.is_auto_reply(parse(raw.encode()))
+    assert is_auto_reply(parse(raw.encode()))
     assert classify(parse(raw.encode())) is None
 
 

@@ -14,11 +14,11 @@ import email.policy
 import email.utils
 import logging
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
-from email.message import EmailMessage, Message
-from email.parser import BytesParser, HeaderParser
-from typing import Literal, Self, cast
+from email.message import Message
+from email.parser import HeaderParser
+from typing import Literal, Self
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -27,6 +27,16 @@ from mailer import audience
 from mailer.config import Settings
 from mailer.inbound import mailbox
 from mailer.inbound.mailbox import Incoming, Mailbox
+from mailer.inbound.reading import (
+    first_subpart,
+    header,
+    is_auto_reply,
+    is_from_mail_server,
+    own_parts,
+    own_text,
+    parse,
+    part_text,
+)
 from mailer.models import Contact, OutboxMessage
 from mailer.outbound.messages import outbox_id_of
 from mailer.publishing.render import one_line as _header_safe
@@ -52,7 +62,6 @@ _RECIPIENT_LINE = re.compile(r"^[ \t]*<([^<>\s@]+@[^<>\s]+)>:?[ \t]*$", re.M)
 _ADDRESS = re.compile(r"[^\s<>\"'(),;:@\[\]]+@([^\s<>\"'(),;:@\[\]]+)")
 _XTEXT_UTF8 = re.compile(r"\\x\{([0-9A-Fa-f]{1,6})\}")
 
-DAEMON_NAMES = frozenset({"mailer-daemon", "mailerdaemon", "mail-daemon", "postmaster"})
 # Persistent failures that are not about the address (RFC 3463): a full mailbox ("persistent transient
 # failure" by the RFC's own words), a message too big, a delivery that expired. They count as soft.
 _NOT_THE_ADDRESS = frozenset({"2.2", "2.3", "3.4", "4.7"})
@@ -62,21 +71,6 @@ _RETURNED_MESSAGE_TYPES = frozenset({"message/rfc822", "message/global", "messag
 # Feedback types that are the recipient objecting to the message (RFC 5965); not-spam, virus,
 # auth-failure (DMARC reports) and other are not complaints about us.
 _COMPLAINT_TYPES = frozenset({"abuse", "fraud"})
-
-_AUTO_REPLY_SUBJECT = re.compile(
-    r"out of (the )?office|automatic reply|auto[- ]?reply|autoreply|auto[- ]?response|vacation reply"
-    r"|on vacation|away from (the|my) (office|desk)|abwesenheitsnotiz|abwesenheit|automatische antwort"
-    r"|r[ée]ponse automatique|absence du bureau|respuesta autom[áa]tica|risposta automatica"
-    r"|automatisch antwoord|autosvar|fr[åa]nvaro",
-    re.I,
-)
-_AUTO_REPLY_BODY = re.compile(
-    r"out of (the )?office|on (vacation|holiday|annual leave|parental leave|leave) (until|from|and|till)"
-    r"|away from (the|my) (office|desk)|limited access to (my )?e-?mail|currently away"
-    r"|nicht im b[üu]ro|abwesend|absent du bureau|en vacances",
-    re.I,
-)
-
 
 def one_line(text: str) -> str:
     """Control characters out and runs of whitespace (folded header lines) made one space."""
@@ -110,11 +104,6 @@ class Bounce:
 # --- reading one message ---------------------------------------------------------------------------
 
 
-def parse(raw: bytes) -> EmailMessage:
-    """A message from the mailbox, parsed with the modern email policy."""
-    return cast(EmailMessage, BytesParser(policy=_POLICY).parsebytes(raw))
-
-
 def classify(message: Message) -> Bounce | None:
     """What this message says about a delivery we made: a hard or soft bounce, a complaint, or nothing.
 
@@ -128,7 +117,7 @@ def classify_all(message: Message) -> list[Bounce]:
     """Every failed recipient or complaint this message reports; empty for anything else."""
     # Structure first: mail servers mark their reports Auto-Submitted too (Postfix, Exim and Exchange
     # do, as RFC 3834 asks), so a delivery-status or feedback part decides before any auto-reply sign.
-    for part in _own_parts(message):
+    for part in own_parts(message):
         content_type = part.get_content_type()
         if content_type in ("message/delivery-status", "message/global-delivery-status"):
             return _from_delivery_status(message, part)
@@ -141,45 +130,21 @@ def classify_all(message: Message) -> list[Bounce]:
     return []
 
 
-def is_auto_reply(message: Message) -> bool:
-    """An out-of-office or other automatic answer from a person's mailbox: never a bounce or an unsubscribe."""
-    if any(_header(message, name) for name in ("X-Autoreply", "X-Autorespond", "X-Autoresponder")):
-        return True
-    if _header(message, "Precedence").strip().lower() == "auto_reply":
-        return True
-    if _AUTO_REPLY_SUBJECT.search(_header(message, "Subject")):
-        return True
-    if is_from_mail_server(message):
-        # A mail server's own notice is a bounce or nothing; its Auto-Submitted says no more than that.
-        return False
-    auto_submitted = _header(message, "Auto-Submitted").strip().lower()
-    if auto_submitted and not auto_submitted.startswith("no"):
-        return True
-    # Some vacation replies carry no header at all: the person's own words are the only sign.
-    return bool(_AUTO_REPLY_BODY.search(_own_text(message)[:3000]))
-
-
-def is_from_mail_server(message: Message) -> bool:
-    """From MAILER-DAEMON or postmaster, as mail servers sign their notices."""
-    _name, address = email.utils.parseaddr(_header(message, "From"))
-    return address.partition("@")[0].lower() in DAEMON_NAMES
-
-
 def _from_delivery_status(message: Message, part: Message) -> list[Bounce]:
     original = _returned_headers(message)
     message_id = _message_id(original)
     returned_to = _single_address(original, "To")
     bounces = []
     for group in _status_groups(part):
-        final = _typed_address(_header(group, "Final-Recipient"))
-        original_recipient = _typed_address(_header(group, "Original-Recipient"))
+        final = _typed_address(header(group, "Final-Recipient"))
+        original_recipient = _typed_address(header(group, "Original-Recipient"))
         # Original-Recipient is the address we sent to; Final-Recipient may be an alias it expanded to.
         recipient = original_recipient or final
         if recipient is None:
             continue  # the per-message group, or a recipient group without an address we could use
-        action = (_header(group, "Action").split() or [""])[0].lower()
-        diagnostic = _diagnostic(_header(group, "Diagnostic-Code"))
-        status = _status(_header(group, "Status"), diagnostic)
+        action = (header(group, "Action").split() or [""])[0].lower()
+        diagnostic = _diagnostic(header(group, "Diagnostic-Code"))
+        status = _status(header(group, "Status"), diagnostic)
         kind = _kind(action, status)
         if kind is None:
             log.debug("delivery report with action %r, status %s: not a failure", action, status or "-")
@@ -190,8 +155,8 @@ def _from_delivery_status(message: Message, part: Message) -> list[Bounce]:
 
 
 def _from_feedback_report(message: Message, part: Message) -> list[Bounce]:
-    report = _first_subpart(part) or HeaderParser(policy=_POLICY).parsestr(_part_text(part))
-    feedback_type = _header(report, "Feedback-Type").strip().lower()
+    report = first_subpart(part) or HeaderParser(policy=_POLICY).parsestr(part_text(part))
+    feedback_type = header(report, "Feedback-Type").strip().lower()
     if feedback_type not in _COMPLAINT_TYPES:
         log.debug("feedback report of type %r: not a complaint", feedback_type)
         return []
@@ -199,7 +164,7 @@ def _from_feedback_report(message: Message, part: Message) -> list[Bounce]:
     returned_to = _single_address(original, "To")
     # Many providers redact the recipient; then only the returned Message-ID ties it to us.
     recipient = _single_address(report, "Original-Rcpt-To") or returned_to
-    user_agent = one_line(_header(report, "User-Agent"))
+    user_agent = one_line(header(report, "User-Agent"))
     diagnostic = f"feedback-type {feedback_type}" + (f" from {user_agent}" if user_agent else "")
     others = (returned_to,) if returned_to and returned_to != recipient else ()
     return [Bounce("complaint", recipient, "", diagnostic, _message_id(original), others)]
@@ -207,7 +172,7 @@ def _from_feedback_report(message: Message, part: Message) -> list[Bounce]:
 
 def _from_plain_notice(message: Message) -> list[Bounce]:
     """A mail server's notice without a delivery-status part: a bounce only with a permanent failure code."""
-    text = _own_text(message)
+    text = own_text(message)
     quoted = _QUOTED_COPY.search(text)
     notice, copy = (text[: quoted.start()], text[quoted.start():]) if quoted else (text, "")
     permanent = [m for m in _STATUS.finditer(notice) if m.group(1) == "5"]
@@ -224,7 +189,7 @@ def _from_plain_notice(message: Message) -> list[Bounce]:
 
     original = _returned_headers(message)
     message_id = _message_id(original) or _quoted_message_id(copy)
-    recipients = [a for _n, a in email.utils.getaddresses([_header(message, "X-Failed-Recipients")]) if "@" in a]
+    recipients = [a for _n, a in email.utils.getaddresses([header(message, "X-Failed-Recipients")]) if "@" in a]
     recipients = recipients or [a for a in [_single_address(original, "To")] if a]
     recipients = recipients or list(dict.fromkeys(_RECIPIENT_LINE.findall(notice)))
     if not recipients:
@@ -286,7 +251,7 @@ def _status_groups(part: Message) -> list[Message]:
         return payload
     # The parser splits only message/delivery-status into groups. The UTF-8 form (RFC 6533) comes as
     # its first group with the others as that group's text; parse those groups the same way.
-    first = _first_subpart(part)
+    first = first_subpart(part)
     if first is None:
         return []
     # As bytes: the text form would have had its UTF-8 replaced as undecodable ASCII.
@@ -299,17 +264,17 @@ def _status_groups(part: Message) -> list[Message]:
 
 def _returned_headers(message: Message) -> Message | None:
     """The headers of the returned message (message/rfc822 or text/rfc822-headers), if the report has them."""
-    for part in _own_parts(message):
+    for part in own_parts(message):
         content_type = part.get_content_type()
         if content_type in _RETURNED_MESSAGE_TYPES:
-            return _first_subpart(part)
+            return first_subpart(part)
         if content_type == "text/rfc822-headers":
-            return HeaderParser(policy=_POLICY).parsestr(_part_text(part))
+            return HeaderParser(policy=_POLICY).parsestr(part_text(part))
     return None
 
 
 def _message_id(headers: Message | None) -> str | None:
-    found = _MSGID.search(_header(headers, "Message-ID")) if headers is not None else None
+    found = _MSGID.search(header(headers, "Message-ID")) if headers is not None else None
     return found.group(0) if found else None
 
 
@@ -323,52 +288,8 @@ def _single_address(headers: Message | None, name: str) -> str | None:
     """The address in a header that names exactly one (ours do), else None: several would be a guess."""
     if headers is None:
         return None
-    found = [address for _name, address in email.utils.getaddresses([_header(headers, name)]) if "@" in address]
+    found = [address for _name, address in email.utils.getaddresses([header(headers, name)]) if "@" in address]
     return found[0] if len(found) == 1 else None
-
-
-def _header(message: Message | None, name: str) -> str:
-    """A header's value as text ("" when absent or unreadable: reports come from every kind of software)."""
-    if message is None:
-        return ""
-    try:
-        value = message.get(name)
-        return "" if value is None else str(value)
-    except (LookupError, ValueError, TypeError, AttributeError, email.errors.MessageError):
-        return ""
-
-
-def _own_parts(message: Message) -> Iterator[Message]:
-    """The message and its parts, without looking inside attached messages (their parts are not the report)."""
-    yield message
-    if message.get_content_maintype() == "multipart":
-        for part in message.get_payload():
-            if isinstance(part, Message):
-                yield from _own_parts(part)
-
-
-def _own_text(message: Message) -> str:
-    """The text/plain parts of the message itself (not of attached messages), joined."""
-    texts = [_part_text(part) for part in _own_parts(message)
-             if part.get_content_type() == "text/plain" and not part.is_multipart()]
-    return "\n".join(texts)
-
-
-def _part_text(part: Message) -> str:
-    if isinstance(part, EmailMessage):
-        try:
-            content = part.get_content()
-            if isinstance(content, str):
-                return content
-        except (LookupError, ValueError, TypeError, AttributeError, email.errors.MessageError):
-            pass  # an unknown charset or a broken encoding: decode by hand below
-    payload = part.get_payload(decode=True)
-    return payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
-
-
-def _first_subpart(part: Message) -> Message | None:
-    payload = part.get_payload()
-    return payload[0] if isinstance(payload, list) and payload and isinstance(payload[0], Message) else None
 
 
 # --- applying bounces to the audience ---------------------------------------------------------------
