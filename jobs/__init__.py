@@ -23,7 +23,7 @@ JobFunction = Callable[[Runtime, dt.datetime], dict[str, Any]]
 
 def registry() -> dict[str, JobFunction]:
     """Job id -> function, in the order `mailer tick` runs them."""
-    from jobs import (
+    from mailer.jobs import (
         advance_followups,
         deliver,
         housekeeping,

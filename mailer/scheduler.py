@@ -31,7 +31,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-import jobs
+from mailer import jobs
 from mailer.config import Settings, hhmm
 from mailer.leader import LeaderLock
 from mailer.models import JobRun

@@ -566,8 +566,8 @@ def test_imap_login_and_folder_errors_are_one_line(imap_server: ImapServer, cert
 def test_the_scheduled_job_reads_the_mailbox_or_skips_without_one(settings: Settings, sessions: Sessions,
                                                                    config_path: Path, environ: dict[str, str],
                                                                    tmp_path: Path) -> None:
-    import jobs
     from mailer import config as config_module
+    from mailer import jobs
     from mailer.models import JobRun
     from mailer.runtime import Runtime
 

@@ -10,9 +10,9 @@ import re
 import pytest
 from sqlalchemy import Engine, select
 
-from jobs import deliver
 from mailer import audience, config, staff
 from mailer.config import Settings
+from mailer.jobs import deliver
 from mailer.models import Campaign, Contact, Enrollment
 from mailer.outbound.transport import SMTPTransport
 from mailer.publishing import campaigns, feeds

@@ -15,8 +15,7 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-import jobs
-from mailer import audience, config
+from mailer import audience, config, jobs
 from mailer.config import FollowupStep, Settings
 from mailer.models import ConsentEvent, Contact, Enrollment, Inquiry, OutboxMessage
 from mailer.publishing.render import Recipient, Renderer, sample_values

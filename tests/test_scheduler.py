@@ -21,8 +21,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import create_engine, func, select, text
 
-import jobs
-from mailer import audience, config, db
+from mailer import audience, config, db, jobs
 from mailer.cli import main
 from mailer.cli.serve import LEASE_ENV
 from mailer.leader import LeaderLock

@@ -90,7 +90,7 @@ def ingest(ctx: Context) -> None:
 def tick(ctx: Context, at: str | None) -> None:
     """Run every job that is due, once, as the scheduler would at that moment:
     ingest, newsletter, follow-ups, delivery."""
-    import jobs
+    from mailer import jobs
 
     if at:
         settings = config.load(ctx.config_path)
@@ -114,7 +114,7 @@ def send(ctx: Context, dry_run: bool, processes: int | None) -> None:
     import gc
     import signal
 
-    from jobs import deliver
+    from mailer.jobs import deliver
     from mailer.outbound import workers as workers_module
     from mailer.outbound.delivery import Delivery
     from mailer.runtime import Runtime

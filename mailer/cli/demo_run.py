@@ -11,8 +11,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-import jobs
-from mailer import audience, config, schema
+from mailer import audience, config, jobs, schema
 from mailer.models import Campaign, Contact, Inquiry, OutboxMessage
 from mailer.publishing import previews
 from mailer.runtime import Runtime, fixed_clock
