@@ -242,7 +242,9 @@ class Replies(MailboxSettings):
 
 
 class Paths(_Section):
-    templates: str = "templates"
+    # Empty: the templates bundled with mailer. A folder: the clinic's own copy (`mailer templates export`),
+    # in front of the bundled ones, so a template missing from it still comes from mailer.
+    templates: str = ""
     var: str = "var"
 
 
@@ -289,7 +291,25 @@ class Settings(_Section):
 
     @property
     def templates_dir(self) -> Path:
-        return Path(self.paths.templates)
+        """The clinic's templates folder, or mailer's own when paths.templates is empty."""
+        from mailer import bundled
+
+        return Path(self.paths.templates) if self.paths.templates else bundled.templates_dir()
+
+    @property
+    def template_search_path(self) -> list[Path]:
+        """Where templates are looked up, in order: the clinic's folder, then mailer's own."""
+        from mailer import bundled
+
+        folders = [self.templates_dir, bundled.templates_dir()]
+        return folders[:1] if folders[0].resolve() == folders[1].resolve() else folders
+
+    def template_file(self, name: str) -> Path:
+        """The first file called `name` (e.g. "pages/_style.css") along the template search path."""
+        for folder in self.template_search_path:
+            if (folder / name).is_file():
+                return folder / name
+        return self.templates_dir / name  # reading it fails with a message naming the clinic's folder
 
     @property
     def var_dir(self) -> Path:
@@ -334,7 +354,7 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     if isinstance(paths, dict):
         for key in ("templates", "var"):
             value = paths.get(key, Paths.model_fields[key].default)
-            if isinstance(value, str):
+            if isinstance(value, str) and value:  # an empty templates folder means mailer's own
                 paths[key] = absolute(value)
     delivery = raw.get("delivery")
     if isinstance(delivery, dict) and isinstance(delivery.get("outbox_dir"), str):

@@ -27,7 +27,7 @@ log = logging.getLogger("mailer.cli")
 @click.group(
     cls=LazyGroup,
     lazy_subcommands={"bounces": "mailer.cli.bounces:bounces", "serve": "mailer.cli.serve:serve",
-                      "staff": "mailer.cli.staff:staff"},
+                      "staff": "mailer.cli.staff:staff", "templates": "mailer.cli.templates:templates"},
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -46,7 +46,8 @@ def main(ctx: click.Context, config_path: Path | None, log_level: str, log_forma
     Start with `mailer demo`. Each command's --help says more.
     """
     setup_logging(log_level, log_format)
-    ctx.obj = Context(config_path or config.default_config_path())
+    chosen = config_path is not None or bool(os.environ.get("MAILER_CONFIG"))
+    ctx.obj = Context(config_path or config.default_config_path(), config_chosen=chosen)
     ctx.call_on_close(ctx.obj.close)
 
 
@@ -57,9 +58,20 @@ def main(ctx: click.Context, config_path: Path | None, log_level: str, log_forma
 @pass_ctx
 @friendly
 def init(ctx: Context) -> None:
-    """Create or upgrade the database schema. Safe to run again."""
-    from mailer import schema  # Alembic: only this command needs it
+    """Create or upgrade the database schema. Safe to run again.
 
+    Where there is no config file yet, first write the commented default one there to edit.
+    """
+    from mailer import bundled, schema  # Alembic: only this command needs it
+
+    path = ctx.config_path
+    if not path.exists():
+        try:
+            bundled.write_default_config(path)
+        except OSError as exc:
+            raise UserError(f"{path}: cannot write the default config: {exc.strerror}") from None
+        click.echo(f"Wrote {path}: a commented configuration with a sample clinic's values; edit it, "
+                   "then run `mailer doctor`.")
     before, after = schema.upgrade(ctx.runtime.engine)
     if before == after:
         click.echo(f"Database is up to date (schema {after}).")
@@ -476,10 +488,18 @@ def inquiries_close(ctx: Context, email: str, reason: str) -> None:
 @friendly
 def demo(ctx: Context, var_dir: Path) -> None:
     """The whole main job on the embedded default: SQLite under ./var/, the sample feed, sample
-    subscribers and inquiries, delivery into ./var/outbox/ as .eml files. Safe to run again."""
+    subscribers and inquiries, delivery into ./var/outbox/ as .eml files. Safe to run again.
+
+    Without a config file here (and none named), it uses mailer's default configuration."""
+    from mailer import bundled
     from mailer.cli import demo_run
 
-    demo_run.run(ctx.config_path, var_dir.resolve(), echo=click.echo)
+    config_path = ctx.config_path
+    if not config_path.exists() and not ctx.config_chosen:
+        click.echo(f"No {config_path} here: the demo uses mailer's default configuration "
+                   "(`mailer init` writes a copy to edit).")
+        config_path = bundled.default_config_path()
+    demo_run.run(config_path, var_dir.resolve(), echo=click.echo)
 
 
 if __name__ == "__main__":  # pragma: no cover

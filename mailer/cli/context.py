@@ -54,8 +54,10 @@ def friendly(function: Callable[..., Any]) -> Callable[..., Any]:
 class Context:
     """Built lazily so `--help` works without a config file."""
 
-    def __init__(self, config_path: Path | None, at: dt.datetime | None = None) -> None:
+    def __init__(self, config_path: Path, at: dt.datetime | None = None, *, config_chosen: bool = True) -> None:
         self.config_path = config_path
+        # False when the path is only the default ./config.toml (no --config, no MAILER_CONFIG).
+        self.config_chosen = config_chosen
         self.at = at
         self._runtime: Runtime | None = None
 

@@ -11,13 +11,13 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from mailer import audience, config, jobs, schema
+from mailer import audience, bundled, config, jobs, schema
 from mailer.models import Campaign, Contact, Inquiry, OutboxMessage
 from mailer.publishing import previews
 from mailer.runtime import Runtime, fixed_clock
 from mailer.sequences import followups
 
-SAMPLE = Path(__file__).parent.parent / "sample"
+SAMPLE = bundled.sample_dir()
 
 # Simulated clinic-time moments (America/Chicago in the sample config), after the sample inquiries.
 NIGHTS = (

@@ -51,11 +51,13 @@ def one_line(value: str) -> str:
     return _CONTROL.sub(" ", value).strip()
 
 
-def make_environment(templates_dir: Path) -> Environment:
+def make_environment(templates_dir: Path | list[Path]) -> Environment:
+    """Jinja2 over one templates folder, or several looked up in order (the clinic's, then mailer's own)."""
     from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+    folders = templates_dir if isinstance(templates_dir, list) else [templates_dir]
     return Environment(
-        loader=FileSystemLoader(str(templates_dir)),
+        loader=FileSystemLoader([str(folder) for folder in folders]),
         autoescape=select_autoescape(["html"]),
         undefined=StrictUndefined,
         trim_blocks=True,
@@ -268,7 +270,7 @@ class Renderer:
     @cached_property
     def env(self) -> Environment:
         """Made on first use: a send of campaigns rendered at dispatch never needs Jinja2 (30 ms to import)."""
-        return make_environment(self.settings.templates_dir)
+        return make_environment(self.settings.template_search_path)
 
     def _context(self, **extra: object) -> dict[str, object]:
         recipient = {name: _MARK.format(name) for name in PERSONAL_FIELDS}

@@ -7,7 +7,7 @@ import traceback
 from collections.abc import Callable
 
 from flask import Flask, Response, current_app, jsonify, render_template, request
-from jinja2 import StrictUndefined
+from jinja2 import FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 from werkzeug.exceptions import HTTPException, InternalServerError
 
@@ -49,8 +49,9 @@ def current_runtime() -> Runtime:
 def create_app(runtime: Runtime, *, leader: Callable[[], bool] | None = None) -> Flask:
     """A Flask app over this runtime; `leader` says whether this process runs the scheduled jobs."""
     settings = runtime.settings
-    # template_folder is absolute, so the clinic's templates/ (from the config) are used, not a package copy.
-    app = MailerFlask(__name__, template_folder=str(settings.templates_dir), static_folder=None)
+    # The clinic's templates (paths.templates) first, then mailer's own for any the clinic has no copy of.
+    app = MailerFlask(__name__, template_folder=None, static_folder=None)
+    app.jinja_loader = FileSystemLoader([str(folder) for folder in settings.template_search_path])
     app.config.update(
         SECRET_KEY=settings.secret_key,
         MAX_CONTENT_LENGTH=settings.web.max_body_bytes,
@@ -65,7 +66,7 @@ def create_app(runtime: Runtime, *, leader: Callable[[], bool] | None = None) ->
     app.extensions["mailer"] = runtime
     app.extensions["mailer.leader"] = leader
 
-    css = (settings.templates_dir / PAGE_CSS).read_text(encoding="utf-8")
+    css = settings.template_file(PAGE_CSS).read_text(encoding="utf-8")
     csp = security.content_security_policy(css)
 
     @app.context_processor

@@ -116,8 +116,8 @@ class Missing(Exception):
 @blueprint.record_once
 def _load_assets(state: BlueprintSetupState) -> None:
     settings: Settings = state.app.extensions["mailer"].settings
-    page_css = (settings.templates_dir / PAGE_CSS).read_text(encoding="utf-8")
-    admin_css = (settings.templates_dir / ADMIN_CSS).read_text(encoding="utf-8")
+    page_css = settings.template_file(PAGE_CSS).read_text(encoding="utf-8")
+    admin_css = settings.template_file(ADMIN_CSS).read_text(encoding="utf-8")
     state.app.extensions[ASSETS] = _Assets(Markup(page_css), Markup(admin_css), _policy(page_css, admin_css))
 
 
