@@ -27,7 +27,8 @@ log = logging.getLogger("mailer.cli")
 @click.group(
     cls=LazyGroup,
     lazy_subcommands={"bounces": "mailer.cli.bounces:bounces", "serve": "mailer.cli.serve:serve",
-                      "staff": "mailer.cli.staff:staff", "templates": "mailer.cli.templates:templates"},
+                      "staff": "mailer.cli.staff:staff", "templates": "mailer.cli.templates:templates",
+                      "doctor": "mailer.cli.doctor:doctor"},
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,

@@ -110,6 +110,11 @@ class DkimSigner:
         self.domain = domain
         self._key = key
 
+    @property
+    def private_key(self) -> bytes:
+        """The PEM key it signs with (`mailer doctor` compares its public half with the DNS record)."""
+        return self._key
+
     def sign(self, data: bytes) -> bytes:
         """The message with a DKIM-Signature header prepended; ValueError if it cannot be signed."""
         import dkim
