@@ -39,9 +39,10 @@ TITLE_MAX, AUTHOR_MAX, URL_MAX = 500, 200, 2000
 ETAG_MAX, LAST_MODIFIED_MAX = 500, 200
 
 # What a newsletter post may contain. Everything else is stripped (its text kept), except the
-# CLEAN_CONTENT_TAGS, which go away with their content.
+# CLEAN_CONTENT_TAGS, which go away with their content. (No figure/figcaption: Yahoo Mail does not
+# know HTML5's semantic elements; their content stays.)
 ALLOWED_TAGS = frozenset(
-    "p br h2 h3 h4 ul ol li strong em b i a blockquote img figure figcaption hr code pre".split()
+    "p br h2 h3 h4 ul ol li strong em b i a blockquote img hr code pre".split()
     + "table thead tbody tfoot tr th td caption".split()
 )
 ALLOWED_ATTRIBUTES: Mapping[str, frozenset[str]] = {
@@ -53,6 +54,11 @@ ALLOWED_ATTRIBUTES: Mapping[str, frozenset[str]] = {
 CLEAN_CONTENT_TAGS = frozenset({"script", "style", "iframe", "object", "embed", "template"})
 URL_SCHEMES = frozenset({"http", "https", "mailto", "tel"})
 URL_ATTRIBUTES = frozenset({"href", "src"})
+# The text column of the email layout (600px less its padding): Outlook for Windows ignores max-width,
+# so a wider image would push the column open there.
+MAX_IMAGE_WIDTH = 536
+# Alt text for a post image that has none: screen readers and clients that block images show it.
+IMAGE_ALT = "Image from the article"
 LINK_REL = "noopener noreferrer"
 
 # Tags after which plain text needs a space, so "<p>a</p><p>b</p>" reads "a b", not "ab".
@@ -435,7 +441,7 @@ def sanitise_html(fragment: str, base_url: str, own_hosts: Iterable[str]) -> str
     host who opened the newsletter and when.
     """
     resolved = _clean(fragment, attribute_filter=functools.partial(_resolve_url, base_url))
-    filtered = _drop_unwanted_images(resolved, frozenset(own_hosts))
+    filtered = _tidy_for_email(resolved, frozenset(own_hosts))
     # nh3 runs last, so nothing our own passes did can let markup through; it also re-checks the
     # schemes of the URLs made absolute (nh3 checks schemes before calling attribute_filter).
     return _clean(filtered)
@@ -467,22 +473,37 @@ def _resolve_url(base_url: str, tag: str, attribute: str, value: str) -> str | N
     return absolute if scheme in URL_SCHEMES else None
 
 
-class _ImageFilter(HTMLParser):
-    """Re-emits nh3's (well-formed) output verbatim, leaving out the <img> tags that are not wanted."""
+class _EmailTidy(HTMLParser):
+    """Re-emits nh3's (well-formed) output verbatim, except what would misbehave in an email: images that
+    are not wanted are left out; a kept image gets alt text, loses its height (so it keeps its proportions
+    when a narrow screen shrinks it) and is at most MAX_IMAGE_WIDTH wide; a link whose href was removed
+    (an unsafe scheme) is unwrapped, so its text no longer looks like a link that goes nowhere."""
 
     def __init__(self, own_hosts: frozenset[str]) -> None:
         super().__init__(convert_charrefs=False)  # keep entities as they are: output == input elsewhere
         self.own_hosts = own_hosts
         self.parts: list[str] = []
+        self._links: list[bool] = []  # per open <a>: was its tag kept?
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "img" and not _is_wanted_image(dict(attrs), self.own_hosts):
+        if tag == "img":
+            if _is_wanted_image(dict(attrs), self.own_hosts):
+                self.parts.append(_email_image(attrs))
             return
+        if tag == "a":
+            self._links.append(any(name == "href" and value for name, value in attrs))
+            if not self._links[-1]:
+                return
         self.parts.append(self.get_starttag_text() or "")
 
-    handle_startendtag = handle_starttag
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":  # <a/> has no text to keep
+            return
+        self.handle_starttag(tag, attrs)
 
     def handle_endtag(self, tag: str) -> None:
+        if tag == "a" and self._links and not self._links.pop():
+            return
         self.parts.append(f"</{tag}>")
 
     def handle_data(self, data: str) -> None:
@@ -495,11 +516,23 @@ class _ImageFilter(HTMLParser):
         self.parts.append(f"&#{name};")
 
 
-def _drop_unwanted_images(fragment: str, own_hosts: frozenset[str]) -> str:
-    image_filter = _ImageFilter(own_hosts)
-    image_filter.feed(fragment)
-    image_filter.close()
-    return "".join(image_filter.parts)
+def _email_image(attrs: list[tuple[str, str | None]]) -> str:
+    """An <img> tag rebuilt for email (see _EmailTidy); nh3 checks it again afterwards."""
+    kept = {name: value or "" for name, value in attrs if name != "height"}
+    kept.setdefault("alt", IMAGE_ALT)
+    if not kept["alt"].strip() and "title" in kept:
+        kept["alt"] = kept["title"]
+    width = _pixels(kept.get("width"))
+    if width is not None and width > MAX_IMAGE_WIDTH:
+        kept["width"] = str(MAX_IMAGE_WIDTH)
+    return "<img " + " ".join(f'{name}="{html.escape(value, quote=True)}"' for name, value in kept.items()) + ">"
+
+
+def _tidy_for_email(fragment: str, own_hosts: frozenset[str]) -> str:
+    tidy = _EmailTidy(own_hosts)
+    tidy.feed(fragment)
+    tidy.close()
+    return "".join(tidy.parts)
 
 
 def _is_wanted_image(attrs: Mapping[str, str | None], own_hosts: frozenset[str]) -> bool:
