@@ -210,6 +210,7 @@ class Web(_Section):
     session_idle_minutes: int = Field(default=30, ge=1)
     max_body_bytes: int = Field(default=65_536, ge=1024)
     subscribe_per_client_per_hour: int = Field(default=10, ge=1)
+    metrics: bool = False
 
     @field_validator("base_url")
     @classmethod

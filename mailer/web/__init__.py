@@ -94,6 +94,10 @@ def create_app(runtime: Runtime, *, leader: Callable[[], bool] | None = None) ->
 
     app.register_blueprint(public.blueprint)
     app.register_blueprint(api.blueprint)
+    if settings.web.metrics:  # off by default: without it, /metrics is a 404 like any unknown page
+        from mailer.web import metrics
+
+        app.register_blueprint(metrics.blueprint)
     # Staff pages, under /admin, with their own login and session-bound CSRF.
     from mailer.web import admin
     app.register_blueprint(admin.blueprint, url_prefix="/admin")
