@@ -28,7 +28,7 @@ log = logging.getLogger("mailer.cli")
     cls=LazyGroup,
     lazy_subcommands={"bounces": "mailer.cli.bounces:bounces", "serve": "mailer.cli.serve:serve",
                       "staff": "mailer.cli.staff:staff", "templates": "mailer.cli.templates:templates",
-                      "doctor": "mailer.cli.doctor:doctor"},
+                      "doctor": "mailer.cli.doctor:doctor", "backup": "mailer.cli.backup:backup"},
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
