@@ -99,8 +99,8 @@ def test_the_wheel_installs_and_runs_in_an_empty_folder_without_the_checkout(tmp
     folder.mkdir()
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8"}  # no MAILER_*, no PYTHONPATH
 
-    def mailer(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(python), "-I", str(script), str(ROOT), str(lent), *args], cwd=folder, env=env,
+    def mailer(*args: str, cwd: Path = folder) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(python), "-I", str(script), str(ROOT), str(lent), *args], cwd=cwd, env=env,
                               capture_output=True, text=True, timeout=180)
 
     where = subprocess.run([str(python), "-I", "-c", "import mailer; print(mailer.__file__)"], cwd=folder, env=env,
@@ -124,6 +124,14 @@ def test_the_wheel_installs_and_runs_in_an_empty_folder_without_the_checkout(tmp
     export = mailer("templates", "export", "my-templates")
     assert export.returncode == 0, export.stderr
     assert (folder / "my-templates" / "email" / "_layouts" / "base.html").is_file()
+
+    # Without `mailer init` at all, the demo runs on the bundled configuration.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    straight = mailer("demo", cwd=bare)
+    assert straight.returncode == 0, straight.stderr
+    assert "uses mailer's default configuration" in straight.stdout and "This run sent 9 emails" in straight.stdout
+    assert len(list((bare / "var" / "outbox").glob("*.eml"))) == 9 and not (bare / "config.toml").exists()
 
     # The same run of the checkout's own (editable) install does read the checkout: the hook sees it.
     control = subprocess.run([sys.executable, "-I", str(script), str(ROOT), str(lent), "templates", "export", "x"],
