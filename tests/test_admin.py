@@ -450,7 +450,7 @@ def test_only_drafts_can_be_edited(staff_client: FlaskClient, runtime: Runtime) 
     html = text_of(staff_client.get(f"/admin/campaigns/{campaign_id}"))
     assert 'id="edit-heading"' not in html and 'id="approve-heading"' not in html
     response = post(staff_client, f"/admin/campaigns/{campaign_id}/edit", {"subject": "Too late", "intro": ""})
-    assert "only drafts can be edited" in flashed(staff_client, response)
+    assert "only drafts and scheduled campaigns can be edited" in flashed(staff_client, response)
     assert campaign_row(runtime, campaign_id).subject != "Too late"
 
 

@@ -13,7 +13,7 @@ from mailer import staff as staff_accounts
 from mailer.config import Settings
 from mailer.models import Campaign, StaffUser
 from mailer.outbound import outbox
-from mailer.publishing import campaigns, figures, previews
+from mailer.publishing import campaigns, figures, previews, schedules
 from mailer.publishing.render import RenderError
 from mailer.web import current_runtime
 from mailer.web.admin.base import (
@@ -83,6 +83,9 @@ def campaign(campaign_id: int) -> Response:
             audience_size=outbox.audience_size(db, row.topic) if waiting else None,
             undelivered=outbox.undelivered(db, row.id, limit=50), next_send=next_send_time(settings, now),
             staff_addresses=list(db.scalars(select(StaffUser.email).order_by(StaffUser.email))),
+            scheduled=campaigns.is_scheduled(row), zone_name=settings.clinic.timezone,
+            zone_now=f"{now.astimezone(settings.zone):%Z}",
+            send_at_value=f"{row.send_after.astimezone(settings.zone):%Y-%m-%dT%H:%M}" if row.send_after else "",
         )
 
 
@@ -171,6 +174,44 @@ def campaign_approve(campaign_id: int) -> Response:
     log.info("campaign %s approved by staff account %s", campaign_id, g.staff.id)
     moment = f"at {when(send_after)}" if send_after else "on the next delivery run, within a few minutes"
     return done(".campaign", f"Approved. It goes out {moment}.", campaign_id=campaign_id)
+
+
+@blueprint.post("/campaigns/<int:campaign_id>/schedule")
+def campaign_schedule(campaign_id: int) -> Response:
+    """Approve a draft for a time in clinic time ("Send at"), or give a scheduled campaign another time."""
+    runtime = current_runtime()
+    settings = runtime.settings
+    now = runtime.clock()
+    problem = None
+    with runtime.sessions.begin() as db:
+        row = get_or_404(db, Campaign, campaign_id, "campaign")
+        try:
+            send_at = schedules.future_send_time(request.form.get("send_at") or "", settings.zone, now)
+            campaigns.schedule(db, row, by=g.staff.email, now=now, at=send_at)
+        except campaigns.CampaignError as exc:
+            problem = str(exc)
+    if problem is not None:
+        return done(".campaign", f"Not scheduled: {problem}.", "problem", campaign_id=campaign_id)
+    log.info("campaign %s scheduled by staff account %s", campaign_id, g.staff.id)
+    return done(".campaign", f"Scheduled. It goes out at {when(send_at)}. Until then you can still edit it, "
+                 "change the time or unschedule it.", campaign_id=campaign_id)
+
+
+@blueprint.post("/campaigns/<int:campaign_id>/unschedule")
+def campaign_unschedule(campaign_id: int) -> Response:
+    """A scheduled campaign goes back to being a draft."""
+    problem = None
+    with current_runtime().sessions.begin() as db:
+        row = get_or_404(db, Campaign, campaign_id, "campaign")
+        try:
+            campaigns.unschedule(db, row)
+        except campaigns.CampaignError as exc:
+            problem = str(exc)
+    if problem is not None:
+        return done(".campaign", f"Not unscheduled: {problem}.", "problem", campaign_id=campaign_id)
+    log.info("campaign %s unscheduled by staff account %s", campaign_id, g.staff.id)
+    return done(".campaign", "Unscheduled. It is a draft again: nothing goes out until someone approves it.",
+                 campaign_id=campaign_id)
 
 
 @blueprint.post("/campaigns/<int:campaign_id>/cancel")
