@@ -13,7 +13,7 @@ from mailer import staff as staff_accounts
 from mailer.config import Settings
 from mailer.models import Campaign, StaffUser
 from mailer.outbound import outbox
-from mailer.publishing import campaigns, figures, previews, schedules
+from mailer.publishing import archive, campaigns, figures, previews, schedules
 from mailer.publishing.render import RenderError
 from mailer.web import current_runtime
 from mailer.web.admin.base import (
@@ -84,6 +84,8 @@ def campaign(campaign_id: int) -> Response:
             undelivered=outbox.undelivered(db, row.id, limit=50), next_send=next_send_time(settings, now),
             staff_addresses=list(db.scalars(select(StaffUser.email).order_by(StaffUser.email))),
             scheduled=campaigns.is_scheduled(row), zone_name=settings.clinic.timezone,
+            archive_url=archive.page_url(settings, row) if archive.is_public(settings, row) else None,
+            archive_topic=settings.archive.enabled and row.topic in settings.archive_topics,
             zone_now=f"{now.astimezone(settings.zone):%Z}",
             send_at_value=f"{row.send_after.astimezone(settings.zone):%Y-%m-%dT%H:%M}" if row.send_after else "",
         )
@@ -212,6 +214,26 @@ def campaign_unschedule(campaign_id: int) -> Response:
     log.info("campaign %s unscheduled by staff account %s", campaign_id, g.staff.id)
     return done(".campaign", "Unscheduled. It is a draft again: nothing goes out until someone approves it.",
                  campaign_id=campaign_id)
+
+
+@blueprint.post("/campaigns/<int:campaign_id>/archive")
+def campaign_archive(campaign_id: int) -> Response:
+    """Show a one-off in the public archive, or stop showing it (newsletters are always shown)."""
+    show = request.form.get("show") == "1"
+    with current_runtime().sessions.begin() as db:
+        row = get_or_404(db, Campaign, campaign_id, "campaign")
+        if row.kind != "oneoff":
+            return done(".campaign", "Newsletters are always in the public archive once sent.", "problem",
+                         campaign_id=campaign_id)
+        row.archived = show
+    log.info("campaign %s %s the archive by staff account %s", campaign_id, "shown in" if show else "taken out of",
+             g.staff.id)
+    if show:
+        message = ("It will be shown in the public archive once sent, and its emails carry a “View in your browser” "
+                   "link (emails already sent do not).")
+    else:
+        message = "It is not shown in the public archive."
+    return done(".campaign", message, campaign_id=campaign_id)
 
 
 @blueprint.post("/campaigns/<int:campaign_id>/cancel")
