@@ -404,16 +404,38 @@ def subscribers_add(ctx: Context, email: str, name: str, topics: tuple[str, ...]
 def subscribers_import(ctx: Context, csv_file: io.TextIOBase) -> None:
     """Import subscribers from CSV with columns email,name,topics,consent_source,consented_at.
 
-    topics is separated by ';'. Rows without consent (no source or no time) are rejected and reported by
-    line number; a suppressed address is never resubscribed.
+    topics is separated by ';'. The whole file is imported or nothing is. Rows without consent (no
+    source or no time) or with bad data are rejected and reported by line number (exit status 2); a
+    suppressed address, or a topic someone unsubscribed from, is skipped and reported, never
+    resubscribed (exit status 0).
     """
+    from mailer import imports
+
     settings = ctx.settings
-    with ctx.runtime.sessions.begin() as session:
-        report = audience.import_subscribers(session, settings.secret_key, settings.topics, csv_file, ctx.now())
-    for line, reason in report.rejected:
+    show_bar = sys.stdout.isatty()
+    bar = None
+
+    def checked(plan: imports.ImportPlan) -> None:
+        nonlocal bar
+        if show_bar and plan.imported:
+            bar = click.progressbar(length=plan.imported, label="Importing", show_pos=True)
+            bar.__enter__()
+
+    try:
+        with ctx.runtime.sessions.begin() as session:
+            plan = imports.import_file(session, settings.secret_key, settings.topics, csv_file, ctx.now(),
+                                       progress=lambda count: bar.update(count) if bar else None,
+                                       on_checked=checked)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    for line, reason in plan.rejected:
         click.echo(f"line {line}: rejected: {reason}", err=True)
-    click.echo(f"{report.imported} imported, {report.unchanged} already subscribed, {len(report.rejected)} rejected.")
-    if report.rejected:
+    for line, reason in plan.skipped:
+        click.echo(f"line {line}: skipped: {reason}", err=True)
+    click.echo(f"{plan.imported} imported, {plan.unchanged} already subscribed, {len(plan.skipped)} skipped "
+               f"(suppressed or unsubscribed), {len(plan.rejected)} rejected.")
+    if plan.rejected:
         sys.exit(2)
 
 
