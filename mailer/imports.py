@@ -190,16 +190,15 @@ def commit(session: Session, plan: ImportPlan, now: dt.datetime,
            progress: Callable[[int], None] | None = None) -> None:
     """Import what `check` found, in the caller's transaction: contacts, ledger entries, subscriptions,
     each in a few multi-row statements. `progress` hears how many of the plan's rows are done."""
+    write = _PgWriter(session) if session.get_bind().dialect.name == "postgresql" else _Writer(session)
     contact_ids = dict(plan.existing)
     new_contacts: dict[str, str] = {}
     for addition in plan.additions:
         if addition.email not in contact_ids and addition.email not in new_contacts:
             new_contacts[addition.email] = addition.name
-    rows = [{"email": email, "name": name, "created_at": now, "link_key": secrets.token_urlsafe(24),
-             "followups_consent": False, "soft_bounces": 0} for email, name in new_contacts.items()]
+    rows = [(email, name, secrets.token_urlsafe(24)) for email, name in new_contacts.items()]
     for batch in _chunks(rows, INSERT_BATCH):
-        inserted = session.execute(insert(_C).returning(_C.c.id, _C.c.email, sort_by_parameter_order=True), batch)
-        contact_ids.update((email, contact_id) for contact_id, email in inserted)
+        contact_ids.update(write.contacts(batch, now))
 
     # A name in the file fills an existing contact's empty one (never overwrites), as a staff add does.
     names: dict[int, str] = {}
@@ -212,30 +211,85 @@ def commit(session: Session, plan: ImportPlan, now: dt.datetime,
                         [{"contact_id": i, "new_name": name} for i, name in names.items()])
 
     for batch in _chunks(plan.additions, INSERT_BATCH):
-        grants = [(contact_ids[a.email], topic, a) for a in batch for topic in a.topics]
-        events = session.execute(
-            insert(_E).returning(_E.c.id, sort_by_parameter_order=True),
-            [{"contact_id": contact_id, "purpose": audience.topic_purpose(topic), "action": "granted",
-              "source": one_line(a.source)[:200] or "unknown", "wording": f"imported: {a.source}", "ip": None,
-              "user_agent": None, "created_at": a.consented_at} for contact_id, topic, a in grants],
-        ).scalars().all()
+        grants = [(contact_ids[a.email], audience.topic_purpose(topic), one_line(a.source)[:200] or "unknown",
+                   f"imported: {a.source}", a.consented_at) for a in batch for topic in a.topics]
+        events = write.events(grants)  # (contact id, purpose) -> ledger entry id
         fresh, confirmed = [], []
-        for (contact_id, topic, _a), event_id in zip(grants, events, strict=True):
-            values = {"contact_id": contact_id, "topic": topic, "status": "active", "updated_at": now,
-                      "consent_event_id": event_id}
-            (confirmed if (contact_id, topic) in plan.pending else fresh).append(values)
+        for a in batch:
+            contact_id = contact_ids[a.email]
+            for topic in a.topics:
+                row = (contact_id, topic, events[(contact_id, audience.topic_purpose(topic))])
+                (confirmed if (contact_id, topic) in plan.pending else fresh).append(row)
         if fresh:
-            session.execute(insert(_S), fresh)
+            write.subscriptions(fresh, now)
         if confirmed:
             session.execute(
                 update(_S).where(_S.c.contact_id == bindparam("b_contact"), _S.c.topic == bindparam("b_topic"))
                 .values(status="active", updated_at=bindparam("b_at"), consent_event_id=bindparam("b_event")),
-                [{"b_contact": v["contact_id"], "b_topic": v["topic"], "b_at": now, "b_event": v["consent_event_id"]}
-                 for v in confirmed],
+                [{"b_contact": c, "b_topic": t, "b_at": now, "b_event": e} for c, t, e in confirmed],
             )
         if progress is not None:
             progress(len(batch))
     session.flush()
+
+
+Grant = tuple[int, str, str, str, dt.datetime]  # contact id, purpose, source, wording, consented at
+
+
+class _Writer:
+    """Multi-row INSERTs through SQLAlchemy (SQLite: RETURNING on multi-row VALUES, in order)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def contacts(self, rows: Sequence[tuple[str, str, str]], now: dt.datetime) -> Iterable[tuple[str, int]]:
+        inserted = self.session.execute(
+            insert(_C).returning(_C.c.id, _C.c.email, sort_by_parameter_order=True),
+            [{"email": email, "name": name, "created_at": now, "link_key": key, "followups_consent": False,
+              "soft_bounces": 0} for email, name, key in rows])
+        return [(email, contact_id) for contact_id, email in inserted]
+
+    def events(self, grants: Sequence[Grant]) -> dict[tuple[int, str], int]:
+        ids = self.session.execute(
+            insert(_E).returning(_E.c.id, sort_by_parameter_order=True),
+            [{"contact_id": c, "purpose": p, "action": "granted", "source": s, "wording": w, "ip": None,
+              "user_agent": None, "created_at": at} for c, p, s, w, at in grants]).scalars().all()
+        return {(c, p): event_id for (c, p, *_), event_id in zip(grants, ids, strict=True)}
+
+    def subscriptions(self, rows: Sequence[tuple[int, str, int]], now: dt.datetime) -> None:
+        self.session.execute(insert(_S), [{"contact_id": c, "topic": t, "status": "active", "updated_at": now,
+                                           "consent_event_id": e} for c, t, e in rows])
+
+
+class _PgWriter(_Writer):
+    """PostgreSQL: each batch is one INSERT ... SELECT FROM unnest(arrays). The driver sends a few arrays
+    instead of a statement with thousands of placeholders, which it would have to parse every time."""
+
+    def _rows(self, sql: str, **arrays: object) -> list[tuple[Any, ...]]:
+        return list(self.session.connection().exec_driver_sql(sql, arrays))
+
+    def contacts(self, rows: Sequence[tuple[str, str, str]], now: dt.datetime) -> Iterable[tuple[str, int]]:
+        emails, names, keys = (list(column) for column in zip(*rows, strict=True))
+        return [(email, contact_id) for contact_id, email in self._rows(
+            "INSERT INTO contacts (email, name, created_at, link_key, followups_consent, soft_bounces) "
+            "SELECT e, n, %(now)s, k, false, 0 FROM unnest(%(emails)s::text[], %(names)s::text[], %(keys)s::text[]) "
+            "AS v(e, n, k) RETURNING id, email", now=now, emails=emails, names=names, keys=keys)]
+
+    def events(self, grants: Sequence[Grant]) -> dict[tuple[int, str], int]:
+        ids, purposes, sources, wordings, times = (list(column) for column in zip(*grants, strict=True))
+        return {(contact_id, purpose): event_id for event_id, contact_id, purpose in self._rows(
+            "INSERT INTO consent_events (contact_id, purpose, action, source, wording, created_at) "
+            "SELECT c, p, 'granted', s, w, t FROM unnest(%(ids)s::bigint[], %(purposes)s::text[], "
+            "%(sources)s::text[], %(wordings)s::text[], %(times)s::timestamptz[]) AS v(c, p, s, w, t) "
+            "RETURNING id, contact_id, purpose", ids=ids, purposes=purposes, sources=sources, wordings=wordings,
+            times=times)}
+
+    def subscriptions(self, rows: Sequence[tuple[int, str, int]], now: dt.datetime) -> None:
+        ids, topics, events = (list(column) for column in zip(*rows, strict=True))
+        self.session.connection().exec_driver_sql(
+            "INSERT INTO subscriptions (contact_id, topic, status, updated_at, consent_event_id) "
+            "SELECT c, t, 'active', %(now)s, e FROM unnest(%(ids)s::bigint[], %(topics)s::text[], "
+            "%(events)s::bigint[]) AS v(c, t, e)", {"now": now, "ids": ids, "topics": topics, "events": events})
 
 
 def import_file(session: Session, secret: str, topics: dict[str, str], stream: TextIO | Iterable[str],

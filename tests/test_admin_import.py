@@ -12,7 +12,8 @@ import re
 import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import func, insert, select, text
-from werkzeug.test import TestResponse
+from werkzeug.datastructures import FileStorage
+from werkzeug.test import TestResponse, encode_multipart
 
 from mailer import audience
 from mailer.links import email_hash
@@ -32,9 +33,10 @@ def counts(runtime: Runtime) -> tuple[int, ...]:
 
 def upload(client: FlaskClient, content: bytes, filename: str = "list.csv") -> TestResponse:
     token = csrf_of(client.get("/admin/subscribers/import"))
-    return client.post("/admin/subscribers/import", data={"csrf_token": token,
-                                                          "file": (io.BytesIO(content), filename)},
-                       content_type="multipart/form-data")
+    # Encoded here, in memory: the test client would spool a large body to a file it never closes.
+    boundary, body = encode_multipart({"csrf_token": token, "file": FileStorage(io.BytesIO(content), filename)})
+    return client.post("/admin/subscribers/import", data=body,
+                       content_type=f"multipart/form-data; boundary={boundary}")
 
 
 def checked_id(response: TestResponse) -> int:

@@ -37,6 +37,13 @@ def _import_page(status: int = 200, *, problem: str | None = None) -> Response:
                 columns=",".join(imports.COLUMNS), limit_mb=current_runtime().settings.web.max_import_bytes // 1_000_000)
 
 
+@blueprint.before_app_request
+def _large_upload() -> None:
+    """This form alone takes large files; set before the login and CSRF checks read the form."""
+    if request.endpoint == "admin.subscriber_import_check":
+        request.max_content_length = current_runtime().settings.web.max_import_bytes
+
+
 @blueprint.get("/subscribers/import")
 def subscriber_import() -> Response:
     """The upload form."""
@@ -49,11 +56,13 @@ def subscriber_import_check() -> Response:
     runtime = current_runtime()
     settings = runtime.settings
     now = runtime.clock()
-    request.max_content_length = settings.web.max_import_bytes  # this form alone takes large files
     upload = request.files.get("file")
     if upload is None or not upload.filename:
         return _import_page(400, problem="Please choose a CSV file to check.")
-    data = upload.read()
+    try:
+        data = upload.read()
+    finally:
+        upload.close()  # a large upload is spooled to a temporary file
     try:
         content = data.decode("utf-8-sig")
     except UnicodeDecodeError:
