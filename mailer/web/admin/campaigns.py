@@ -83,6 +83,7 @@ def campaign(campaign_id: int) -> Response:
             audience_size=outbox.audience_size(db, row.topic) if waiting else None,
             undelivered=outbox.undelivered(db, row.id, limit=50), next_send=next_send_time(settings, now),
             staff_addresses=list(db.scalars(select(StaffUser.email).order_by(StaffUser.email))),
+            test_addresses=settings.newsletter.test_addresses,
             scheduled=campaigns.is_scheduled(row), zone_name=settings.clinic.timezone,
             archive_url=archive.page_url(settings, row) if archive.is_public(settings, row) else None,
             archive_topic=settings.archive.enabled and row.topic in settings.archive_topics,
@@ -126,33 +127,58 @@ def campaign_edit(campaign_id: int) -> Response:
 
 @blueprint.post("/campaigns/<int:campaign_id>/test")
 def campaign_test(campaign_id: int) -> Response:
-    """One test copy to a staff address (the logged-in person's by default), now."""
+    """A test copy, now, to a staff address (the logged-in person's by default) and to any of the extra
+    addresses in newsletter.test_addresses that were ticked."""
     runtime = current_runtime()
+    extras = {address.lower(): address for address in runtime.settings.newsletter.test_addresses}
+    ticked = request.form.getlist("extra")
+    typed = (request.form.get("address") or "").strip()
+    if not typed and not ticked:
+        typed = g.staff.email
+    addresses = []
     try:
-        address = audience.normalize_email(request.form.get("address") or g.staff.email)
+        if typed:
+            addresses.append(audience.normalize_email(typed))
     except audience.AudienceError:
         return done(".campaign", "The test was not sent: that is not a complete email address.", "problem",
                      campaign_id=campaign_id)
+    unknown = [address for address in ticked if address.lower() not in extras]
+    if unknown:
+        return done(".campaign", "The test was not sent: an address ticked is not one of the test addresses.",
+                    "problem", campaign_id=campaign_id)
     with runtime.sessions() as db:
         row = get_or_404(db, Campaign, campaign_id, "campaign")
-        is_staff = staff_accounts.find(db, address) is not None
-    if not is_staff:
-        # A test carries no unsubscribe link that works and rests on no consent: only staff may get one.
-        return done(".campaign", f"The test was not sent: {address} is not a staff login. Tests go only to staff "
-                     "addresses.", "problem", campaign_id=campaign_id)
-    try:
-        result = previews.send_test(runtime, row, address)
-    except RenderError as exc:
-        return done(".campaign", f"The test was not sent: the email could not be rendered ({exc}).", "problem",
-                     campaign_id=campaign_id)
-    if result.outcome != "sent":
+        if typed and addresses[0].lower() not in extras and staff_accounts.find(db, addresses[0]) is None:
+            # A test carries no unsubscribe link that works and rests on no consent: only staff and the
+            # clinic's own test addresses may get one.
+            return done(".campaign", f"The test was not sent: {addresses[0]} is not a staff login or one of the "
+                         "test addresses. Tests go only to those.", "problem", campaign_id=campaign_id)
+    addresses += [extras[address.lower()] for address in ticked]
+    addresses = list(dict.fromkeys(addresses))
+    sent, failed = [], []
+    for address in addresses:
+        try:
+            result = previews.send_test(runtime, row, address)
+        except RenderError as exc:
+            return done(".campaign", f"The test was not sent: the email could not be rendered ({exc}).", "problem",
+                         campaign_id=campaign_id)
+        if result.outcome == "sent":
+            sent.append(address)
+            continue
         log.warning("test of campaign %s not sent: %s %s", campaign_id, result.outcome, result.code or "")
         detail = f" ({result.code} {result.detail})" if result.code else (f" ({result.detail})" if result.detail else "")
-        return done(".campaign", f"The test could not be sent to {address}: the mail server said no{detail}. "
+        failed.append(f"{address}{detail}")
+    log.info("test of campaign %s sent by staff account %s to %d address(es)", campaign_id, g.staff.id, len(sent))
+    if failed:
+        also = f" It was sent to {_listed(sent)}." if sent else ""
+        return done(".campaign", f"The test could not be sent to {_listed(failed)}: the mail server said no.{also} "
                      "Please try again later or tell your IT person.", "problem", campaign_id=campaign_id)
-    log.info("test of campaign %s sent by staff account %s", campaign_id, g.staff.id)
-    return done(".campaign", f"Test sent to {address}. It should arrive within a minute or two.",
+    return done(".campaign", f"Test sent to {_listed(sent)}. It should arrive within a minute or two.",
                  campaign_id=campaign_id)
+
+
+def _listed(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 @blueprint.post("/campaigns/<int:campaign_id>/approve")
