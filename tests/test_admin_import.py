@@ -146,6 +146,12 @@ def test_a_file_left_unimported_is_deleted_after_a_day(runtime: Runtime, clock: 
     checked_id(upload(staff_client, (HEADER + "b@example.com,B,newsletter,s,2026-01-01T00:00:00Z\n").encode()))
     with runtime.sessions() as session:
         assert session.get(SubscriberImport, first) is None and session.get(SubscriberImport, kept) is not None
+    # Housekeeping deletes one nobody came back to, even if no one uploads another file.
+    from jobs import housekeeping
+
+    assert housekeeping.run(runtime, clock.now + dt.timedelta(days=1, minutes=1))["import_files_purged"] == 2
+    with runtime.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(SubscriberImport)) == 0
 
 
 # --- 100,000 rows ----------------------------------------------------------------------------------
