@@ -349,16 +349,6 @@ def erase(session: Session, secret: str, contact: Contact, now: dt.datetime) -> 
 SUBSCRIBER_COLUMNS = ("email", "name", "topics", "consent_source", "consented_at")
 
 
-@dataclass
-class ImportReport:
-    imported: int = 0
-    unchanged: int = 0
-    rejected: list[tuple[int, str]] | None = None
-
-    def __post_init__(self) -> None:
-        self.rejected = self.rejected or []
-
-
 def parse_time(value: str, field_name: str) -> dt.datetime:
     """An ISO-8601 time with an offset ("Z" accepted), as aware UTC."""
     try:
@@ -368,48 +358,6 @@ def parse_time(value: str, field_name: str) -> dt.datetime:
     if parsed.tzinfo is None:
         raise AudienceError(f"{field_name}: the time needs an offset, e.g. 2026-10-01T12:00:00Z")
     return parsed.astimezone(dt.UTC)
-
-
-def import_subscribers(session: Session, secret: str, topics: dict[str, str], stream, now: dt.datetime) -> ImportReport:  # noqa: ANN001
-    """CSV import; each row in its own savepoint, so one bad row never undoes or blocks the others.
-
-    A row without consent (no source or no time) is rejected, never imported; so is a suppressed address.
-    """
-    import csv
-
-    reader = csv.DictReader(stream)
-    if reader.fieldnames is None or [name.strip() for name in reader.fieldnames] != list(SUBSCRIBER_COLUMNS):
-        found = ",".join(reader.fieldnames or [])
-        raise AudienceError(f"expected the columns {','.join(SUBSCRIBER_COLUMNS)}, found {found or 'nothing'}")
-    report = ImportReport()
-    for row in reader:
-        line = reader.line_num
-        try:
-            if None in row or any(value is None for value in row.values()):
-                raise AudienceError("wrong number of fields")
-            source = (row["consent_source"] or "").strip()
-            when = (row["consented_at"] or "").strip()
-            if not source or not when:
-                raise AudienceError("no consent: consent_source and consented_at are required")
-            consented_at = parse_time(when, "consented_at")
-            if consented_at > now + dt.timedelta(minutes=5):
-                raise AudienceError("consented_at is in the future")
-            wanted = [t.strip() for t in (row["topics"] or "").split(";") if t.strip()]
-            if not wanted:
-                raise AudienceError("topics: at least one topic is required")
-            with session.begin_nested():
-                _contact, added = staff_subscribe(
-                    session, secret, topics, email=row["email"], name=row["name"], topic_names=wanted,
-                    source=source, now=now, consented_at=consented_at, wording=f"imported: {source}",
-                )
-        except AudienceError as exc:
-            report.rejected.append((line, str(exc)))
-            continue
-        if added:
-            report.imported += 1
-        else:
-            report.unchanged += 1
-    return report
 
 
 def export_contact(session: Session, email: str) -> dict[str, object]:

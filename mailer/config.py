@@ -150,6 +150,20 @@ class Newsletter(_Section):
     subject: str = "{clinic}: {first_title}"
     intro: str = ""
     max_posts: int = Field(default=10, ge=1)
+    # One welcome email when a sign-up is confirmed (templates/email/system/welcome).
+    welcome: bool = True
+    # Extra addresses the campaign page may send a test to, besides staff logins' own.
+    test_addresses: list[str] = Field(default_factory=list, max_length=5)
+
+    @field_validator("test_addresses")
+    @classmethod
+    def _test_addresses(cls, value: list[str]) -> list[str]:
+        for address in value:
+            if not re.fullmatch(r"[^@\s<>,;]+@[^@\s<>,;]+\.[^@\s<>,;]+", address):
+                raise ValueError(f"not an email address: {address!r}")
+        if len({address.lower() for address in value}) != len(value):
+            raise ValueError("an address is listed twice")
+        return value
 
 
 class FollowupStep(_Section):
@@ -211,6 +225,8 @@ class Web(_Section):
     max_body_bytes: int = Field(default=65_536, ge=1024)
     subscribe_per_client_per_hour: int = Field(default=10, ge=1)
     metrics: bool = False
+    # Largest CSV file the staff pages' subscriber import accepts, in bytes.
+    max_import_bytes: int = Field(default=30_000_000, ge=1024)
 
     @field_validator("base_url")
     @classmethod
@@ -242,6 +258,16 @@ class Replies(MailboxSettings):
     mark: Literal["seen", "none"] = "seen"
 
 
+class Archive(_Section):
+    """The public archive of sent newsletters (GET /archive)."""
+
+    enabled: bool = True
+    # Topics whose campaigns are shown; None: the newsletter topic only.
+    topics: list[str] | None = None
+    # Ask search engines not to index the archive (X-Robots-Tag and a meta tag).
+    noindex: bool = False
+
+
 class Paths(_Section):
     # Empty: the templates bundled with mailer. A folder: the clinic's own copy (`mailer templates export`),
     # in front of the bundled ones, so a template missing from it still comes from mailer.
@@ -263,6 +289,7 @@ class Settings(_Section):
     web: Web
     bounces: Bounces = Bounces()
     replies: Replies = Replies()
+    archive: Archive = Archive()
     paths: Paths = Paths()
     # Secrets: from the environment only (see load()).
     secret_key: str = Field(default="", repr=False)
@@ -284,7 +311,15 @@ class Settings(_Section):
     def _newsletter_topic_known(self) -> Settings:
         if self.newsletter.topic not in self.topics:
             raise ValueError(f"newsletter.topic {self.newsletter.topic!r} is not one of the topics")
+        unknown = [topic for topic in self.archive.topics or () if topic not in self.topics]
+        if unknown:
+            raise ValueError(f"archive.topics: {unknown[0]!r} is not one of the topics")
         return self
+
+    @property
+    def archive_topics(self) -> list[str]:
+        """The topics the public archive shows (archive.topics, else the newsletter's)."""
+        return list(self.archive.topics) if self.archive.topics is not None else [self.newsletter.topic]
 
     @property
     def zone(self) -> ZoneInfo:

@@ -126,6 +126,8 @@ class Campaign(Base):
     # placeholders where the personal values go. Every process and every night of the send uses these.
     frozen_html: Mapped[str | None] = mapped_column(Text)
     frozen_text: Mapped[str | None] = mapped_column(Text)
+    # A one-off that staff chose to show in the public archive (newsletters always are).
+    archived: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
 
     posts: Mapped[list[Post]] = relationship(order_by="Post.published_at.desc()", lazy="selectin")
 
@@ -292,7 +294,7 @@ class OutboxMessage(Base):
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     # "c:<campaign>:<contact>", "f:<enrollment>:<step>", "confirm:<contact>:<n>": enqueue twice, get one row.
     dedupe_key: Mapped[str] = mapped_column(String(120), unique=True)
-    kind: Mapped[str] = mapped_column(String(20))  # newsletter | oneoff | followup | confirm
+    kind: Mapped[str] = mapped_column(String(20))  # newsletter | oneoff | followup | confirm | welcome
     campaign_id: Mapped[int | None] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
     enrollment_id: Mapped[int | None] = mapped_column(ForeignKey("enrollments.id", ondelete="SET NULL"))
     step: Mapped[int | None] = mapped_column(Integer)
@@ -326,6 +328,26 @@ class StaffUser(Base):
     last_login_at: Mapped[dt.datetime | None]
     failed_logins: Mapped[int] = mapped_column(Integer, default=0)
     locked_until: Mapped[dt.datetime | None]
+
+
+class SubscriberImport(Base):
+    """A CSV file uploaded on the staff pages: checked (dry run), then imported exactly as checked."""
+
+    __tablename__ = "subscriber_imports"
+    __table_args__ = (CheckConstraint("state IN ('checked','imported')", name="state"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    staff_email: Mapped[str] = mapped_column(String(320))
+    filename: Mapped[str] = mapped_column(String(255), default="")
+    # SHA-256 of the file's bytes: the import runs only on the very file the dry run checked.
+    sha256: Mapped[str] = mapped_column(String(64))
+    # The file itself until it is imported (then emptied: the subscribers are in their own tables).
+    content: Mapped[str] = mapped_column(Text, default="")
+    # The dry run's outcome: counts and the lines rejected or skipped, each with its reason.
+    outcome: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    state: Mapped[str] = mapped_column(String(20), default="checked")
+    created_at: Mapped[dt.datetime]
+    imported_at: Mapped[dt.datetime | None]
 
 
 class JobRun(Base):
@@ -404,6 +426,7 @@ __all__ = [
     "Post",
     "RateEvent",
     "StaffUser",
+    "SubscriberImport",
     "Subscription",
     "Suppression",
 ]

@@ -141,7 +141,7 @@ def world(runtime: Runtime) -> dict[str, int]:
     """One of everything a staff page can be about."""
     add_subscriber(runtime, "sub@example.com", "Sub Scriber")
     return {"campaign_id": draft_newsletter(runtime), "inquiry_id": add_inquiry(runtime),
-            "contact_id": add_subscriber(runtime, "other@example.com")}
+            "contact_id": add_subscriber(runtime, "other@example.com"), "import_id": 1}
 
 
 def admin_routes(app: Flask, ids: dict[str, int]) -> Iterator[tuple[str, str]]:
@@ -450,7 +450,7 @@ def test_only_drafts_can_be_edited(staff_client: FlaskClient, runtime: Runtime) 
     html = text_of(staff_client.get(f"/admin/campaigns/{campaign_id}"))
     assert 'id="edit-heading"' not in html and 'id="approve-heading"' not in html
     response = post(staff_client, f"/admin/campaigns/{campaign_id}/edit", {"subject": "Too late", "intro": ""})
-    assert "only drafts can be edited" in flashed(staff_client, response)
+    assert "only drafts and scheduled campaigns can be edited" in flashed(staff_client, response)
     assert campaign_row(runtime, campaign_id).subject != "Too late"
 
 

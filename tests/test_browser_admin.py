@@ -142,7 +142,8 @@ def test_nightly_newsletter_and_a_one_off_in_a_real_browser(live_server: LiveSer
             page.get_by_role("button", name="Approve for Mon 2 Mar 2026, 18:00 CST").click()
             expect(page.get_by_role("status")).to_contain_text("Approved. It goes out at Mon 2 Mar 2026, 18:00 CST")
             expect(page.locator("#campaign-state")).to_contain_text("Approved by marta@therapycentral.example")
-            expect(page.get_by_role("button", name="Save changes")).to_have_count(0)  # no more editing
+            # Scheduled for tonight: still editable until then, or back to a draft with Unschedule.
+            expect(page.get_by_role("button", name="Unschedule")).to_be_visible()
             shot(page, "campaign-approved")
             with runtime.sessions() as session:
                 campaign = session.get(Campaign, clinic)

@@ -48,7 +48,8 @@ def _newsletter(renderer: render.Renderer) -> str:
     rows = [SimpleNamespace(title=p.title, link=p.link, summary=p.summary, content_html=p.content_html,
                             published_at=p.published_at or dt.datetime(2026, 11, 23, tzinfo=dt.UTC)) for p in posts]
     rows.sort(key=lambda row: "<img" not in row.content_html)  # the post with an image goes first, in full
-    campaign = SimpleNamespace(kind="newsletter", subject=f"Therapy Central: {rows[0].title}", preheader="",
+    campaign = SimpleNamespace(id=7, kind="newsletter", topic="newsletter", archived=False,
+                               subject=f"Therapy Central: {rows[0].title}", preheader="",
                                intro="Here is what is new on our blog.", body_markdown="", posts=rows)
     return renderer.prepare_campaign(campaign).html.fill(render.sample_values(BASE_URL))
 

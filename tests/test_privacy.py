@@ -77,8 +77,10 @@ def test_erasure_keeps_only_a_keyed_hash_and_blocks_every_staff_path_back(cli, t
     csv_file = tmp_path / "again.csv"
     csv_file.write_text("email,name,topics,consent_source,consented_at\n"
                         "RILEY.chen@Example.com,Riley,newsletter,old-list,2026-10-01T12:00:00Z\n")
-    result = cli("subscribers", "import", str(csv_file), ok=False)
-    assert "0 imported" in result.output and "line 2: rejected:" in result.output
+    # A suppressed address is a skipped row, reported; not an error of the import (exit status 0).
+    result = cli("subscribers", "import", str(csv_file))
+    assert "0 imported" in result.output and "1 skipped" in result.output
+    assert "line 2: skipped: riley.chen@example.com is on the suppression list" in result.output
     assert count(settings, Contact) == 0
 
 
@@ -96,8 +98,8 @@ def test_an_unsubscribed_address_is_never_resubscribed_by_import(cli, tmp_path: 
     csv_file = tmp_path / "subs.csv"
     csv_file.write_text("email,name,topics,consent_source,consented_at\n"
                         "morgan.patel@example.org,Morgan,newsletter;events,event-signup-sheet,2026-10-14T18:30:00Z\n")
-    result = cli("subscribers", "import", str(csv_file), ok=False)
-    assert "0 imported" in result.output and "suppression list" in result.output
+    result = cli("subscribers", "import", str(csv_file))
+    assert "0 imported" in result.output and "line 2: skipped:" in result.output and "suppression list" in result.output
     cli("tick", "--at", "2026-11-23T18:00")
     data = json.loads(cli("contacts", "export", "morgan.patel@example.org").output)
     assert data["messages"] == [] and data["suppression"]["reason"] == "unsubscribed"

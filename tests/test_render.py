@@ -35,7 +35,7 @@ def campaign(subject: str = "Therapy Central: Ketamines for Anxiety and Depressi
         published_at=dt.datetime(2023, 9, 1, 15, tzinfo=dt.UTC),
     )
     return SimpleNamespace(kind="newsletter", subject=subject, preheader="", intro="Hello from the clinic.",
-                           body_markdown="", posts=[post])
+                           body_markdown="", posts=[post], id=1, topic="newsletter", archived=False)
 
 
 def reference(settings: config.Settings, prepared: render.PreparedMessage, recipient: render.Recipient,

@@ -171,7 +171,7 @@ def test_subscriber_import_rejects_rows_without_consent(cli, tmp_path: Path) -> 
     )
     result = cli("subscribers", "import", str(csv_file), ok=False)
     assert result.exit_code == 2
-    assert "1 imported, 0 already subscribed, 3 rejected." in result.output
+    assert "1 imported, 0 already subscribed, 0 skipped (suppressed or unsubscribed), 3 rejected." in result.output
     assert "line 3: rejected: no consent" in result.output
     assert "line 4: rejected: not a valid email address" in result.output
     assert "line 5: rejected: unknown topic 'gardening'" in result.output

@@ -243,7 +243,9 @@ def campaigns_list(ctx: Context) -> None:
         click.echo(f"{'id':>4}  {'kind':<10} {'state':<9} {'created (local)':<16}  subject")
         for c in rows:
             created = c.created_at.astimezone(zone).strftime("%Y-%m-%d %H:%M")
-            click.echo(f"{c.id:>4}  {c.kind:<10} {c.state:<9} {created:<16}  {c.subject}")
+            at = f"  (scheduled for {c.send_after.astimezone(zone):%Y-%m-%d %H:%M %Z})" if c.state == "approved" \
+                and c.send_after else ""
+            click.echo(f"{c.id:>4}  {c.kind:<10} {c.state:<9} {created:<16}  {c.subject}{at}")
 
 
 @campaigns_group.command("show")
@@ -292,16 +294,60 @@ def campaigns_preview(ctx: Context, campaign_id: int, as_text: bool) -> None:
         click.echo(str(html_path))
 
 
+@campaigns_group.command("new")
+@click.option("--topic", required=True, help="The topic whose subscribers get it.")
+@click.option("--subject", required=True, help="The subject line.")
+@click.option("--body", "body_file", required=True, type=click.File("r", encoding="utf-8-sig"), metavar="FILE.md",
+              help="The message in Markdown (as on the compose page).")
+@click.option("--preheader", default="", help="The line inboxes show after the subject.")
+@pass_ctx
+@friendly
+def campaigns_new(ctx: Context, topic: str, subject: str, body_file: io.TextIOBase, preheader: str) -> None:
+    """Write a one-off draft, as the compose page does; prints its id."""
+    body = body_file.read().replace("\r\n", "\n").replace("\r", "\n")
+    with ctx.runtime.sessions.begin() as session:
+        campaign = campaigns.create_oneoff(session, ctx.settings, topic=topic, subject=subject, body_markdown=body,
+                                           preheader=preheader, now=ctx.now())
+        campaign_id = campaign.id
+    click.echo(campaign_id)
+
+
 @campaigns_group.command("approve")
+@click.argument("campaign_id", type=int)
+@click.option("--at", "at", metavar="ISO-8601", help="Send at this time instead of on the next delivery run. "
+              "Without an offset, clinic time.")
+@pass_ctx
+@friendly
+def campaigns_approve(ctx: Context, campaign_id: int, at: str | None) -> None:
+    """Approve a draft: it is sent on the next delivery run (`mailer send`, `mailer tick` or the scheduler),
+    or at the time given with --at (a scheduled campaign can be given another time the same way)."""
+    from mailer.publishing import schedules
+
+    zone = ctx.settings.zone
+    now = ctx.now()
+    by = os.environ.get("USER", "cli")
+    with ctx.runtime.sessions.begin() as session:
+        campaign = campaigns.get(session, campaign_id)
+        if at is None:
+            campaigns.approve(session, campaign, by=by, now=now)
+        else:
+            send_at = schedules.future_send_time(at, zone, now)
+            campaigns.schedule(session, campaign, by=by, now=now, at=send_at)
+    if at is None:
+        click.echo(f"Campaign {campaign_id} approved; it goes out on the next delivery run.")
+    else:
+        click.echo(f"Campaign {campaign_id} scheduled for {send_at.astimezone(zone):%Y-%m-%d %H:%M %Z}.")
+
+
+@campaigns_group.command("unschedule")
 @click.argument("campaign_id", type=int)
 @pass_ctx
 @friendly
-def campaigns_approve(ctx: Context, campaign_id: int) -> None:
-    """Approve a draft: it is sent on the next delivery run (`mailer send`, `mailer tick` or the scheduler)."""
+def campaigns_unschedule(ctx: Context, campaign_id: int) -> None:
+    """Take a scheduled campaign back to a draft: nothing goes out until it is approved again."""
     with ctx.runtime.sessions.begin() as session:
-        campaign = campaigns.get(session, campaign_id)
-        campaigns.approve(session, campaign, by=os.environ.get("USER", "cli"), now=ctx.now())
-    click.echo(f"Campaign {campaign_id} approved; it goes out on the next delivery run.")
+        campaigns.unschedule(session, campaigns.get(session, campaign_id))
+    click.echo(f"Campaign {campaign_id} unscheduled; it is a draft again.")
 
 
 @campaigns_group.command("cancel")
@@ -371,16 +417,38 @@ def subscribers_add(ctx: Context, email: str, name: str, topics: tuple[str, ...]
 def subscribers_import(ctx: Context, csv_file: io.TextIOBase) -> None:
     """Import subscribers from CSV with columns email,name,topics,consent_source,consented_at.
 
-    topics is separated by ';'. Rows without consent (no source or no time) are rejected and reported by
-    line number; a suppressed address is never resubscribed.
+    topics is separated by ';'. The whole file is imported or nothing is. Rows without consent (no
+    source or no time) or with bad data are rejected and reported by line number (exit status 2); a
+    suppressed address, or a topic someone unsubscribed from, is skipped and reported, never
+    resubscribed (exit status 0).
     """
+    from mailer import imports
+
     settings = ctx.settings
-    with ctx.runtime.sessions.begin() as session:
-        report = audience.import_subscribers(session, settings.secret_key, settings.topics, csv_file, ctx.now())
-    for line, reason in report.rejected:
+    show_bar = sys.stdout.isatty()
+    bar = None
+
+    def checked(plan: imports.ImportPlan) -> None:
+        nonlocal bar
+        if show_bar and plan.imported:
+            bar = click.progressbar(length=plan.imported, label="Importing", show_pos=True)
+            bar.__enter__()
+
+    try:
+        with ctx.runtime.sessions.begin() as session:
+            plan = imports.import_file(session, settings.secret_key, settings.topics, csv_file, ctx.now(),
+                                       progress=lambda count: bar.update(count) if bar else None,
+                                       on_checked=checked)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    for line, reason in plan.rejected:
         click.echo(f"line {line}: rejected: {reason}", err=True)
-    click.echo(f"{report.imported} imported, {report.unchanged} already subscribed, {len(report.rejected)} rejected.")
-    if report.rejected:
+    for line, reason in plan.skipped:
+        click.echo(f"line {line}: skipped: {reason}", err=True)
+    click.echo(f"{plan.imported} imported, {plan.unchanged} already subscribed, {len(plan.skipped)} skipped "
+               f"(suppressed or unsubscribed), {len(plan.rejected)} rejected.")
+    if plan.rejected:
         sys.exit(2)
 
 

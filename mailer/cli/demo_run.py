@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from mailer import audience, bundled, config, jobs, schema
+from mailer import bundled, config, imports, jobs, schema
 from mailer.models import Campaign, Contact, Inquiry, OutboxMessage
 from mailer.publishing import previews
 from mailer.runtime import Runtime, fixed_clock
@@ -52,7 +52,7 @@ def run(config_path: Path | None, var_dir: Path, echo: Callable[[str], None] = p
     first_moment = config_instant(base, NIGHTS[0][0])
     with runtime.sessions.begin() as session:
         with open(SAMPLE / "subscribers.csv", encoding="utf-8") as stream:
-            subs = audience.import_subscribers(session, base.secret_key, base.topics, stream, first_moment)
+            subs = imports.import_file(session, base.secret_key, base.topics, stream, first_moment)
         with open(SAMPLE / "inquiries.csv", encoding="utf-8") as stream:
             inq = followups.import_csv(session, base, stream, first_moment)
     echo(f"  sample subscribers: {subs.imported} imported, {subs.unchanged} already there")

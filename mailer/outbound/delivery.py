@@ -65,6 +65,11 @@ RECHECK_SQL = {
         "(SELECT 1 FROM suppressions x WHERE x.contact_id = :contact_id AND x.reason NOT IN "
         f"({', '.join(repr(reason) for reason in audience.SELF_LIFTABLE)}))"
     ),
+    # A welcome goes only to someone still subscribed to something and not suppressed.
+    "welcome": (
+        "SELECT EXISTS (SELECT 1 FROM subscriptions s WHERE s.contact_id = :contact_id AND s.status = 'active') "
+        "AND NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.contact_id = :contact_id)"
+    ),
 }
 
 
@@ -395,6 +400,14 @@ class Delivery:
                 subject=f"Please confirm your subscription to {self.settings.clinic.name}",
                 preheader="One click to confirm, and you are on the list.",
                 marketing=False,
+            )
+        if row.kind == "welcome":
+            archive_url = f"{self.settings.web.base_url}/archive" if self.settings.archive.enabled else None
+            return self.renderer.prepare(
+                "email/system/welcome",
+                subject=f"Welcome to {self.settings.clinic.name}",
+                preheader="You are on the list. Here is what to expect.",
+                archive_url=archive_url,
             )
         raise LookupError(f"unknown message kind {row.kind!r}")
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import exists, select, text, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from mailer.config import Settings, hhmm
 from mailer.models import Campaign, OutboxMessage, Post
@@ -109,10 +109,13 @@ def make_newsletter(session: Session, settings: Settings, now: dt.datetime, *, g
 
 def create_oneoff(session: Session, settings: Settings, *, topic: str, subject: str, body_markdown: str,
                   now: dt.datetime, preheader: str = "", intro: str = "") -> Campaign:
+    """A one-off draft to one topic: what the compose page and `mailer campaigns new` both make."""
     if topic not in settings.topics:
-        raise CampaignError(f"unknown topic {topic!r}")
+        raise CampaignError(f"unknown topic {topic!r} (topics: {', '.join(settings.topics)})")
     if not one_line(subject):
         raise CampaignError("a subject is required")
+    if not body_markdown.strip():
+        raise CampaignError("the body is empty")
     campaign = Campaign(kind="oneoff", topic=topic, subject=one_line(subject)[:300], preheader=one_line(preheader)[:300],
                         intro=intro, body_markdown=body_markdown, state="draft", created_at=now)
     session.add(campaign)
@@ -120,10 +123,28 @@ def create_oneoff(session: Session, settings: Settings, *, topic: str, subject: 
     return campaign
 
 
+def _lock(campaign: Campaign) -> None:
+    """Read the campaign again under a row lock (PostgreSQL): a delivery run enqueuing it finishes first."""
+    session = object_session(campaign)
+    if session is not None and campaign.id is not None:
+        session.flush()
+        session.refresh(campaign, with_for_update=True)
+
+
+def is_scheduled(campaign: Campaign) -> bool:
+    """Approved for a later time and not yet enqueued: it can still be edited or unscheduled."""
+    return campaign.state == "approved" and campaign.send_after is not None
+
+
 def edit(campaign: Campaign, *, subject: str | None = None, intro: str | None = None, preheader: str | None = None,
          body_markdown: str | None = None) -> None:
-    if campaign.state not in EDITABLE:
-        raise CampaignError(f"campaign {campaign.id} is {campaign.state}; only drafts can be edited")
+    """Change a draft, or a scheduled campaign until its time comes (it stays scheduled)."""
+    if campaign.state == "approved" and campaign.send_after is not None:
+        # The delivery run may be enqueuing it right now: wait for it, then look again.
+        _lock(campaign)
+    if campaign.state not in EDITABLE and not is_scheduled(campaign):
+        raise CampaignError(f"campaign {campaign.id} is {campaign.state}; only drafts and scheduled campaigns "
+                            "can be edited")
     if subject is not None:
         if not one_line(subject):
             raise CampaignError("a subject is required")
@@ -146,6 +167,31 @@ def approve(session: Session, campaign: Campaign, *, by: str, now: dt.datetime, 
     campaign.approved_at = now
     campaign.approved_by = by
     campaign.send_after = send_after
+
+
+def schedule(session: Session, campaign: Campaign, *, by: str, now: dt.datetime, at: dt.datetime) -> None:
+    """Approve a draft for `at` (a future instant), or move a scheduled campaign to another time."""
+    if at <= now:
+        raise CampaignError("the send time is in the past")
+    if campaign.state == "approved":
+        _lock(campaign)  # not while the delivery run enqueues it
+    if campaign.state == "approved":
+        campaign.send_after = at
+        return
+    approve(session, campaign, by=by, now=now, send_after=at)
+
+
+def unschedule(session: Session, campaign: Campaign) -> None:
+    """A scheduled campaign goes back to being a draft: nothing is sent until it is approved again."""
+    _lock(campaign)
+    if not is_scheduled(campaign):
+        raise CampaignError(f"campaign {campaign.id} is {campaign.state}"
+                            + ("" if campaign.state != "approved" else " to go out at once")
+                            + "; only a scheduled campaign can be unscheduled")
+    campaign.state = "draft"
+    campaign.send_after = None
+    campaign.approved_at = None
+    campaign.approved_by = None
 
 
 def cancel(session: Session, campaign: Campaign, now: dt.datetime) -> int:

@@ -379,6 +379,8 @@ class Renderer:
 
             body_html = nh3.clean(markdown.markdown(campaign.body_markdown or "", extensions=["sane_lists"]))
         preheader = campaign.preheader or (views[0].summary if views else "")
+        from mailer.publishing import archive  # archive builds on this module
+
         return self.render_documents(
             "email/newsletter/digest",
             subject=subject_prefix + campaign.subject,
@@ -387,6 +389,8 @@ class Renderer:
             intro=campaign.intro,
             body_html=body_html,
             body_text=html_to_text(body_html) if body_html else "",
+            # "View in your browser": the same for every recipient, so it is rendered once with the rest.
+            archive_url=archive.page_url(self.settings, campaign),
         )
 
 

@@ -90,10 +90,11 @@ def create_app(runtime: Runtime, *, leader: Callable[[], bool] | None = None) ->
 
     _register_error_handlers(app)
 
-    from mailer.web import api, public
+    from mailer.web import api, archive, public
 
     app.register_blueprint(public.blueprint)
     app.register_blueprint(api.blueprint)
+    app.register_blueprint(archive.blueprint)
     if settings.web.metrics:  # off by default: without it, /metrics is a 404 like any unknown page
         from mailer.web import metrics
 

@@ -300,6 +300,13 @@ def _sign_up(session: Session, settings: Settings, email: str, name: str, topics
                        consent_event_id=consent_event_id, now=now)
 
 
+def _welcome(session: Session, contact: Contact, confirmed: list[str], now: dt.datetime) -> None:
+    """One welcome email per person, ever (a second sign-up later is no news to them)."""
+    subscription = next(s for s in contact.subscriptions if s.topic == confirmed[0])
+    outbox.enqueue_one(session, dedupe_key=f"welcome:{contact.id}", kind="welcome", contact_id=contact.id,
+                       consent_event_id=subscription.consent_event_id, now=now)
+
+
 def _confirm_contact(session: Session, settings: Settings, token: str, now: dt.datetime) -> Contact | None:
     """The contact of a confirmation link; None when the link has expired."""
     contact, parsed = _contact_for(session, settings, token, "confirm")
@@ -345,6 +352,8 @@ def confirm(token: str) -> tuple[str, int]:
         if contact is None:
             return _expired()
         confirmed = audience.confirm_pending(session, settings.secret_key, contact, request=security.request_info(), now=now)
+        if confirmed and settings.newsletter.welcome:
+            _welcome(session, contact, confirmed, now)
         statuses = _topic_statuses(contact)
         contact_id = contact.id
     if confirmed:

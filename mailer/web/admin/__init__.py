@@ -4,9 +4,9 @@
 one part of the staff pages on that blueprint when imported here.
 """
 
-from mailer.web.admin import campaigns, inquiries, subscribers
+from mailer.web.admin import campaigns, imports, inquiries, subscribers
 from mailer.web.admin.base import CAMPAIGNS_PER_PAGE, LOGIN_ATTEMPTS, MAX_ID, blueprint
 from mailer.web.admin.campaigns import next_send_time
 
-__all__ = ["CAMPAIGNS_PER_PAGE", "LOGIN_ATTEMPTS", "MAX_ID", "blueprint", "campaigns", "inquiries",
+__all__ = ["CAMPAIGNS_PER_PAGE", "LOGIN_ATTEMPTS", "MAX_ID", "blueprint", "campaigns", "imports", "inquiries",
            "next_send_time", "subscribers"]

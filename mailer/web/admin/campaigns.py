@@ -13,7 +13,7 @@ from mailer import staff as staff_accounts
 from mailer.config import Settings
 from mailer.models import Campaign, StaffUser
 from mailer.outbound import outbox
-from mailer.publishing import campaigns, figures, previews
+from mailer.publishing import archive, campaigns, figures, previews, schedules
 from mailer.publishing.render import RenderError
 from mailer.web import current_runtime
 from mailer.web.admin.base import (
@@ -83,6 +83,12 @@ def campaign(campaign_id: int) -> Response:
             audience_size=outbox.audience_size(db, row.topic) if waiting else None,
             undelivered=outbox.undelivered(db, row.id, limit=50), next_send=next_send_time(settings, now),
             staff_addresses=list(db.scalars(select(StaffUser.email).order_by(StaffUser.email))),
+            test_addresses=settings.newsletter.test_addresses,
+            scheduled=campaigns.is_scheduled(row), zone_name=settings.clinic.timezone,
+            archive_url=archive.page_url(settings, row) if archive.is_public(settings, row) else None,
+            archive_topic=settings.archive.enabled and row.topic in settings.archive_topics,
+            zone_now=f"{now.astimezone(settings.zone):%Z}",
+            send_at_value=f"{row.send_after.astimezone(settings.zone):%Y-%m-%dT%H:%M}" if row.send_after else "",
         )
 
 
@@ -121,33 +127,58 @@ def campaign_edit(campaign_id: int) -> Response:
 
 @blueprint.post("/campaigns/<int:campaign_id>/test")
 def campaign_test(campaign_id: int) -> Response:
-    """One test copy to a staff address (the logged-in person's by default), now."""
+    """A test copy, now, to a staff address (the logged-in person's by default) and to any of the extra
+    addresses in newsletter.test_addresses that were ticked."""
     runtime = current_runtime()
+    extras = {address.lower(): address for address in runtime.settings.newsletter.test_addresses}
+    ticked = request.form.getlist("extra")
+    typed = (request.form.get("address") or "").strip()
+    if not typed and not ticked:
+        typed = g.staff.email
+    addresses = []
     try:
-        address = audience.normalize_email(request.form.get("address") or g.staff.email)
+        if typed:
+            addresses.append(audience.normalize_email(typed))
     except audience.AudienceError:
         return done(".campaign", "The test was not sent: that is not a complete email address.", "problem",
                      campaign_id=campaign_id)
+    unknown = [address for address in ticked if address.lower() not in extras]
+    if unknown:
+        return done(".campaign", "The test was not sent: an address ticked is not one of the test addresses.",
+                    "problem", campaign_id=campaign_id)
     with runtime.sessions() as db:
         row = get_or_404(db, Campaign, campaign_id, "campaign")
-        is_staff = staff_accounts.find(db, address) is not None
-    if not is_staff:
-        # A test carries no unsubscribe link that works and rests on no consent: only staff may get one.
-        return done(".campaign", f"The test was not sent: {address} is not a staff login. Tests go only to staff "
-                     "addresses.", "problem", campaign_id=campaign_id)
-    try:
-        result = previews.send_test(runtime, row, address)
-    except RenderError as exc:
-        return done(".campaign", f"The test was not sent: the email could not be rendered ({exc}).", "problem",
-                     campaign_id=campaign_id)
-    if result.outcome != "sent":
+        if typed and addresses[0].lower() not in extras and staff_accounts.find(db, addresses[0]) is None:
+            # A test carries no unsubscribe link that works and rests on no consent: only staff and the
+            # clinic's own test addresses may get one.
+            return done(".campaign", f"The test was not sent: {addresses[0]} is not a staff login or one of the "
+                         "test addresses. Tests go only to those.", "problem", campaign_id=campaign_id)
+    addresses += [extras[address.lower()] for address in ticked]
+    addresses = list(dict.fromkeys(addresses))
+    sent, failed = [], []
+    for address in addresses:
+        try:
+            result = previews.send_test(runtime, row, address)
+        except RenderError as exc:
+            return done(".campaign", f"The test was not sent: the email could not be rendered ({exc}).", "problem",
+                         campaign_id=campaign_id)
+        if result.outcome == "sent":
+            sent.append(address)
+            continue
         log.warning("test of campaign %s not sent: %s %s", campaign_id, result.outcome, result.code or "")
         detail = f" ({result.code} {result.detail})" if result.code else (f" ({result.detail})" if result.detail else "")
-        return done(".campaign", f"The test could not be sent to {address}: the mail server said no{detail}. "
+        failed.append(f"{address}{detail}")
+    log.info("test of campaign %s sent by staff account %s to %d address(es)", campaign_id, g.staff.id, len(sent))
+    if failed:
+        also = f" It was sent to {_listed(sent)}." if sent else ""
+        return done(".campaign", f"The test could not be sent to {_listed(failed)}: the mail server said no.{also} "
                      "Please try again later or tell your IT person.", "problem", campaign_id=campaign_id)
-    log.info("test of campaign %s sent by staff account %s", campaign_id, g.staff.id)
-    return done(".campaign", f"Test sent to {address}. It should arrive within a minute or two.",
+    return done(".campaign", f"Test sent to {_listed(sent)}. It should arrive within a minute or two.",
                  campaign_id=campaign_id)
+
+
+def _listed(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 @blueprint.post("/campaigns/<int:campaign_id>/approve")
@@ -171,6 +202,64 @@ def campaign_approve(campaign_id: int) -> Response:
     log.info("campaign %s approved by staff account %s", campaign_id, g.staff.id)
     moment = f"at {when(send_after)}" if send_after else "on the next delivery run, within a few minutes"
     return done(".campaign", f"Approved. It goes out {moment}.", campaign_id=campaign_id)
+
+
+@blueprint.post("/campaigns/<int:campaign_id>/schedule")
+def campaign_schedule(campaign_id: int) -> Response:
+    """Approve a draft for a time in clinic time ("Send at"), or give a scheduled campaign another time."""
+    runtime = current_runtime()
+    settings = runtime.settings
+    now = runtime.clock()
+    problem = None
+    with runtime.sessions.begin() as db:
+        row = get_or_404(db, Campaign, campaign_id, "campaign")
+        try:
+            send_at = schedules.future_send_time(request.form.get("send_at") or "", settings.zone, now)
+            campaigns.schedule(db, row, by=g.staff.email, now=now, at=send_at)
+        except campaigns.CampaignError as exc:
+            problem = str(exc)
+    if problem is not None:
+        return done(".campaign", f"Not scheduled: {problem}.", "problem", campaign_id=campaign_id)
+    log.info("campaign %s scheduled by staff account %s", campaign_id, g.staff.id)
+    return done(".campaign", f"Scheduled. It goes out at {when(send_at)}. Until then you can still edit it, "
+                 "change the time or unschedule it.", campaign_id=campaign_id)
+
+
+@blueprint.post("/campaigns/<int:campaign_id>/unschedule")
+def campaign_unschedule(campaign_id: int) -> Response:
+    """A scheduled campaign goes back to being a draft."""
+    problem = None
+    with current_runtime().sessions.begin() as db:
+        row = get_or_404(db, Campaign, campaign_id, "campaign")
+        try:
+            campaigns.unschedule(db, row)
+        except campaigns.CampaignError as exc:
+            problem = str(exc)
+    if problem is not None:
+        return done(".campaign", f"Not unscheduled: {problem}.", "problem", campaign_id=campaign_id)
+    log.info("campaign %s unscheduled by staff account %s", campaign_id, g.staff.id)
+    return done(".campaign", "Unscheduled. It is a draft again: nothing goes out until someone approves it.",
+                 campaign_id=campaign_id)
+
+
+@blueprint.post("/campaigns/<int:campaign_id>/archive")
+def campaign_archive(campaign_id: int) -> Response:
+    """Show a one-off in the public archive, or stop showing it (newsletters are always shown)."""
+    show = request.form.get("show") == "1"
+    with current_runtime().sessions.begin() as db:
+        row = get_or_404(db, Campaign, campaign_id, "campaign")
+        if row.kind != "oneoff":
+            return done(".campaign", "Newsletters are always in the public archive once sent.", "problem",
+                         campaign_id=campaign_id)
+        row.archived = show
+    log.info("campaign %s %s the archive by staff account %s", campaign_id, "shown in" if show else "taken out of",
+             g.staff.id)
+    if show:
+        message = ("It will be shown in the public archive once sent, and its emails carry a “View in your browser” "
+                   "link (emails already sent do not).")
+    else:
+        message = "It is not shown in the public archive."
+    return done(".campaign", message, campaign_id=campaign_id)
 
 
 @blueprint.post("/campaigns/<int:campaign_id>/cancel")
