@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mailer.links import email_hash
-from mailer.models import ConsentEvent, Contact, Enrollment, OutboxMessage, Subscription, Suppression
+from mailer.models import RUNNING, ConsentEvent, Contact, Enrollment, OutboxMessage, Subscription, Suppression
 from mailer.publishing.render import one_line
 
 log = logging.getLogger("mailer.audience")
@@ -299,8 +299,8 @@ def withdraw_followups(session: Session, contact: Contact, *, source: str, now: 
 def stop_enrollments(session: Session, contact_id: int, reason: str, now: dt.datetime) -> int:
     result = session.execute(
         update(Enrollment)
-        .where(Enrollment.contact_id == contact_id, Enrollment.status == "active")
-        .values(status="stopped", stop_reason=reason, stopped_at=now, next_due_at=None)
+        .where(Enrollment.contact_id == contact_id, Enrollment.status.in_(RUNNING))  # paused ones too
+        .values(status="stopped", stop_reason=reason, stopped_at=now, next_due_at=None, paused_at=None)
     )
     return result.rowcount or 0
 
