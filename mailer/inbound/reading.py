@@ -28,7 +28,8 @@ AUTO_REPLY_SUBJECT = re.compile(
     r"|respuesta autom[áa]tica|fuera de la oficina|risposta automatica|fuori (sede|ufficio)"
     r"|automatisch antwoord|afwezigheid|resposta autom[áa]tica|aus[êe]ncia tempor[áa]ria"
     r"|fora do escrit[óo]rio|autosvar|automatisk svar|fr[åa]nvaro|frav[æa]r|automaattinen vastaus"
-    r"|automatyczna odpowied[źz]|automatick[áa] odpov[ěe]d|otomatik yan[ıi]t|автоответ"
+    r"|automatyczna odpowied[źz]|automatick[áa] odpov[ěe][dď]|autom[āa]tisk[āa] atbilde|atva[ļl]in[āa]jums"
+    r"|otomatik yan[ıi]t|автоответ"
     r"|автоматический ответ|自動応答|自動返信|不在|自动回复|자동 ?응답",
     re.I,
 )

@@ -13,11 +13,11 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from mailer import audience
-from mailer.config import Settings
+from mailer.config import Settings, duration
 from mailer.models import Contact, Enrollment, Inquiry, OutboxMessage
 from mailer.sequences.followups import InquiryError, into_window
 
@@ -68,20 +68,38 @@ def next_step_after(session: Session, enrollment: Enrollment) -> int:
 
 
 def resume_enrollment(session: Session, settings: Settings, enrollment: Enrollment, now: dt.datetime) -> dt.datetime:
-    """Run a paused sequence again: its next step from now (inside the send window), the later ones as
-    far apart as they were, the pause left out. Returns when the next step is due."""
+    """Run a paused sequence again: its next step from now (inside the send window, and never sooner than
+    followups.min_gap after the previous email), the later steps as far apart as configured. Returns
+    when the next step is due."""
     locked = session.scalar(select(Enrollment).where(Enrollment.id == enrollment.id).with_for_update())
     if locked is None or locked.status != "paused":
         raise InquiryError("this sequence is not paused")
-    paused_for = now - (locked.paused_at or now)
     locked.next_step = next_step_after(session, locked)
-    locked.anchor_at = locked.anchor_at + max(paused_for, dt.timedelta(0))
+    last_sent = session.scalar(
+        select(func.max(OutboxMessage.sent_at))
+        .where(OutboxMessage.contact_id == locked.contact_id, OutboxMessage.enrollment_id == locked.id,
+               OutboxMessage.kind == "followup", OutboxMessage.state == "sent")
+    )
+    start = now if last_sent is None else max(now, last_sent + duration(settings.followups.min_gap))
+    due = into_window(settings, start)
+    steps = settings.followups.steps_of(locked.sequence)
+    if locked.next_step < len(steps):
+        # The steps' delays count from the inquiry; moved so that this step's delay ends at `due`.
+        locked.anchor_at = before(due, duration(steps[locked.next_step].after), settings.zone)
     locked.resumes += 1
     locked.status = "active"
     locked.paused_at = None
-    locked.next_due_at = into_window(settings, now)
+    locked.next_due_at = due
     log.info("enrollment %s of contact %s resumed at step %d", locked.id, locked.contact_id, locked.next_step)
-    return locked.next_due_at
+    return due
+
+
+def before(moment: dt.datetime, delay: dt.timedelta, zone: dt.tzinfo) -> dt.datetime:
+    """The instant `delay` before `moment`, counted as followups counts it forward (whole days on the
+    local calendar, the rest as elapsed time)."""
+    days = dt.timedelta(days=delay.days)
+    wall = moment.astimezone(zone).replace(tzinfo=None) - days
+    return wall.replace(tzinfo=zone).astimezone(dt.UTC) - (delay - days)
 
 
 def paused_enrollment(session: Session, email: str) -> Enrollment:
