@@ -414,7 +414,7 @@ def import_subscribers(session: Session, secret: str, topics: dict[str, str], st
 
 def export_contact(session: Session, email: str) -> dict[str, object]:
     """Everything stored about one person (access request): profile, subscriptions, ledger, messages."""
-    from mailer.models import Inquiry
+    from mailer.models import Inquiry, Reply
 
     contact = find_contact(session, email)
     if contact is None:
@@ -427,6 +427,7 @@ def export_contact(session: Session, email: str) -> dict[str, object]:
     ).all()
     inquiries = session.scalars(select(Inquiry).where(Inquiry.contact_id == contact.id).order_by(Inquiry.id)).all()
     suppression = session.scalar(select(Suppression).where(Suppression.contact_id == contact.id))
+    replies = session.scalars(select(Reply).where(Reply.contact_id == contact.id).order_by(Reply.id)).all()
     return {
         "profile": {"email": contact.email, "name": contact.name, "created_at": contact.created_at.isoformat(),
                     "followups_consent": contact.followups_consent},
@@ -439,8 +440,11 @@ def export_contact(session: Session, email: str) -> dict[str, object]:
         ],
         "inquiries": [
             {"id": i.id, "received_at": i.received_at.isoformat(), "source": i.source, "consent": i.consent,
-             "consent_text": i.consent_text, "message": i.message, "status": i.status} for i in inquiries
+             "consent_text": i.consent_text, "message": i.message, "status": i.status, "service": i.service,
+             "booked_at": i.booked_at.isoformat() if i.booked_at else None} for i in inquiries
         ],
+        # That they replied, and to which message: the words were never kept.
+        "replies": [{"received_at": r.received_at.isoformat(), "to_message_id": r.outbox_id} for r in replies],
         "messages": [
             {"id": m.id, "kind": m.kind, "campaign_id": m.campaign_id, "step": m.step, "state": m.state,
              "created_at": m.created_at.isoformat(), "sent_at": m.sent_at.isoformat() if m.sent_at else None,

@@ -5,6 +5,7 @@ and a real maildir or IMAP folder, on both databases; the classifier on real mes
 from __future__ import annotations
 
 import datetime as dt
+import json
 import mailbox
 import re
 import uuid
@@ -318,6 +319,10 @@ def test_a_reply_pauses_the_sequence_and_its_words_are_kept_nowhere(clinic: Clin
         assert not any(words in output for output in clinic.logs), words
         assert not any(words.encode() in item.data for item in smtp_server.received), words
     assert INQUIRY_SECRET in dump  # (the inquiry's message is kept for staff: the search does find text)
+
+    # An access request shows that they replied, and when; there is nothing more to show.
+    exported = json.loads(clinic.cli("contacts", "export", PERSON).stdout)
+    assert exported["replies"] == [{"received_at": reply.received_at.isoformat(), "to_message_id": outbox_id}]
 
     # A second run counts nothing twice: the message is marked seen and recorded as handled.
     assert clinic.process_replies().stdout.startswith("messages 0, replies 0,")
