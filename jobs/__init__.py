@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy import select
+
 from mailer.models import JobRun
 from mailer.runtime import Runtime
 
@@ -30,6 +32,7 @@ def registry() -> dict[str, JobFunction]:
         ingest_feed,
         nightly_newsletter,
         process_bounces,
+        process_replies,
     )
 
     return {
@@ -39,10 +42,30 @@ def registry() -> dict[str, JobFunction]:
         "deliver": deliver.run,
         "housekeeping": housekeeping.run,
         "process_bounces": process_bounces.run,
+        "process_replies": process_replies.run,
     }
 
 
-TICK_ORDER = ("ingest_feed", "nightly_newsletter", "advance_followups", "deliver")
+# Replies are read before the follow-ups advance: a reply that came in pauses the next step, never
+# after it was queued.
+TICK_ORDER = ("ingest_feed", "nightly_newsletter", "process_replies", "advance_followups", "deliver")
+# Jobs `mailer tick` runs only when their interval has passed since their last recorded run (the others
+# decide for themselves whether there is anything to do).
+TICK_WHEN_DUE = {"process_replies": dt.timedelta(minutes=5)}
+
+
+def is_due(runtime: Runtime, job_id: str, now: dt.datetime) -> bool:
+    """Whether `mailer tick` at `now` runs this job: always, or for TICK_WHEN_DUE jobs, when no run is
+    recorded within their interval before `now`."""
+    every = TICK_WHEN_DUE.get(job_id)
+    if every is None:
+        return True
+    with runtime.sessions() as session:
+        recent = session.scalar(
+            select(JobRun.id).where(JobRun.job_id == job_id, JobRun.scheduled_for > now - every,
+                                    JobRun.scheduled_for <= now).limit(1)
+        )
+    return recent is None
 
 
 def run_job(runtime: Runtime, job_id: str, now: dt.datetime, function: JobFunction | None = None) -> dict[str, Any]:

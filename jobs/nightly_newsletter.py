@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
+from mailer.outbound import notices
 from mailer.publishing import campaigns
 from mailer.runtime import Runtime
 
@@ -18,6 +19,8 @@ def run(runtime: Runtime, now: dt.datetime) -> dict[str, object]:
         outcome = campaigns.make_newsletter(session, runtime.settings, now)
         campaign_id = outcome.campaign.id if outcome.campaign else None
         state = outcome.campaign.state if outcome.campaign else None
+        if outcome.reason == "created" and state == "draft":  # newsletter.approval = "manual": staff decide
+            notices.record(session, runtime.settings, "draft", now, campaign_id=campaign_id)
     if outcome.reason == "missed":
         log.warning("nightly newsletter missed its send time by more than %d minutes; skipped, posts wait for "
                     "the next night or a staff decision", runtime.settings.newsletter.misfire_grace_minutes)

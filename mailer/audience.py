@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mailer.links import email_hash
-from mailer.models import ConsentEvent, Contact, Enrollment, OutboxMessage, Subscription, Suppression
+from mailer.models import RUNNING, ConsentEvent, Contact, Enrollment, OutboxMessage, Subscription, Suppression
 from mailer.publishing.render import one_line
 
 log = logging.getLogger("mailer.audience")
@@ -299,8 +299,8 @@ def withdraw_followups(session: Session, contact: Contact, *, source: str, now: 
 def stop_enrollments(session: Session, contact_id: int, reason: str, now: dt.datetime) -> int:
     result = session.execute(
         update(Enrollment)
-        .where(Enrollment.contact_id == contact_id, Enrollment.status == "active")
-        .values(status="stopped", stop_reason=reason, stopped_at=now, next_due_at=None)
+        .where(Enrollment.contact_id == contact_id, Enrollment.status.in_(RUNNING))  # paused ones too
+        .values(status="stopped", stop_reason=reason, stopped_at=now, next_due_at=None, paused_at=None)
     )
     return result.rowcount or 0
 
@@ -362,7 +362,7 @@ def parse_time(value: str, field_name: str) -> dt.datetime:
 
 def export_contact(session: Session, email: str) -> dict[str, object]:
     """Everything stored about one person (access request): profile, subscriptions, ledger, messages."""
-    from mailer.models import Inquiry
+    from mailer.models import Inquiry, Reply
 
     contact = find_contact(session, email)
     if contact is None:
@@ -375,6 +375,7 @@ def export_contact(session: Session, email: str) -> dict[str, object]:
     ).all()
     inquiries = session.scalars(select(Inquiry).where(Inquiry.contact_id == contact.id).order_by(Inquiry.id)).all()
     suppression = session.scalar(select(Suppression).where(Suppression.contact_id == contact.id))
+    replies = session.scalars(select(Reply).where(Reply.contact_id == contact.id).order_by(Reply.id)).all()
     return {
         "profile": {"email": contact.email, "name": contact.name, "created_at": contact.created_at.isoformat(),
                     "followups_consent": contact.followups_consent},
@@ -387,8 +388,11 @@ def export_contact(session: Session, email: str) -> dict[str, object]:
         ],
         "inquiries": [
             {"id": i.id, "received_at": i.received_at.isoformat(), "source": i.source, "consent": i.consent,
-             "consent_text": i.consent_text, "message": i.message, "status": i.status} for i in inquiries
+             "consent_text": i.consent_text, "message": i.message, "status": i.status, "service": i.service,
+             "booked_at": i.booked_at.isoformat() if i.booked_at else None} for i in inquiries
         ],
+        # That they replied, and to which message: the words were never kept.
+        "replies": [{"received_at": r.received_at.isoformat(), "to_message_id": r.outbox_id} for r in replies],
         "messages": [
             {"id": m.id, "kind": m.kind, "campaign_id": m.campaign_id, "step": m.step, "state": m.state,
              "created_at": m.created_at.isoformat(), "sent_at": m.sent_at.isoformat() if m.sent_at else None,

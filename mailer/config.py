@@ -75,12 +75,25 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+def _check_web_address(value: str) -> str:
+    """An absolute http(s) URL, or "" for none."""
+    parts = urlsplit(value)
+    if value and (parts.scheme not in ("http", "https") or not parts.netloc):
+        raise ValueError(f"expected an absolute http(s) URL, got {value!r}")
+    return value
+
+
+WebAddress = Annotated[str, AfterValidator(_check_web_address)]
+
+
 class Clinic(_Section):
     name: str = Field(min_length=1)
     postal_address: str = Field(min_length=1)
     timezone: str
     phone: str = ""
     website: str = ""
+    # The clinic's online booking page: `booking_url` in every follow-up template ("" when there is none).
+    booking_url: WebAddress = ""
 
     @field_validator("timezone")
     @classmethod
@@ -173,6 +186,33 @@ class FollowupStep(_Section):
     preheader: str = ""
 
 
+DEFAULT_SEQUENCE = "default"
+
+
+def _steps_in_order(steps: list[FollowupStep]) -> None:
+    afters = [duration(step.after) for step in steps]
+    if afters != sorted(afters):
+        raise ValueError("steps must be in the order of their 'after' delays")
+
+
+class FollowupSequence(_Section):
+    """One sequence: chosen for an inquiry whose source or service is in `match` (first match wins), or,
+    named "default", for every inquiry no other sequence matches."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=64)
+    match: list[str] = Field(default_factory=list)
+    steps: list[FollowupStep] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _order(self) -> FollowupSequence:
+        _steps_in_order(self.steps)
+        return self
+
+    def matches(self, source: str, service: str) -> bool:
+        wanted = {value.strip().lower() for value in self.match}
+        return bool(wanted & {source.strip().lower(), service.strip().lower()} - {""})
+
+
 class Followups(_Section):
     send_window: list[HHMM] = Field(min_length=2, max_length=2)
     send_on_weekends: bool = False
@@ -181,16 +221,48 @@ class Followups(_Section):
     retention_days: int = Field(default=365, ge=1)
     duplicate_window: Duration = "PT24H"
     sensitive_words: list[str] = Field(default_factory=list)
-    steps: list[FollowupStep]
+    # The default sequence's steps, as before several sequences existed.
+    steps: list[FollowupStep] = Field(default_factory=list)
+    sequences: list[FollowupSequence] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _window_order(self) -> Followups:
         if hhmm(self.send_window[0]) >= hhmm(self.send_window[1]):
             raise ValueError("send_window must open before it closes, e.g. [\"09:00\", \"18:00\"]")
-        afters = [duration(step.after) for step in self.steps]
-        if afters != sorted(afters):
-            raise ValueError("steps must be in the order of their 'after' delays")
+        _steps_in_order(self.steps)
+        names = [sequence.name for sequence in self.sequences]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"sequences: the name {repeated[0]!r} is used twice")
+        if self.steps and DEFAULT_SEQUENCE in names:
+            raise ValueError("steps and a sequence named \"default\" are both set: keep one of them")
         return self
+
+    @property
+    def all_sequences(self) -> list[FollowupSequence]:
+        """Every sequence; [[followups.steps]] alone is the one named "default". (Not cached: model_copy,
+        which tests and the demo use to vary settings, would copy a cached value along.)"""
+        if not self.steps:
+            return list(self.sequences)
+        # Already validated as followups.steps: built without validating again (this runs per enrollment).
+        default = FollowupSequence.model_construct(name=DEFAULT_SEQUENCE, match=[], steps=self.steps)
+        return [*self.sequences, default]
+
+    def sequence(self, name: str) -> FollowupSequence | None:
+        return next((sequence for sequence in self.all_sequences if sequence.name == name), None)
+
+    def steps_of(self, name: str) -> list[FollowupStep]:
+        """The steps of the sequence `name` ([] when it is no longer configured)."""
+        found = self.sequence(name)
+        return found.steps if found else []
+
+    def choose(self, source: str, service: str = "") -> FollowupSequence | None:
+        """The sequence for an inquiry: the first whose `match` names its source or service, else "default"."""
+        sequences = self.all_sequences
+        for sequence in sequences:
+            if sequence.match and sequence.matches(source, service):
+                return sequence
+        return next((sequence for sequence in sequences if sequence.name == DEFAULT_SEQUENCE), None)
 
 
 class Dkim(_Section):
@@ -268,6 +340,25 @@ class Archive(_Section):
     noindex: bool = False
 
 
+NOTIFY_EVENTS = ("inquiry", "reply", "booked", "draft")
+
+
+class Notify(_Section):
+    """Front-desk notifications: short emails to staff when something needs a person."""
+
+    staff: list[str] = Field(default_factory=list)
+    events: list[Literal["inquiry", "reply", "booked", "draft"]] = Field(default_factory=lambda: list(NOTIFY_EVENTS))
+    # Events within this many minutes of the first are gathered into one email.
+    gather_minutes: int = Field(default=5, ge=0, le=120)
+
+    @field_validator("staff")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        for address in value:
+            Sender._address(address)
+        return value
+
+
 class Paths(_Section):
     # Empty: the templates bundled with mailer. A folder: the clinic's own copy (`mailer templates export`),
     # in front of the bundled ones, so a template missing from it still comes from mailer.
@@ -290,6 +381,7 @@ class Settings(_Section):
     bounces: Bounces = Bounces()
     replies: Replies = Replies()
     archive: Archive = Archive()
+    notify: Notify = Notify()
     paths: Paths = Paths()
     # Secrets: from the environment only (see load()).
     secret_key: str = Field(default="", repr=False)
@@ -469,16 +561,19 @@ def load(path: Path | str | None = None, environ: dict[str, str] | None = None) 
             ConfigWarning,
             stacklevel=2,
         )
-    for step in settings.followups.steps:
-        shown = f"{step.subject} {step.preheader}"
-        words = [w for w in settings.followups.sensitive_words if re.search(rf"\b{re.escape(w)}\b", shown, re.I)]
-        if words:
-            warnings.warn(
-                f"{path}: followups.steps[{step.template}] subject or preheader names {', '.join(words)}: "
-                "they are visible in inbox lists; keep conditions and treatments out of them",
-                ConfigWarning,
-                stacklevel=2,
-            )
+    for sequence in settings.followups.all_sequences:
+        where = "steps" if sequence.name == DEFAULT_SEQUENCE and settings.followups.steps else \
+            f"sequences[{sequence.name}].steps"
+        for step in sequence.steps:
+            shown = f"{step.subject} {step.preheader}"
+            words = [w for w in settings.followups.sensitive_words if re.search(rf"\b{re.escape(w)}\b", shown, re.I)]
+            if words:
+                warnings.warn(
+                    f"{path}: followups.{where}[{step.template}] subject or preheader names {', '.join(words)}: "
+                    "they are visible in inbox lists; keep conditions and treatments out of them",
+                    ConfigWarning,
+                    stacklevel=2,
+                )
     if not settings.secret_key:
         settings = settings.model_copy(update={"secret_key": development_secret(settings.var_dir)})
     return settings

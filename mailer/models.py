@@ -231,21 +231,31 @@ class Inquiry(Base):
     last_activity_at: Mapped[dt.datetime]
     status: Mapped[str] = mapped_column(String(20), default="open")
     closed_at: Mapped[dt.datetime | None]
+    # What the person asked about, when the website's form says (a follow-up sequence may match it).
+    service: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    # When they booked (the booking webhook's time, or when staff marked it) and through what: figures.
+    booked_at: Mapped[dt.datetime | None]
+    booked_via: Mapped[str | None] = mapped_column(String(200))
+
+
+# Enrollments whose sequence is under way: running, or paused by a reply until staff decide.
+RUNNING = ("active", "paused")
+RUNNING_SQL = "status IN ('active', 'paused')"
 
 
 class Enrollment(Base):
-    """A contact's place in the follow-up sequence. At most one active enrollment per contact and sequence."""
+    """A contact's place in a follow-up sequence. At most one running (active or paused) enrollment per
+    contact, whatever the sequence: nobody gets two sequences at once."""
 
     __tablename__ = "enrollments"
     __table_args__ = (
-        CheckConstraint("status IN ('active','stopped','completed')", name="status"),
+        CheckConstraint("status IN ('active','paused','stopped','completed')", name="status"),
         Index(
-            "uq_enrollments_active",
+            "uq_enrollments_running",
             "contact_id",
-            "sequence",
             unique=True,
-            sqlite_where=text("status = 'active'"),
-            postgresql_where=text("status = 'active'"),
+            sqlite_where=text(RUNNING_SQL),
+            postgresql_where=text(RUNNING_SQL),
         ),
         Index("ix_enrollments_status_next_due", "status", "next_due_at"),
     )
@@ -264,6 +274,28 @@ class Enrollment(Base):
     consent_event_id: Mapped[int | None] = mapped_column(ForeignKey("consent_events.id", ondelete="SET NULL"))
     created_at: Mapped[dt.datetime]
     stopped_at: Mapped[dt.datetime | None]
+    # Set while a reply holds the sequence (status "paused"): when the reply came.
+    paused_at: Mapped[dt.datetime | None]
+    # How often staff resumed it: resumed steps get fresh outbox keys ("f:<id>:<step>:<resumes>"), since
+    # the step a pause cancelled keeps its own key as a skipped row.
+    resumes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class Reply(Base):
+    """That a person replied, when, and to which of our messages: never what they wrote."""
+
+    __tablename__ = "replies"
+    __table_args__ = (Index("ix_replies_contact_received", "contact_id", "received_at"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"))
+    enrollment_id: Mapped[int | None] = mapped_column(ForeignKey("enrollments.id", ondelete="SET NULL"), index=True)
+    # The message of ours it answers (In-Reply-To/References), when the mail client kept the thread.
+    outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox.id", ondelete="SET NULL"))
+    # How many steps of the sequence had gone out when it came: the step it was "after".
+    after_step: Mapped[int | None] = mapped_column(Integer)
+    matched_by: Mapped[str] = mapped_column(String(20))  # "thread" | "address"
+    received_at: Mapped[dt.datetime]
 
 
 # --- the outbox ----------------------------------------------------------------------------------
@@ -294,7 +326,7 @@ class OutboxMessage(Base):
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     # "c:<campaign>:<contact>", "f:<enrollment>:<step>", "confirm:<contact>:<n>": enqueue twice, get one row.
     dedupe_key: Mapped[str] = mapped_column(String(120), unique=True)
-    kind: Mapped[str] = mapped_column(String(20))  # newsletter | oneoff | followup | confirm | welcome
+    kind: Mapped[str] = mapped_column(String(20))  # newsletter | oneoff | followup | confirm | welcome | notice
     campaign_id: Mapped[int | None] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
     enrollment_id: Mapped[int | None] = mapped_column(ForeignKey("enrollments.id", ondelete="SET NULL"))
     step: Mapped[int | None] = mapped_column(Integer)
@@ -313,6 +345,24 @@ class OutboxMessage(Base):
     message_id: Mapped[str | None] = mapped_column(String(300))
     last_error: Mapped[str | None] = mapped_column(Text)
     smtp_code: Mapped[int | None] = mapped_column(Integer)
+
+
+class StaffNotice(Base):
+    """A front-desk notification to one staff address: the events gathered into it until it is sent.
+
+    Its outbox row (kind "notice", no contact) is due a few minutes after the first event; events that
+    happen meanwhile join it while that row still waits. Events name ids only (an inquiry, a campaign):
+    the email is written when it is sent, from what the database says then.
+    """
+
+    __tablename__ = "staff_notices"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    recipient: Mapped[str] = mapped_column(String(320))
+    # [{"event": "inquiry"|"reply"|"booked"|"draft", "inquiry_id" | "campaign_id": id, "at": ISO-8601}, ...]
+    events: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    created_at: Mapped[dt.datetime]
+    outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox.id", ondelete="CASCADE"), unique=True)
 
 
 # --- staff, scheduler ----------------------------------------------------------------------------
@@ -425,6 +475,8 @@ __all__ = [
     "OutboxMessage",
     "Post",
     "RateEvent",
+    "Reply",
+    "StaffNotice",
     "StaffUser",
     "SubscriberImport",
     "Subscription",

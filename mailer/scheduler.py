@@ -103,6 +103,7 @@ def schedules(settings: Settings) -> list[Schedule]:
         # Housekeeping late is harmless; it still runs after a long pause.
         Schedule("housekeeping", DailyAt(HOUSEKEEPING_AT, zone), 6 * 3600),
         Schedule("process_bounces", IntervalTrigger(minutes=15, timezone=zone), 15 * 60),
+        Schedule("process_replies", IntervalTrigger(minutes=5, timezone=zone), 5 * 60),
     ]
 
 

@@ -147,7 +147,7 @@ def test_a_file_left_unimported_is_deleted_after_a_day(runtime: Runtime, clock: 
     with runtime.sessions() as session:
         assert session.get(SubscriberImport, first) is None and session.get(SubscriberImport, kept) is not None
     # Housekeeping deletes one nobody came back to, even if no one uploads another file.
-    from jobs import housekeeping
+    from mailer.jobs import housekeeping
 
     assert housekeeping.run(runtime, clock.now + dt.timedelta(days=1, minutes=1))["import_files_purged"] == 2
     with runtime.sessions() as session:

@@ -12,9 +12,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import Engine
 
-from jobs import deliver
 from mailer import audience, config
 from mailer.config import Settings
+from mailer.jobs import deliver
 from mailer.models import Campaign
 from mailer.outbound.transport import SMTPTransport
 from mailer.publishing import archive, campaigns, feeds

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, select
 
-from jobs import deliver
 from mailer import audience, config, staff
 from mailer.config import Settings
+from mailer.jobs import deliver
 from mailer.models import Campaign, Contact
 from mailer.outbound.transport import SMTPTransport
 from mailer.publishing import archive, campaigns, feeds

@@ -177,7 +177,7 @@ def test_a_scheduled_campaign_can_be_edited_until_it_is_enqueued(runtime: Runtim
         campaigns.edit(row, subject="After")
         assert campaigns.is_scheduled(row) and row.subject == "After"
         campaign_id = row.id
-    from jobs import deliver
+    from mailer.jobs import deliver
 
     deliver.run(runtime, now + dt.timedelta(hours=12))
     with runtime.sessions.begin() as session:

@@ -26,9 +26,10 @@ log = logging.getLogger("mailer.cli")
 
 @click.group(
     cls=LazyGroup,
-    lazy_subcommands={"bounces": "mailer.cli.bounces:bounces", "serve": "mailer.cli.serve:serve",
-                      "staff": "mailer.cli.staff:staff", "templates": "mailer.cli.templates:templates",
-                      "doctor": "mailer.cli.doctor:doctor", "backup": "mailer.cli.backup:backup"},
+    lazy_subcommands={"bounces": "mailer.cli.bounces:bounces", "replies": "mailer.cli.replies:replies",
+                      "serve": "mailer.cli.serve:serve", "staff": "mailer.cli.staff:staff",
+                      "templates": "mailer.cli.templates:templates", "doctor": "mailer.cli.doctor:doctor",
+                      "backup": "mailer.cli.backup:backup"},
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -102,7 +103,7 @@ def ingest(ctx: Context) -> None:
 @friendly
 def tick(ctx: Context, at: str | None) -> None:
     """Run every job that is due, once, as the scheduler would at that moment:
-    ingest, newsletter, follow-ups, delivery."""
+    ingest, newsletter, replies (every 5 minutes), follow-ups, delivery."""
     from mailer import jobs
 
     if at:
@@ -110,6 +111,8 @@ def tick(ctx: Context, at: str | None) -> None:
         ctx.at = parse_instant(at, settings.zone)
     now = ctx.now()
     for job_id in jobs.TICK_ORDER:
+        if not jobs.is_due(ctx.runtime, job_id, now):
+            continue
         counts = jobs.run_job(ctx.runtime, job_id, now)
         summary = ", ".join(f"{k} {v}" for k, v in counts.items())
         click.echo(f"{job_id}: {summary or 'done'}")
@@ -545,6 +548,20 @@ def inquiries_close(ctx: Context, email: str, reason: str) -> None:
     with ctx.runtime.sessions.begin() as session:
         stopped = followups.close(session, ctx.settings, email, reason, ctx.now())
     click.echo(f"Marked {reason}; {stopped} follow-up sequence(s) stopped.")
+
+
+@inquiries_group.command("resume")
+@click.argument("email")
+@pass_ctx
+@friendly
+def inquiries_resume(ctx: Context, email: str) -> None:
+    """Restart follow-ups that a reply paused: the next step goes from now, inside the send window."""
+    from mailer.sequences import pausing
+
+    with ctx.runtime.sessions.begin() as session:
+        due = pausing.resume(session, ctx.settings, email, ctx.now())
+    local = due.astimezone(ctx.settings.zone).strftime("%Y-%m-%d %H:%M %Z")
+    click.echo(f"Follow-ups resumed; the next email is due {local}.")
 
 
 # --- demo -----------------------------------------------------------------------------------------

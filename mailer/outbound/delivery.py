@@ -25,14 +25,14 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailer import audience, db
 from mailer.config import Settings, duration
 from mailer.links import Links
-from mailer.models import Campaign, Contact
-from mailer.outbound import outbox
+from mailer.models import Campaign, Contact, Enrollment
+from mailer.outbound import notices, outbox
 from mailer.outbound.messages import make_message_id
 from mailer.outbound.transport import Envelope, SendResult, Transport
 from mailer.publishing.render import PreparedMessage, Recipient, Renderer, first_name
@@ -70,6 +70,9 @@ RECHECK_SQL = {
         "SELECT EXISTS (SELECT 1 FROM subscriptions s WHERE s.contact_id = :contact_id AND s.status = 'active') "
         "AND NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.contact_id = :contact_id)"
     ),
+    # A staff notice goes to a staff address, not a contact: always allowed, never to a suppressed
+    # address (found by its keyed hash, as erasure leaves it).
+    "notice": "SELECT NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.email_hash = :email_hash)",
 }
 
 
@@ -129,7 +132,7 @@ class ConsentCheck:
             self.heard = True
         return self.heard
 
-    def allows(self, kind: str, params: dict[str, int]) -> bool:
+    def allows(self, kind: str, params: dict[str, int | str]) -> bool:
         self.cursor.execute(self.sql[kind], params)
         row = self.cursor.fetchone()
         return row is not None and bool(row[0])
@@ -293,7 +296,7 @@ class _Job:
     row: outbox.Claimed
     envelope: Envelope | None  # None: nothing to send (the row is skipped with `reason`)
     message_id: str | None
-    recheck: tuple[str, dict[str, int]] | None
+    recheck: tuple[str, dict[str, int | str]] | None
     reason: str = ""
 
 
@@ -355,7 +358,11 @@ class Delivery:
                                                          expire_on_commit=False)
         self.renderer = self.renderer or Renderer(self.settings)
         self.links = Links(self.settings.web.base_url, self.settings.secret_key)
-        self.prepared: dict[tuple[str, int], PreparedMessage | LookupError] = {}
+        self.prepared: dict[tuple[str, ...], PreparedMessage | LookupError] = {}
+        # Each follow-up row's sequence (its templates are keyed by sequence and step), and each staff
+        # notice's recipient and its keyed hash, learnt when their rows are prepared.
+        self.sequence_of: dict[int, str] = {}
+        self.notice_to: dict[int, tuple[str, str]] = {}
         self.mail_from = self.settings.sender.from_email
         self.from_domain = self.mail_from.rpartition("@")[2]
         self.sqlite = self.engine.dialect.name == "sqlite"
@@ -366,16 +373,22 @@ class Delivery:
 
     # --- preparing ---------------------------------------------------------------------------
 
-    @staticmethod
-    def _key(row: outbox.Claimed) -> tuple[str, int]:
+    def _key(self, row: outbox.Claimed) -> tuple[str, ...]:
         if row.kind in ("newsletter", "oneoff"):
-            return ("campaign", row.campaign_id or 0)
+            return ("campaign", str(row.campaign_id or 0))
         if row.kind == "followup":
-            return ("followup", row.step or 0)
-        return (row.kind, 0)
+            return ("followup", self.sequence_of.get(row.enrollment_id or 0, ""), str(row.step or 0))
+        if row.kind == notices.KIND:
+            return (row.kind, str(row.id))  # each notice is its own message
+        return (row.kind, "")
 
     def _prepare(self, session: Session, rows: list[outbox.Claimed]) -> None:
         """Prepare the campaigns and templates these rows need, once per run (premailer runs here only)."""
+        unknown = {row.enrollment_id for row in rows
+                   if row.kind == "followup" and row.enrollment_id and row.enrollment_id not in self.sequence_of}
+        if unknown:
+            self.sequence_of.update(session.execute(
+                select(Enrollment.id, Enrollment.sequence).where(Enrollment.id.in_(unknown))).all())
         for row in rows:
             key = self._key(row)
             if key not in self.prepared:
@@ -393,7 +406,14 @@ class Delivery:
         if row.kind == "followup":
             from mailer.sequences import followups  # followups imports delivery's neighbours; import late
 
-            return followups.prepare_step(self.renderer, self.settings, row.step or 0)
+            sequence = self.sequence_of.get(row.enrollment_id or 0)
+            if sequence is None:
+                raise LookupError(f"the enrollment of follow-up message {row.id} is gone")
+            return followups.prepare_step(self.renderer, self.settings, row.step or 0, sequence)
+        if row.kind == notices.KIND:
+            notice = notices.prepare(session, self.settings, self.renderer, row.id)
+            self.notice_to[row.id] = (notice.recipient, notice.recipient_hash)
+            return notice.message
         if row.kind == "confirm":
             return self.renderer.prepare(
                 "email/system/confirm",
@@ -415,6 +435,8 @@ class Delivery:
         return make_message_id(self.settings.secret_key, outbox_id, self.from_domain)
 
     def _job(self, row: outbox.Claimed, now: dt.datetime) -> _Job:
+        if row.kind == notices.KIND:
+            return self._notice_job(row, now)
         if row.contact_id is None or row.email is None:
             return _Job(row, None, None, None, reason="contact erased")
         prepared = self.prepared.get(self._key(row))
@@ -434,6 +456,17 @@ class Delivery:
                   "enrollment_id": row.enrollment_id or 0}
         return _Job(row, Envelope(self.mail_from, row.email, data, key=str(row.id), crlf=True), message_id,
                     (kind, params))
+
+    def _notice_job(self, row: outbox.Claimed, now: dt.datetime) -> _Job:
+        """A staff notice: addressed to its recipient, re-checked against the suppression list only."""
+        prepared = self.prepared.get(self._key(row))
+        if not isinstance(prepared, PreparedMessage) or row.id not in self.notice_to:
+            return _Job(row, None, None, None, reason=str(prepared or "not prepared"))
+        recipient, hashed = self.notice_to[row.id]
+        message_id = self.message_id(row.id)
+        data = prepared.build(Recipient(recipient, "", {}, message_id), now)
+        return _Job(row, Envelope(self.mail_from, recipient, data, key=str(row.id), crlf=True), message_id,
+                    (notices.KIND, {"email_hash": hashed}))
 
     # --- recording ---------------------------------------------------------------------------
 

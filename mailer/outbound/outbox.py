@@ -66,7 +66,7 @@ def enqueue_one(
     *,
     dedupe_key: str,
     kind: str,
-    contact_id: int,
+    contact_id: int | None,
     consent_event_id: int | None,
     now: dt.datetime,
     due_at: dt.datetime | None = None,
@@ -74,7 +74,8 @@ def enqueue_one(
     enrollment_id: int | None = None,
     step: int | None = None,
 ) -> bool:
-    """One message (a follow-up step, a confirmation); False when its dedupe key already exists."""
+    """One message (a follow-up step, a confirmation, a staff notice: no contact); False when its dedupe
+    key already exists."""
     statement = (
         _insert(session)
         .values(dedupe_key=dedupe_key, kind=kind, contact_id=contact_id, consent_event_id=consent_event_id,

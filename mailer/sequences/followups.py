@@ -16,18 +16,19 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mailer import audience
-from mailer.config import Settings, duration, hhmm
-from mailer.models import ConsentEvent, Contact, Enrollment, Inquiry, OutboxMessage
+from mailer.config import DEFAULT_SEQUENCE, FollowupStep, Settings, duration, hhmm
+from mailer.models import RUNNING, ConsentEvent, Contact, Enrollment, Inquiry, OutboxMessage
 from mailer.outbound import outbox
 from mailer.publishing.render import PreparedMessage, Renderer
 
 log = logging.getLogger("mailer.followups")
 
-# Only one sequence exists today; the column lets a clinic add more later without a migration.
-SEQUENCE = "default"
+# The sequence of [[followups.steps]] (and of enrollments made before there were several).
+SEQUENCE = DEFAULT_SEQUENCE
 
 MAX_NAME = 200
 MAX_SOURCE = 200
+MAX_SERVICE = 200
 MAX_CONSENT_TEXT = 2000
 MAX_MESSAGE = 5000
 # Clocks of the website and of this server differ a little; more than this is a wrong time, not drift.
@@ -87,6 +88,8 @@ class InquiryStatus:
     stop_reason: str | None
     next_step: int | None
     next_due_at: dt.datetime | None
+    sequence: str | None = None
+    paused_at: dt.datetime | None = None
 
 
 # --- scheduling ----------------------------------------------------------------------------------
@@ -128,11 +131,12 @@ def into_window(settings: Settings, moment: dt.datetime) -> dt.datetime:
     return _local(dt.datetime.combine(day, opens), zone)
 
 
-def due_time(settings: Settings, anchor_at: dt.datetime, step_index: int, last_sent_at: dt.datetime | None) -> dt.datetime:
-    """When step `step_index` may go: its delay after the inquiry, at least min_gap after the previous
-    step, moved into the send window. UTC."""
+def due_time(settings: Settings, anchor_at: dt.datetime, step_index: int, last_sent_at: dt.datetime | None,
+             sequence: str = SEQUENCE) -> dt.datetime:
+    """When step `step_index` of `sequence` may go: its delay after the inquiry, at least min_gap after the
+    previous step, moved into the send window. UTC."""
     followups = settings.followups
-    due = _after(anchor_at, duration(followups.steps[step_index].after), settings.zone)
+    due = _after(anchor_at, duration(followups.steps_of(sequence)[step_index].after), settings.zone)
     if last_sent_at is not None:
         due = max(due, last_sent_at + duration(followups.min_gap))
     return into_window(settings, due)
@@ -150,6 +154,7 @@ class _Fields:
     source: str
     received_at: dt.datetime
     message: str
+    service: str = ""
 
 
 def _address(value: object) -> str:
@@ -187,7 +192,7 @@ def _received_at(value: object, now: dt.datetime) -> dt.datetime:
 
 
 def _validate(*, email: object, name: object, consent: object, consent_text: object, source: object,
-              received_at: object, message: object, now: dt.datetime) -> _Fields:
+              received_at: object, message: object, now: dt.datetime, service: object = "") -> _Fields:
     if not isinstance(consent, bool):
         raise InquiryError("consent: must be true or false")
     return _Fields(
@@ -199,6 +204,7 @@ def _validate(*, email: object, name: object, consent: object, consent_text: obj
         source=_text("source", source, limit=MAX_SOURCE, required=True),
         received_at=_received_at(received_at, now),
         message=_text("message", message, limit=MAX_MESSAGE, multiline=True),
+        service=_text("service", service, limit=MAX_SERVICE),
     )
 
 
@@ -218,8 +224,10 @@ def record_inquiry(
     now: dt.datetime,
     message: str = "",
     request: audience.RequestInfo | None = None,
+    service: str = "",
 ) -> InquiryOutcome:
-    """Store an inquiry; with consent, record the grant in the ledger and start the sequence.
+    """Store an inquiry; with consent, record the grant in the ledger and start its sequence (the first
+    of followups.sequences whose `match` names the inquiry's source or service, else "default").
 
     The inquiry is always stored (staff follow it up by hand). With consent=True the ledger gets a
     "followups" grant, dated `received_at`, with the wording the person saw; then the sequence starts
@@ -228,7 +236,8 @@ def record_inquiry(
     - an enrollment of this contact was created within `followups.duplicate_window`: a website
       retry or a double click (`duplicate=True`);
     - the address is suppressed (unsubscribed, bounced, erased): an inquiry form cannot undo that;
-    - an enrollment is active: one sequence at a time, the running one keeps its schedule;
+    - an enrollment of any sequence is running (active, or paused by a reply): one sequence at a time,
+      the running one keeps its schedule;
     - an earlier enrollment was stopped for a reason outside RESTARTABLE (unsubscribe, withdrawal of
       follow-up consent, suppression, ...): a stopped sequence never restarts by itself. One that
       completed, or ended because the person booked, the inquiry was closed or the consent expired,
@@ -242,7 +251,7 @@ def record_inquiry(
     is not a withdrawal either: a running sequence from an earlier, consented inquiry continues.
     """
     fields = _validate(email=email, name=name, consent=consent, consent_text=consent_text, source=source,
-                       received_at=received_at, message=message, now=now)
+                       received_at=received_at, message=message, now=now, service=service)
     contact, _ = audience.get_or_create_contact(session, fields.email, fields.name, now)
     repeat = _same_inquiry(session, contact, fields)
     if repeat is not None:
@@ -257,14 +266,17 @@ def record_inquiry(
         contact_id=contact.id, name=fields.name, source=fields.source, consent=fields.consent,
         consent_text=fields.consent_text, consent_event_id=grant.id if grant else None, message=fields.message,
         received_at=fields.received_at, created_at=now, last_activity_at=fields.received_at, status="open",
+        service=fields.service,
     )
     session.add(inquiry)
     session.flush()
 
     decision = "no consent"
+    sequence = settings.followups.choose(fields.source, fields.service)
     if grant is not None:
-        decision = _enrollment_decision(session, settings, contact, fields.received_at, now)
-        if decision == "enroll" and not _enroll(session, settings, contact, inquiry, grant, now):
+        decision = _enrollment_decision(session, settings, contact, fields.received_at, now,
+                                        sequence.name if sequence else None)
+        if decision == "enroll" and not _enroll(session, settings, contact, inquiry, grant, now, sequence.name):
             decision = "duplicate"  # a concurrent request enrolled the same person a moment ago
     enrolled = decision == "enroll"
     log.info("inquiry %s recorded for contact %s: %s", inquiry.id, contact.id,
@@ -284,19 +296,18 @@ def _same_inquiry(session: Session, contact: Contact, fields: _Fields) -> Inquir
 
 
 def _enrollment_decision(session: Session, settings: Settings, contact: Contact, received_at: dt.datetime,
-                         now: dt.datetime) -> str:
-    """"enroll", or why not (a short phrase for the log; "duplicate" is reported to the caller)."""
+                         now: dt.datetime, sequence: str | None) -> str:
+    """"enroll", or why not (a short phrase for the log; "duplicate" is reported to the caller).
+    Every sequence's enrollments count: a stop or a running sequence in one holds for all."""
     followups = settings.followups
-    if not followups.steps:
-        return "no steps configured"
-    enrollments = session.scalars(
-        select(Enrollment).where(Enrollment.contact_id == contact.id, Enrollment.sequence == SEQUENCE)
-    ).all()
+    if sequence is None:
+        return "no sequence for this inquiry"
+    enrollments = session.scalars(select(Enrollment).where(Enrollment.contact_id == contact.id)).all()
     if any(e.created_at > now - duration(followups.duplicate_window) for e in enrollments):
         return "duplicate"
     if audience.suppression_for(session, settings.secret_key, contact) is not None:
         return "suppressed"
-    if any(e.status == "active" for e in enrollments):
+    if any(e.status in RUNNING for e in enrollments):
         return "already active"
     if any(e.status == "stopped" and e.stop_reason not in RESTARTABLE for e in enrollments):
         return "stopped earlier"
@@ -306,14 +317,14 @@ def _enrollment_decision(session: Session, settings: Settings, contact: Contact,
 
 
 def _enroll(session: Session, settings: Settings, contact: Contact, inquiry: Inquiry, grant: ConsentEvent,
-            now: dt.datetime) -> bool:
+            now: dt.datetime, sequence: str) -> bool:
     enrollment = Enrollment(
-        contact_id=contact.id, inquiry_id=inquiry.id, sequence=SEQUENCE, status="active", next_step=0,
-        next_due_at=due_time(settings, inquiry.received_at, 0, None), anchor_at=inquiry.received_at,
-        last_sent_at=None, consent_event_id=grant.id, created_at=now,
+        contact_id=contact.id, inquiry_id=inquiry.id, sequence=sequence, status="active", next_step=0,
+        next_due_at=due_time(settings, inquiry.received_at, 0, None, sequence), anchor_at=inquiry.received_at,
+        last_sent_at=None, consent_event_id=grant.id, created_at=now, resumes=0,
     )
     try:
-        # The partial unique index (one active enrollment per contact) is the final word when two
+        # The partial unique index (one running enrollment per contact) is the final word when two
         # requests for the same address race; the savepoint keeps the inquiry itself.
         with session.begin_nested():
             session.add(enrollment)
@@ -359,7 +370,7 @@ def _advance_one(session: Session, settings: Settings, enrollment: Enrollment, n
     if reason is not None:
         _stop(enrollment, reason, now)
         return "stopped"
-    if enrollment.next_step >= len(settings.followups.steps):
+    if enrollment.next_step >= len(settings.followups.steps_of(enrollment.sequence)):
         return _finish(session, enrollment, now)
     # A run after the window closed (late scheduler) waits for the next opening instead of sending now.
     opening = into_window(settings, now)
@@ -381,6 +392,8 @@ def _stop_reason(session: Session, settings: Settings, enrollment: Enrollment, c
     """Why this enrollment must end now, or None. Checked before every step."""
     if contact is None:
         return "erased"
+    if settings.followups.sequence(enrollment.sequence) is None:
+        return "sequence_removed"  # config.toml no longer has it: nothing left to send
     if audience.suppression_for(session, settings.secret_key, contact) is not None:
         return "suppressed"
     if not contact.followups_consent:
@@ -408,8 +421,8 @@ def _finish(session: Session, enrollment: Enrollment, now: dt.datetime) -> str:
     because delivery's consent re-check only sends follow-ups of active enrollments. Steps leave in
     order (see _hold_for_previous), so the last one is the only one that can still be waiting; it is
     found by its dedupe key, which is indexed (outbox.enrollment_id is not)."""
-    last = _dedupe_key(enrollment.id, enrollment.next_step - 1)
-    state = session.scalar(select(OutboxMessage.state).where(OutboxMessage.dedupe_key == last))
+    last = step_message(session, enrollment, enrollment.next_step - 1)
+    state = last.state if last is not None else None
     if state in (*outbox.WAITING, "sending"):
         enrollment.next_due_at = now + RECHECK
         return "waiting"
@@ -425,36 +438,45 @@ def _hold_for_previous(session: Session, settings: Settings, enrollment: Enrollm
     outbox (a relay outage), or was delivered less than min_gap ago, this step waits."""
     if enrollment.next_step == 0:
         return None
-    previous = session.scalar(
-        select(OutboxMessage).where(OutboxMessage.dedupe_key == _dedupe_key(enrollment.id, enrollment.next_step - 1))
-    )
+    previous = step_message(session, enrollment, enrollment.next_step - 1)
     if previous is None:
         return None
     if previous.state in (*outbox.WAITING, "sending"):
         return into_window(settings, now + RECHECK)
     if previous.state == "sent" and previous.sent_at is not None:
-        due = due_time(settings, enrollment.anchor_at, enrollment.next_step, previous.sent_at)
+        due = due_time(settings, enrollment.anchor_at, enrollment.next_step, previous.sent_at, enrollment.sequence)
         return due if due > now else None
     return None  # failed or skipped: the stop rules have had their say
 
 
-def _dedupe_key(enrollment_id: int, step: int) -> str:
-    return f"f:{enrollment_id}:{step}"
+def dedupe_key(enrollment_id: int, step: int, resumes: int = 0) -> str:
+    """A step's outbox key; after a resume the step gets a fresh one (the cancelled row keeps its key)."""
+    return f"f:{enrollment_id}:{step}" if not resumes else f"f:{enrollment_id}:{step}:{resumes}"
+
+
+def step_message(session: Session, enrollment: Enrollment, step: int) -> OutboxMessage | None:
+    """The newest outbox row of one step of this enrollment, whichever resume made it (by its indexed keys)."""
+    keys = [dedupe_key(enrollment.id, step, n) for n in range(enrollment.resumes + 1)]
+    return session.scalar(
+        select(OutboxMessage).where(OutboxMessage.dedupe_key.in_(keys)).order_by(OutboxMessage.id.desc()).limit(1)
+    )
 
 
 def _enqueue_step(session: Session, settings: Settings, enrollment: Enrollment, now: dt.datetime) -> None:
     step = enrollment.next_step
     inserted = outbox.enqueue_one(
-        session, dedupe_key=_dedupe_key(enrollment.id, step), kind="followup", contact_id=enrollment.contact_id,
-        consent_event_id=enrollment.consent_event_id, now=now, due_at=now, enrollment_id=enrollment.id, step=step,
+        session, dedupe_key=dedupe_key(enrollment.id, step, enrollment.resumes), kind="followup",
+        contact_id=enrollment.contact_id, consent_event_id=enrollment.consent_event_id, now=now, due_at=now,
+        enrollment_id=enrollment.id, step=step,
     )
-    steps = settings.followups.steps
-    log.info("enrollment %s of contact %s: step %d (%s) %s", enrollment.id, enrollment.contact_id, step,
-             steps[step].template, "enqueued" if inserted else "was already in the outbox")
+    steps = settings.followups.steps_of(enrollment.sequence)
+    log.info("enrollment %s of contact %s: %s step %d (%s) %s", enrollment.id, enrollment.contact_id,
+             enrollment.sequence, step, steps[step].template, "enqueued" if inserted else "was already in the outbox")
     enrollment.next_step = step + 1
     enrollment.last_sent_at = now
     # After the last step, look again at once: _finish completes the enrollment when the message is out.
-    enrollment.next_due_at = due_time(settings, enrollment.anchor_at, step + 1, now) if step + 1 < len(steps) else now
+    enrollment.next_due_at = (due_time(settings, enrollment.anchor_at, step + 1, now, enrollment.sequence)
+                              if step + 1 < len(steps) else now)
 
 
 # --- rendering -----------------------------------------------------------------------------------
@@ -465,24 +487,27 @@ def why_text(settings: Settings) -> str:
             "and agreed to hear from us about it.")
 
 
-def prepare_step(renderer: Renderer, settings: Settings, step_index: int) -> PreparedMessage:
-    """A follow-up step's message, rendered once. No open or click tracking: plain links only."""
-    steps = settings.followups.steps
+def prepare_step(renderer: Renderer, settings: Settings, step_index: int, sequence: str = SEQUENCE) -> PreparedMessage:
+    """A follow-up step's message, rendered once. No open or click tracking: plain links only. Every
+    template gets `booking_url` (clinic.booking_url, "" when there is none)."""
+    steps: list[FollowupStep] = settings.followups.steps_of(sequence)
     if not 0 <= step_index < len(steps):
-        raise LookupError(f"follow-up step {step_index} is not in the configured sequence")
+        raise LookupError(f"follow-up step {step_index} is not in the configured sequence {sequence!r}")
     step = steps[step_index]
     return renderer.prepare(f"email/followup/{step.template}", subject=step.subject, preheader=step.preheader,
-                            marketing=True, step=step, why=why_text(settings))
+                            marketing=True, step=step, why=why_text(settings), sequence=sequence,
+                            booking_url=settings.clinic.booking_url)
 
 
 # --- staff actions -------------------------------------------------------------------------------
 
 
 def close(session: Session, settings: Settings, email: str, reason: Literal["booked", "closed"],
-          now: dt.datetime) -> int:
+          now: dt.datetime, *, booked_at: dt.datetime | None = None, via: str = "staff") -> int:
     """The contact booked, or staff closed the inquiry: mark their open inquiries and stop their
-    sequence at once (a message already queued is skipped by delivery's re-check). Returns how many
-    sequences were stopped."""
+    sequence (running or paused) at once (a message already queued is skipped by delivery's re-check).
+    A booking is dated `booked_at` (default now) for the figures, with what it came through. Returns
+    how many sequences were stopped."""
     if reason not in ("booked", "closed"):
         raise InquiryError("reason: must be booked or closed")
     address = _address(email)
@@ -497,6 +522,9 @@ def close(session: Session, settings: Settings, email: str, reason: Literal["boo
             inquiry.status = reason
             inquiry.closed_at = now
             inquiry.last_activity_at = now
+            if reason == "booked":
+                inquiry.booked_at = booked_at or now
+                inquiry.booked_via = via[:MAX_SOURCE]
             marked += 1
     stopped = audience.stop_enrollments(session, contact.id, reason, now)
     log.info("contact %s marked %s: %d inquiries, %d sequences stopped", contact.id, reason, marked, stopped)
@@ -508,7 +536,7 @@ def purge_inactive(session: Session, settings: Settings, now: dt.datetime) -> in
     sequence is still running. The consent ledger keeps its rows; enrollments lose their link."""
     cutoff = now - dt.timedelta(days=settings.followups.retention_days)
     running = (select(Enrollment.id)
-               .where(Enrollment.inquiry_id == Inquiry.id, Enrollment.status == "active")
+               .where(Enrollment.inquiry_id == Inquiry.id, Enrollment.status.in_(RUNNING))
                .exists())
     result = session.execute(
         delete(Inquiry).where(Inquiry.last_activity_at < cutoff, ~running)
@@ -526,6 +554,7 @@ def status_rows(session: Session, limit: int = 200) -> list[InquiryStatus]:
         select(
             Inquiry.id, Inquiry.name, Contact.name, Contact.email, Inquiry.received_at, Inquiry.consent,
             Inquiry.status, Enrollment.status, Enrollment.stop_reason, Enrollment.next_step, Enrollment.next_due_at,
+            Enrollment.sequence, Enrollment.paused_at,
         )
         .join(Contact, Contact.id == Inquiry.contact_id)
         .outerjoin(Enrollment, Enrollment.inquiry_id == Inquiry.id)
@@ -535,7 +564,7 @@ def status_rows(session: Session, limit: int = 200) -> list[InquiryStatus]:
     return [
         InquiryStatus(inquiry_id=row[0], name=row[1] or row[2] or "", email=row[3], received_at=row[4],
                       consent=row[5], status=row[6], enrollment_status=row[7], stop_reason=row[8],
-                      next_step=row[9], next_due_at=row[10])
+                      next_step=row[9], next_due_at=row[10], sequence=row[11], paused_at=row[12])
         for row in rows
     ]
 

@@ -83,6 +83,7 @@ STOP_REASONS = {
     "erased": "stopped: erased",
     "consent_expired": "stopped: consent expired",
     "consent_missing": "stopped: consent record missing",
+    "sequence_removed": "stopped: its sequence was removed from the settings",
 }
 
 Model = TypeVar("Model", bound=Base)

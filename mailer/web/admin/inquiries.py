@@ -1,4 +1,4 @@
-"""Staff pages for inquiries: the list, one inquiry, booked or closed."""
+"""Staff pages for inquiries: the list, one inquiry, booked or closed, resumed after a reply; follow-up figures."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import logging
 from flask import Response, g, request
 from sqlalchemy import select
 
-from mailer.models import Contact, Enrollment, Inquiry
-from mailer.sequences import followups
+from mailer.models import Contact, Enrollment, Inquiry, Reply
+from mailer.sequences import figures as sequence_figures
+from mailer.sequences import followups, pausing
 from mailer.web import current_runtime
 from mailer.web.admin.base import (
     INQUIRIES_SHOWN,
@@ -19,6 +20,7 @@ from mailer.web.admin.base import (
     get_or_404,
     page,
     problem_page,
+    when,
 )
 
 log = logging.getLogger("mailer.web.admin")
@@ -28,15 +30,17 @@ log = logging.getLogger("mailer.web.admin")
 
 
 def _sequence_state(enrollment_status: str | None, stop_reason: str | None, next_step: int | None,
-                    consent: bool) -> str:
+                    consent: bool, sequence: str | None = None, paused_at: object = None) -> str:
     """Where an inquiry's follow-up sequence stands, in words."""
-    steps = len(current_settings().followups.steps)
+    steps = len(current_settings().followups.steps_of(sequence or followups.SEQUENCE))
     if enrollment_status is None:
         return "none (no consent)" if not consent else "none"
     if enrollment_status == "completed":
         return f"finished: all {steps} sent"
     if enrollment_status == "stopped":
         return STOP_REASONS.get(stop_reason or "", f"stopped: {stop_reason or 'unknown reason'}")
+    if enrollment_status == "paused":
+        return f"paused: they replied on {when(paused_at)}" if paused_at else "paused: they replied"
     if next_step is not None and next_step >= steps:
         return f"all {steps} sent"
     return f"step {(next_step or 0) + 1} of {steps} next"
@@ -47,7 +51,8 @@ def inquiries() -> Response:
     """The newest inquiries with their consent and follow-up state (never the visitor's message)."""
     with current_runtime().sessions() as db:
         rows = followups.status_rows(db, limit=INQUIRIES_SHOWN)
-    described = [(row, _sequence_state(row.enrollment_status, row.stop_reason, row.next_step, row.consent))
+    described = [(row, _sequence_state(row.enrollment_status, row.stop_reason, row.next_step, row.consent,
+                                       row.sequence, row.paused_at))
                  for row in rows]
     return page("admin/inquiries.html", section="admin.inquiries", rows=described, limit=INQUIRIES_SHOWN)
 
@@ -62,9 +67,17 @@ def inquiry(inquiry_id: int) -> Response:
                                .order_by(Enrollment.id.desc()).limit(1))
         state = _sequence_state(enrollment.status if enrollment else None,
                                 enrollment.stop_reason if enrollment else None,
-                                enrollment.next_step if enrollment else None, row.consent)
+                                enrollment.next_step if enrollment else None, row.consent,
+                                enrollment.sequence if enrollment else None,
+                                enrollment.paused_at if enrollment else None)
+        # That they replied and when, never what: the words stay in the mailbox, for staff to read there.
+        replies = [] if contact is None else db.execute(
+            select(Reply.received_at, Reply.after_step, Reply.matched_by)
+            .where(Reply.contact_id == contact.id).order_by(Reply.received_at.desc()).limit(20)
+        ).all()
+        several = len(current_settings().followups.all_sequences) > 1
         return page("admin/inquiry.html", section="admin.inquiries", inquiry=row, contact=contact,
-                     enrollment=enrollment, sequence_state=state)
+                     enrollment=enrollment, sequence_state=state, replies=replies, show_sequence=several)
 
 
 @blueprint.post("/inquiries/<int:inquiry_id>/close")
@@ -86,3 +99,32 @@ def inquiry_close(inquiry_id: int) -> Response:
     return done(back, f"{name}: marked {reason}. {follow}", **values)
 
 
+
+
+@blueprint.post("/inquiries/<int:inquiry_id>/resume")
+def inquiry_resume(inquiry_id: int) -> Response:
+    """After a reply: run the person's paused follow-ups again, the next one from now (in the send window)."""
+    runtime = current_runtime()
+    with runtime.sessions.begin() as db:
+        row = get_or_404(db, Inquiry, inquiry_id, "inquiry")
+        contact = get_or_404(db, Contact, row.contact_id, "contact")
+        try:
+            due = pausing.resume(db, runtime.settings, contact.email, runtime.clock())
+        except followups.InquiryError:
+            return problem_page(409, "Nothing was changed", "These follow-up emails are not paused any more: "
+                                "someone may have resumed or closed them a moment ago.")
+        name = row.name or contact.name or contact.email
+    log.info("inquiry %s: follow-ups resumed by staff account %s", inquiry_id, g.staff.id)
+    return done(".inquiry", f"{name}: follow-up emails resumed. The next one goes {when(due)}.",
+                inquiry_id=inquiry_id)
+
+
+@blueprint.get("/inquiries/figures")
+def inquiry_figures() -> Response:
+    """Per sequence and step: sent, replied, booked, stopped; booking rate and time to booking. No tracking."""
+    days = 30 if request.args.get("days") == "30" else 90
+    runtime = current_runtime()
+    with runtime.sessions() as db:
+        sequences = sequence_figures.sequence_figures(db, runtime.settings, runtime.clock(), days)
+    return page("admin/followup_figures.html", section="admin.inquiries", sequences=sequences, days=days,
+                reasons=STOP_REASONS)
