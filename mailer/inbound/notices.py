@@ -1,0 +1,376 @@
+"""Plain-text (and HTML-only) notices of mail servers: is this one, which recipients it names, and their words.
+
+Servers that send no delivery-status part still follow a few shapes: a recipient on a line of its own
+or at the start of one (qmail, Postfix, Exim, Yahoo, Zoho, Exchange), a phrase that introduces it
+("Recipient address:", "could not be delivered to:", "RCPT TO:<…>"), and the server's reply below it.
+Each recipient gets the words between its line and the next recipient's; the words before the first
+recipient (the notice's greeting) are used only when a recipient has none of its own.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import html
+import re
+from email.message import Message
+from html.parser import HTMLParser
+from typing import TYPE_CHECKING
+
+from mailer.inbound import phrases as P
+from mailer.inbound.classify import Refusal
+from mailer.inbound.reading import DAEMON_NAMES, header, own_parts, part_text
+from mailer.publishing.render import one_line as _header_safe
+
+if TYPE_CHECKING:
+    from mailer.inbound.reports import Finding
+
+_LOCAL = r"[\w.!#$%&'*+/=?^`{|}~-]+"
+_DOMAIN = r"(?:\[[\d.]+\]|[\w-]+(?:\.[\w-]+)*\.[A-Za-z\w]{2,})"
+ADDRESS = re.compile(rf"(?<![\w.+-]){_LOCAL}@{_DOMAIN}(?![\w-])")
+_ANGLE = rf"[<\"'(\[]?({_LOCAL}@{_DOMAIN})[>\"')\]]?"
+
+# Where a notice starts quoting the returned message: words below it are ours, not the server's.
+_COPY_STARTS = re.compile(
+    r"^[ \t]*(?:-{2,}.*?(?:copy of the (?:original )?message|below this line|original message|message follows"
+    r"|returned message|undelivered message|message header follows|message headers? follow|rfc822)"
+    r"|original message headers:|en-t.tes de message d'origine|intestazioni originali del messaggio"
+    r"|content-type: (?:message/rfc822|text/rfc822-headers)|--- below this line is a copy of the message"
+    r"|\*\*\* ?(?:original message|message header) ?.*\*\*\*|the original message was:?$"
+    r"|unsent message below|your message reads \(in part\):|here is a copy of the first part of the message"
+    r"|original message follows|below is a copy of the original message"
+    r"|\[?message header\]?:?$|-+ ?(?:original|returned) (?:message|mail) ?-*)",
+    re.I | re.M,
+)
+# Phrases that introduce a failed recipient somewhere in a line.
+_INTRODUCED = re.compile(
+    r"(?:original-recipient|final-recipient|failed recipient|recipient address|intended recipient|unknown user"
+    r"|undeliverable (?:address|to)|undeliverable|delivery failed|could not be delivered to|did not reach the following"
+    r" recipient|your message to|addressed to|the following message to|you sent mail to|failed to deliver to"
+    r"|mailbox is full|error-for|rcpt to|smtp=|recipient|address|destinatario|empfänger|destinataire"
+    r"|following (?:address|recipient)(?:\(?e?s\)?)?)[ \t]*:?[ \t]*(?:rfc822;[ \t]*|smtp;[ \t]*)?" + _ANGLE,
+    re.I,
+)
+_LINE_START = re.compile(rf"^[ \t]*{_ANGLE}(?=$|[\s:.,;>\]\"'(]|\.\.\.)", re.I)
+# "Some label: someone@example.org" with the address ending the line ("Invalid final delivery userid: …").
+_LABELLED = re.compile(rf"^[ \t]*[\w][\w .'/()-]{{0,50}}:[ \t]*{_ANGLE}[ \t.]*$", re.I)
+
+_COMMANDS = (
+    (re.compile(r"in reply to end of data", re.I), "DATA"),
+    (re.compile(r"in reply to (rcpt|mail|data|helo|ehlo)", re.I), None),
+    (re.compile(r"after end of (?:data|message)", re.I), "DATA"),
+    (re.compile(r"(?:error|failed|problem)[^.\n]{0,40}? after (rcpt|mail|data|helo|ehlo)\b", re.I), None),
+    (re.compile(r"(?:>>>|sent <<<) ?(rcpt|mail|data|helo|ehlo)\b", re.I), None),
+    (re.compile(r"rcpt to generated following response", re.I), "RCPT"),
+    (re.compile(r"data command generated response", re.I), "DATA"),
+    (re.compile(r"server response to mail from", re.I), "MAIL"),
+    (re.compile(r"unexpected response to ehlo/helo", re.I), "HELO"),
+    (re.compile(r"smtp connection failed,|unexpected connection response from server", re.I), "CONN"),
+    (re.compile(r"does not like recipient|\[rcpt_to\]|rcpt to command", re.I), "RCPT"),
+    (re.compile(r"failed on data command|failed after i sent the message|\[data\]|data command", re.I), "DATA"),
+    (re.compile(r"but sender was rejected|\[mail_from\]|mail from command", re.I), "MAIL"),
+    (re.compile(r"but my name was rejected|refused to talk to me", re.I), "HELO"),
+    (re.compile(r"but greeting failed|after initial connection", re.I), "CONN"),
+    (re.compile(r"smtp error .* (rcpt|mail|data) command", re.I), None),
+)
+# Reasons particular servers state in their own words or codes, whatever status code they put on them.
+_HINTS = (
+    (re.compile(r"resolver\.adr\.(?:ex)?recip(?:ient)?notfound|\(000c05a6\)|recipnotfound", re.I), "user_unknown"),
+    (re.compile(r"smtpsend\.dns\.nonexistentdomain|dns error: domain name not found"
+                r"|dns error: dns server returned answer with no data"
+                r"|all host address lookups failed permanently|all relevant mx records point to non-existent hosts"
+                r"|unrouteable address|sorry, i couldn't find any host |no such domain\.|illegal host/domain name found"
+                r"|as the remote domain doesnt exist"
+                r"|the mail could not be delivered to the recipient because the domain is not reachable", re.I),
+     "no_such_domain"),
+    (re.compile(r"resolver\.adr\.reciplimit|\(00010256\)", re.I), "too_many"),
+    (re.compile(r"resolver\.rst\.authrequired|\(000b0981\)", re.I), "authentication"),
+    (re.compile(r"resolver\.rst\.recipsizelimit|mail size limit exceeded", re.I), "too_large"),
+    (re.compile(r"queue\.expired|retry timeout exceeded|this message has been in the queue too long"
+                r"|retry time not reached for any host after a long failure period"
+                r"|all hosts have been failing for a long time", re.I), "expired"),
+    (re.compile(r"no mailbox here by that name|does not like recipient\.|not listed in (?:domino directory|public"
+                r" name & address book)|non répertorié dans l'annuaire domino"
+                r"|^(?:unknown user|invalid final delivery userid)", re.I), "user_unknown"),
+    (re.compile(r"mailbox is full|error: quota exceed|disk quota exceeded|as their mailbox is full", re.I),
+     "mailbox_full"),
+    (re.compile(r"an mx or srv record indicated no smtp service|no host found for existing smtp connection", re.I),
+     "not_accepting"),
+    (re.compile(r"but sender was rejected", re.I), "sender_rejected"),
+    (re.compile(r"but my name was rejected", re.I), "blocked"),
+    (re.compile(r"mailaddress is administrative?le?y disabled", re.I), "mailbox_disabled"),
+)
+_GMAIL_STATES = {"13": ("EHLO", "blocked"), "14": ("RCPT", "user_unknown"), "15": ("DATA", "filtered"),
+                 "17": ("DATA", "filtered"), "18": ("DATA", "filtered")}
+
+# How mail servers' notices are recognised without a delivery-status part.
+_NOTICE_SUBJECT = re.compile(
+    r"undeliver|undelivered|delivery (?:status notification|failure|failed|problem|report|notification)"
+    r"|mail delivery failed|failure notice|returned mail|returned to sender|non[- ]?delivery|nondeliverable"
+    r"|could not send message|message not delivered|mail system error|delivery has failed|unzustellbar"
+    r"|non remis|non recapitabile|no se puede entregar|mail failure|delivery notification|rejected:|bounce"
+    r"|failed delivery|message delivery|undeliverable mail|error sending message|delayed mail|warning: "
+    r"|notice: mail delivery status|message you sent|nicht zustellbar|n[ãa]o entregue|niedostarczon"
+    r"|could not be delivered|not delivered|unable to deliver|failed mail|mail error",
+    re.I,
+)
+_NOTICE_BODY = re.compile(
+    r"this is the (?:mail system at host|postfix program|qmail-send program|mail delivery agent)"
+    r"|hi\. this is the qmail|created automatically by mail delivery software|delivery has failed to these recipients"
+    r"|your message did not reach some or all of the intended recipients|could not be delivered to"
+    r"|the following address(?:es)? (?:had|failed)|following recipient\(?s?\)? (?:failed|could not)"
+    r"|delivery to the following recipients? (?:failed|has been delayed)|did not reach the following recipient"
+    r"|transcript of session follows|diagnostic information for administrators|undeliverable message"
+    r"|was not delivered to|unable to deliver (?:your )?message|message could not be delivered"
+    r"|permanent(?:ly)? (?:error|fatal|failure|failed)|your message (?:wasn't|was not|couldn't be|could not be)"
+    r" delivered|delivery status notification|message you sent|not be delivered",
+    re.I,
+)
+_DELAY = re.compile(
+    r"warning: message .*delayed|message (?:still )?undelivered after|has not yet been delivered"
+    r"|delivery to the following recipients? has been delayed|will (?:continue to )?(?:retry|try)"
+    r"|delivery attempts will continue|this is a warning message only|delayed mail|delivery (?:status )?delay"
+    r"|no action is required on your part|you do not need to resend your message|will be retried",
+    re.I,
+)
+_FAILURE_WORDS = re.compile(
+    r"\b[45]\d\d\b|\b[45]\.\d{1,3}\.\d{1,3}\b|permanent|could not be delivered|couldn't be delivered|undeliverable"
+    r"|failed|not (?:be )?delivered|rejected|unknown|does not exist|not found|no such|invalid|refused|quota|full"
+    r"|not recognized|disabled|suspended",
+    re.I,
+)
+_AUTO_REPLY_SUBJECT = re.compile(r"^(?:auto:|auto response:|automatic reply:|out of (?:the )?office:)", re.I)
+
+
+def one_line(text: str) -> str:
+    """Control characters out and runs of whitespace (folded lines) made one space."""
+    return " ".join(_header_safe(text).split())
+
+
+def is_notice(message: Message) -> bool:
+    """A mail server's notice about a delivery: signed like one, titled like one, or worded like one."""
+    if is_auto_reply(message):
+        return False
+    _name, sender = email.utils.parseaddr(header(message, "From"))
+    local = sender.partition("@")[0].lower()
+    signed = local in DAEMON_NAMES or local in ("mailer_daemon", "mail-delivery-system", "mailerdaemon",
+                                                "bounce", "bounces", "nobody", "root", "daemon")
+    named = re.search(r"mail delivery (?:system|subsystem)|mailer[- ]daemon|postmaster|mail administrator"
+                      r"|system administrator|mail system", header(message, "From"), re.I) is not None
+    titled = _NOTICE_SUBJECT.search(header(message, "Subject")) is not None
+    null_sender = header(message, "Return-Path").strip() in ("<>", "")  and header(message, "Return-Path") != ""
+    text = notice_text(message)
+    worded = _NOTICE_BODY.search(text[:6000]) is not None
+    if not (signed or named or titled or worded or null_sender):
+        return False
+    if not (signed or named or worded) and not (titled and _FAILURE_WORDS.search(text[:6000])):
+        return False
+    return bool(_FAILURE_WORDS.search(text[:8000]) or _any_reason(text[:8000]))
+
+
+def is_auto_reply(message: Message) -> bool:
+    """Signs of an automatic answer that mail servers' own notices never carry (RFC 3834 and vendors')."""
+    if header(message, "X-Apple-Action").strip().lower() == "vacation":
+        return True
+    if re.search(r"\b(?:oof|autoreply)\b", header(message, "X-Auto-Response-Suppress"), re.I) and \
+            _AUTO_REPLY_SUBJECT.search(header(message, "Subject").strip()):
+        return True
+    if _AUTO_REPLY_SUBJECT.search(header(message, "Subject").strip()):
+        return True
+    return bool(P.VACATION.search(notice_text(message)[:3000].lower()))
+
+
+def _any_reason(text: str) -> bool:
+    lowered = one_line(text).lower()
+    return any(p.search(lowered) for p in (P.USER_UNKNOWN, P.HOST_UNKNOWN, P.MAILBOX_FULL, P.SUSPENDED))
+
+
+# --- the notice's text ------------------------------------------------------------------------------
+
+
+class _TextOfHtml(HTMLParser):
+    """The visible text of an HTML notice, a line per block (Exchange and Office 365 send only HTML)."""
+
+    BLOCKS = frozenset({"br", "p", "div", "tr", "li", "table", "h1", "h2", "h3", "h4", "pre", "blockquote", "td"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.chunks: list[str] = []
+        self.skip = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("style", "script", "head", "title"):
+            self.skip += 1
+        elif tag in self.BLOCKS:
+            self.chunks.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("style", "script", "head", "title"):
+            self.skip = max(0, self.skip - 1)
+        elif tag in self.BLOCKS:
+            self.chunks.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self.skip:
+            self.chunks.append(data)
+
+
+def html_text(markup: str) -> str:
+    parser = _TextOfHtml()
+    try:
+        parser.feed(markup)
+        parser.close()
+    except (AssertionError, ValueError):
+        return html.unescape(re.sub(r"<[^>]+>", " ", markup))
+    lines = ("".join(parser.chunks).replace("\xa0", " ")).split("\n")
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def full_text(message: Message) -> str:
+    """The notice's text parts (HTML turned to text when a part has no plain text), not the returned message's."""
+    plain, markup = [], []
+    for part in own_parts(message):
+        if part.is_multipart():
+            continue
+        content_type = part.get_content_type()
+        if content_type == "text/plain":
+            plain.append(part_text(part))
+        elif content_type == "text/html":
+            markup.append(html_text(part_text(part)))
+    if not plain and not markup and not message.is_multipart() and message.get_content_maintype() != "text":
+        plain.append(part_text(message))
+    text = "\n".join(plain) if any(p.strip() for p in plain) else "\n".join(markup)
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if re.match(r"^\s*(?:fwd?|tr|wg):", header(message, "Subject"), re.I):
+        text = re.sub(r"^>+ ?", "", text, flags=re.M)  # a notice forwarded to the bounce mailbox
+    return text
+
+
+def notice_text(message: Message) -> str:
+    """The server's own words: the text parts up to where the returned message is quoted."""
+    text = full_text(message)
+    quoted = _COPY_STARTS.search(text)
+    return text[: quoted.start()] if quoted else text
+
+
+# --- recipients and their words ----------------------------------------------------------------------
+
+
+def _excluded(message: Message, original: Message | None) -> set[str]:
+    """Addresses that are not a failed recipient: the notice's sender and addressee, our own From."""
+    found: set[str] = set()
+    for headers, names in ((message, ("From", "To", "Return-Path", "Sender", "Reply-To", "Delivered-To")),
+                           (original, ("From", "Sender", "Return-Path", "Reply-To"))):
+        if headers is None:
+            continue
+        for name in names:
+            found.update(a.lower() for _n, a in email.utils.getaddresses([header(headers, name)]) if "@" in a)
+    return found
+
+
+def _anchors(text: str, excluded: set[str]) -> list[tuple[int, str]]:
+    """(line index, address) of every line that names a failed recipient."""
+    anchors = []
+    for index, line in enumerate(text.split("\n")):
+        stripped = line.strip()
+        if not stripped or ":" in stripped[:25] and re.match(
+                r"^(?:from|to|cc|bcc|reply-to|return-path|sender|x-[\w-]+|message-id|received|reporting-mta|date|subject"
+                r"|remote-mta|x-postfix-sender|original-mail-from|arrival-date)\s*:", stripped, re.I):
+            continue
+        found = _LINE_START.match(line) or _INTRODUCED.search(line) or _LABELLED.match(line)
+        if found is None:
+            continue
+        address = found.group(1).strip(".")
+        local = address.partition("@")[0].lower()
+        if address.lower() in excluded or local in DAEMON_NAMES or local in ("mailer_daemon", "abuse"):
+            continue
+        anchors.append((index, address))
+    return anchors
+
+
+def recipient_blocks(text: str, excluded: set[str]) -> tuple[dict[str, str], dict[str, str], str]:
+    """Each named recipient's words ({lower-cased address: text}), the addresses as written, and the greeting."""
+    lines = text.split("\n")
+    anchors = _anchors(text, excluded)
+    words: dict[str, list[str]] = {}
+    spelled: dict[str, str] = {}
+    for position, (index, address) in enumerate(anchors):
+        end = anchors[position + 1][0] if position + 1 < len(anchors) else len(lines)
+        key = address.lower()
+        spelled.setdefault(key, address)
+        words.setdefault(key, []).extend(lines[index:end])
+    greeting = "\n".join(lines[: anchors[0][0]]) if anchors else text
+    return {key: "\n".join(chunk) for key, chunk in words.items()}, spelled, greeting
+
+
+def recipient_texts(message: Message) -> dict[str, str]:
+    """Each recipient's words in the notice's text part, for a delivery-status report that left them out."""
+    text = notice_text(message)
+    blocks, _spelled, _greeting = recipient_blocks(text, set())
+    return {key: one_line(block)[:1000] for key, block in blocks.items()}
+
+
+def findings(message: Message, original: Message | None) -> list[Finding]:
+    from mailer.inbound.reports import Finding, message_id_of, single_address  # noqa: PLC0415 (cycle)
+
+    text = notice_text(message)
+    excluded = _excluded(message, original)
+    blocks, spelled, greeting = recipient_blocks(text, excluded)
+    failed = [a for _n, a in email.utils.getaddresses([header(message, "X-Failed-Recipients")]) if "@" in a]
+    delayed = bool(_DELAY.search(header(message, "Subject")) or _DELAY.search(text[:4000]))
+    message_id = message_id_of(original) or _quoted_message_id(full_text(message)[len(text):])
+    returned_to = single_address(original, "To")
+    recipients = list(dict.fromkeys(failed)) or [spelled[key] for key in blocks]
+    if not recipients and returned_to:
+        recipients = [returned_to]
+    if not recipients:
+        recipients = [None]  # only the returned Message-ID can tell who it was
+    result = []
+    for recipient in recipients:
+        block = blocks.get((recipient or "").lower(), "")
+        if len(recipients) == 1 and not _has_reason(block):
+            block = "\n".join(filter(None, (greeting, block))) if block else text
+        words = one_line(block)[:1500]
+        others = (returned_to,) if returned_to and len(recipients) == 1 and returned_to != recipient else ()
+        result.append(Finding(recipient, refusal_of(words, "delayed" if delayed else "failed"), others, message_id))
+    return result
+
+
+def _has_reason(block: str) -> bool:
+    return bool(re.search(r"\b[45]\d\d\b|\b[45]\.\d\.\d{1,3}\b", block)) or _any_reason(block) or bool(
+        hint_in(block))
+
+
+def refusal_of(words: str, action: str) -> Refusal:
+    command, hint = command_in(words), hint_in(words)
+    state = re.search(r"\(state (\d+)\)\.", words)
+    if state and state.group(1) in _GMAIL_STATES:
+        command, hint = _GMAIL_STATES[state.group(1)]
+    return Refusal(diagnostic=words, command=command, action=action, hint=hint)
+
+
+def command_in(text: str) -> str:
+    """The SMTP command a server's words answer (RCPT, MAIL, DATA, HELO, CONN), or ""."""
+    for pattern, command in _COMMANDS:
+        found = pattern.search(text)
+        if found is None:
+            continue
+        if command is None:
+            # The last ">>> COMMAND" of a transcript is the one refused.
+            if pattern.pattern.startswith("(?:>>>"):
+                found = list(pattern.finditer(text))[-1]
+            command = found.group(1).upper()
+        return "HELO" if command == "EHLO" else command
+    return ""
+
+
+def hint_in(text: str) -> str:
+    for pattern, reason in _HINTS:
+        if pattern.search(text):
+            return reason
+    return ""
+
+
+def _quoted_message_id(text: str) -> str | None:
+    """The Message-ID line of a returned message quoted as text below a plain-text notice."""
+    found = re.search(r"^Message-ID:[ \t]*(<[^<>\s@]+@[^<>\s]+>)", text, re.I | re.M)
+    return found.group(1) if found else None
