@@ -37,7 +37,7 @@ _STATUS_REASONS = {
     "5.1.0": "user_unknown", "5.1.1": "user_unknown", "5.1.2": "no_such_domain", "5.1.3": "user_unknown",
     "5.1.4": "filtered", "5.1.6": "moved", "5.1.7": "sender_rejected", "5.1.8": "sender_rejected",
     "5.1.9": "server_error", "5.1.10": "not_accepting",
-    "5.2.0": "filtered", "5.2.1": "filtered", "5.2.2": "mailbox_full", "5.2.3": "over_limit", "5.2.4": "filtered",
+    "5.2.0": "filtered", "5.2.1": "mailbox_disabled", "5.2.2": "mailbox_full", "5.2.3": "over_limit", "5.2.4": "filtered",
     "5.3.0": "server_error", "5.3.1": "server_full", "5.3.2": "not_accepting", "5.3.3": "server_error",
     "5.3.4": "too_large", "5.3.5": "server_error",
     "5.4.0": "routing", "5.4.3": "server_error", "5.4.4": "no_such_domain",
@@ -132,11 +132,11 @@ def judge(refusal: Refusal) -> Judgement:
 
 
 def _verdict(reason: str, status: str, reply: str, text: str, action: str) -> Verdict:
-    if reason == "auto_reply":
+    if reason == "auto_reply" or action == "delayed":
+        # A relay that is still trying has not failed yet: its final report will tell.
         return "none"
     if reason in ADDRESS_BAD or (reason == "not_accepting" and _permanent(status, reply, text)):
-        # A relay that is still trying has not given up on the address: the final report will tell.
-        return "not_about_recipient" if action == "delayed" else "address_bad"
+        return "address_bad"
     if reason in MAILBOX_UNABLE:
         return "mailbox_unable"
     return "not_about_recipient"

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from mailer import audience
 from mailer.config import Settings, duration
+from mailer.inbound.classify import reply_verdict
 from mailer.inbound.notices import ADDRESS, one_line
 from mailer.models import BounceEvent, Contact, OutboxMessage, Suppression
 from mailer.outbound.messages import outbox_id_of
@@ -36,6 +37,9 @@ SETUP_REASONS = {
     "policy": "receiving servers refuse our messages by policy",
 }
 SETUP_WARNING_AT = 3
+# How a verdict reads for staff (an outbox row's last error, the subscriber page).
+WORDS = {"address_bad": "hard bounce", "mailbox_unable": "soft bounce", "complaint": "complaint",
+         "not_about_recipient": "refusal not about the address"}
 # Suppressions staff may lift: those a delivery problem caused, never a person's own wish.
 LIFTABLE = ("hard_bounce", "soft_bounces")
 
@@ -84,29 +88,52 @@ def mask(text: str) -> str:
     return ADDRESS.sub(lambda m: "*@" + m.group(0).rpartition("@")[2], text)
 
 
-def apply(session: Session, settings: Settings, verdict: Verdict, evidence: Evidence, now: dt.datetime, *,
-          contact: Contact | None = None, row: OutboxMessage | None = None) -> Effect:
-    """Apply one verdict and record it. The contact and outbox row are looked up when not given."""
+def apply(session: Session, settings: Settings, verdict: Verdict, evidence: Evidence, now: dt.datetime) -> Effect:
+    """Apply one verdict of a report and record it; the contact is found by the returned Message-ID (ours)
+    or by the addresses the report gives."""
     if verdict.verdict == "none":
         return Effect(None)
-    if contact is None and row is None:
-        contact, row = resolve(session, settings.secret_key, verdict)
+    contact, row = resolve(session, settings.secret_key, verdict)
     if contact is None and row is None:
         log.info("%s (%s) for no known contact; not recorded", verdict.verdict, verdict.reason or "-")
         return Effect(None)
-    report_at = min(evidence.report_at or now, now)
-    event = BounceEvent(
-        contact_id=contact.id if contact is not None else None, outbox_id=row.id if row is not None else None,
-        campaign_id=row.campaign_id if row is not None else None, verdict=verdict.verdict,
-        reason=verdict.reason[:40], status=verdict.status[:16], reply_code=verdict.reply_code[:3],
-        diagnostic=mask(one_line(verdict.diagnostic))[:1000], source=evidence.source[:40],
-        report_key=evidence.report_key[:255], report_at=report_at, counted=True, created_at=now)
-    session.add(event)
-    session.flush()
-    if row is not None and evidence.source != "smtp":
+    if row is not None:
         # The outbox row keeps its state (it was handed over, so "sent" stays true); the error says what
         # happened after, for staff looking at the message.
-        row.last_error = f"{verdict.verdict} after sending: {verdict.detail}"[:500]
+        row.last_error = f"{WORDS.get(verdict.verdict, verdict.verdict)} after sending: {verdict.detail}"[:500]
+    return record(session, settings, verdict, evidence, now, contact,
+                  row.id if row is not None else None, row.campaign_id if row is not None else None)
+
+
+def apply_refusal(session: Session, settings: Settings, *, contact_id: int | None, outbox_id: int,
+                  campaign_id: int | None, code: int | None, text: str, stage: str, now: dt.datetime) -> Effect:
+    """A permanent SMTP refusal while sending, judged by the same rules as a report of it and applied.
+
+    Only a refusal of the recipient's address suppresses; one of our sender, IP or message is recorded
+    (several in a campaign warn staff), and a mailbox unable to take mail counts like a soft bounce.
+    """
+    command = {"rcpt": "RCPT", "data": "DATA", "mail": "MAIL", "connect": "HELO"}.get(stage, "")
+    judgement = reply_verdict(code, text, command)
+    if judgement.verdict == "none":
+        return Effect(contact_id)
+    verdict = Verdict(judgement.verdict, None, judgement.reason, judgement.status, judgement.reply_code, text)
+    contact = session.get(Contact, contact_id) if contact_id is not None else None
+    return record(session, settings, verdict, Evidence("smtp", str(outbox_id), now), now, contact, outbox_id,
+                  campaign_id)
+
+
+def record(session: Session, settings: Settings, verdict: Verdict, evidence: Evidence, now: dt.datetime,
+           contact: Contact | None, outbox_id: int | None = None, campaign_id: int | None = None) -> Effect:
+    """Keep the verdict as evidence and act on it: suppress, count a soft bounce, or nothing more."""
+    report_at = min(evidence.report_at or now, now)
+    event = BounceEvent(
+        contact_id=contact.id if contact is not None else None, outbox_id=outbox_id, campaign_id=campaign_id,
+        verdict=verdict.verdict, reason=verdict.reason[:40], status=verdict.status[:16],
+        reply_code=verdict.reply_code[:3], diagnostic=mask(one_line(verdict.diagnostic))[:1000],
+        source=evidence.source[:40], report_key=evidence.report_key[:255], report_at=report_at, counted=True,
+        created_at=now)
+    session.add(event)
+    session.flush()
     if contact is None:
         return Effect(None, event.id)
     suppressed = False

@@ -25,9 +25,9 @@ if TYPE_CHECKING:
     from mailer.inbound.reports import Finding
 
 _LOCAL = r"[\w.!#$%&'*+/=?^`{|}~-]+"
-_DOMAIN = r"(?:\[[\d.]+\]|[\w-]+(?:\.[\w-]+)*\.[A-Za-z\w]{2,})"
+_DOMAIN = r"(?:\[[\d.]+\]|[\w-]+(?:\.[\w-]+)*\.[^\W\d_][\w-]*)"
 ADDRESS = re.compile(rf"(?<![\w.+-]){_LOCAL}@{_DOMAIN}(?![\w-])")
-_ANGLE = rf"[<\"'(\[]?({_LOCAL}@{_DOMAIN})[>\"')\]]?"
+_ANGLE = rf"[<\"'(\[]?(?:smtp:)?({_LOCAL}@{_DOMAIN})[>\"')\]]?"
 
 # Where a notice starts quoting the returned message: words below it are ours, not the server's.
 _COPY_STARTS = re.compile(
@@ -44,13 +44,13 @@ _COPY_STARTS = re.compile(
 # Phrases that introduce a failed recipient somewhere in a line.
 _INTRODUCED = re.compile(
     r"(?:original-recipient|final-recipient|failed recipient|recipient address|intended recipient|unknown user"
-    r"|undeliverable (?:address|to)|undeliverable|delivery failed|could not be delivered to|did not reach the following"
+    r"|undeliverable[ \t]+(?:address|to)|undeliverable|delivery failed|could not be delivered to|did not reach the following"
     r" recipient|your message to|addressed to|the following message to|you sent mail to|failed to deliver to"
-    r"|mailbox is full|error-for|rcpt to|smtp=|recipient|address|destinatario|empfänger|destinataire"
+    r"|mailbox is full|error-for|rcpt to|smtp=|local mailbox|recipient|address|destinatario|empfänger|destinataire"
     r"|following (?:address|recipient)(?:\(?e?s\)?)?)[ \t]*:?[ \t]*(?:rfc822;[ \t]*|smtp;[ \t]*)?" + _ANGLE,
     re.I,
 )
-_LINE_START = re.compile(rf"^[ \t]*{_ANGLE}(?=$|[\s:.,;>\]\"'(]|\.\.\.)", re.I)
+_LINE_START = re.compile(rf"^[ \t]*(?:[*•-][ \t]+)?{_ANGLE}(?=$|[\s:.,;>\]\"'(]|\.\.\.)", re.I)
 # "Some label: someone@example.org" with the address ending the line ("Invalid final delivery userid: …").
 _LABELLED = re.compile(rf"^[ \t]*[\w][\w .'/()-]{{0,50}}:[ \t]*{_ANGLE}[ \t.]*$", re.I)
 
@@ -71,6 +71,7 @@ _COMMANDS = (
     (re.compile(r"but my name was rejected|refused to talk to me", re.I), "HELO"),
     (re.compile(r"but greeting failed|after initial connection", re.I), "CONN"),
     (re.compile(r"smtp error .* (rcpt|mail|data) command", re.I), None),
+    (re.compile(r"\bsmtp:(rcpt|mail|data)\b", re.I), None),
 )
 # Reasons particular servers state in their own words or codes, whatever status code they put on them.
 _HINTS = (
@@ -90,7 +91,7 @@ _HINTS = (
                 r"|all hosts have been failing for a long time", re.I), "expired"),
     (re.compile(r"no mailbox here by that name|does not like recipient\.|not listed in (?:domino directory|public"
                 r" name & address book)|non répertorié dans l'annuaire domino"
-                r"|^(?:unknown user|invalid final delivery userid)", re.I), "user_unknown"),
+                r"|^(?:unknown user: \S+@|invalid final delivery userid)|is unavailable: user not found", re.I), "user_unknown"),
     (re.compile(r"mailbox is full|error: quota exceed|disk quota exceeded|as their mailbox is full", re.I),
      "mailbox_full"),
     (re.compile(r"an mx or srv record indicated no smtp service|no host found for existing smtp connection", re.I),
@@ -164,7 +165,10 @@ def is_notice(message: Message) -> bool:
         return False
     if not (signed or named or worded) and not (titled and _FAILURE_WORDS.search(text[:6000])):
         return False
-    return bool(_FAILURE_WORDS.search(text[:8000]) or _any_reason(text[:8000]))
+    if _FAILURE_WORDS.search(text[:8000]) or _any_reason(text[:8000]) or _DELAY.search(text[:8000]):
+        return True
+    # A mail server's notice in words we do not read, naming the recipients it failed.
+    return (signed or named) and bool(_named_lines(text[:8000], _excluded(message, None)))
 
 
 def is_auto_reply(message: Message) -> bool:
@@ -267,8 +271,23 @@ def _excluded(message: Message, original: Message | None) -> set[str]:
     return found
 
 
+_SUMMARY_TO = re.compile(rf"^[ \t]*to:[ \t]*{_ANGLE}[ \t]*$", re.I)
+
+
 def _anchors(text: str, excluded: set[str]) -> list[tuple[int, str]]:
-    """(line index, address) of every line that names a failed recipient."""
+    """(line index, address) of every line that names a failed recipient.
+
+    A "To:" line (the summary of the returned message some notices give) counts only when nothing else does.
+    """
+    anchors = _named_lines(text, excluded)
+    if anchors:
+        return anchors
+    summary = [(index, found.group(1)) for index, line in enumerate(text.split("\n"))
+               if (found := _SUMMARY_TO.match(line)) and found.group(1).lower() not in excluded]
+    return summary[:1]
+
+
+def _named_lines(text: str, excluded: set[str]) -> list[tuple[int, str]]:
     anchors = []
     for index, line in enumerate(text.split("\n")):
         stripped = line.strip()
@@ -276,7 +295,10 @@ def _anchors(text: str, excluded: set[str]) -> list[tuple[int, str]]:
                 r"^(?:from|to|cc|bcc|reply-to|return-path|sender|x-[\w-]+|message-id|received|reporting-mta|date|subject"
                 r"|remote-mta|x-postfix-sender|original-mail-from|arrival-date)\s*:", stripped, re.I):
             continue
-        found = _LINE_START.match(line) or _INTRODUCED.search(line) or _LABELLED.match(line)
+        # "550-someone@example.org is not…" continues a server's multi-line reply; it names no new recipient.
+        reply_line = re.match(r"^\s*[245]\d\d[- ]", line) is not None
+        found = (None if reply_line else _LINE_START.match(line)) or _INTRODUCED.search(line) or (
+            None if reply_line else _LABELLED.match(line))
         if found is None:
             continue
         address = found.group(1).strip(".")

@@ -92,6 +92,7 @@ MAILBOX_FULL = _group(
     r"too much mail data", r"user has exceeded quota, bouncing mail", r"user has too many messages on the server",
     r"user is over (?:the )?quota", r"user over quota", r"was automatically rejected: quota exceeded",
     r"would be over the allowed quota", r"inbox is out of storage space", r"out of storage space",
+    r"mailbox exceeds allowed size",
 )
 
 # The mailbox is disabled or suspended for now (unpaid, inactive, frozen).

@@ -125,7 +125,8 @@ def _delivery_status(message: Message, part: Message) -> list[Finding]:
             if index == 0:
                 per_message = {"reporting": header(group, "Reporting-MTA")}
             continue  # the per-message group, or a recipient group without an address we could use
-        recipient = final or original_recipient
+        # Original-Recipient is the address we sent to; Final-Recipient may be an alias it expanded to.
+        recipient = original_recipient or final
         action = (header(group, "Action").split() or [""])[0].lower().rstrip(";")
         code_field = header(group, "Diagnostic-Code")
         kind, diagnostic = _diagnostic(code_field)
@@ -232,7 +233,13 @@ def _feedback_report(message: Message, part: Message | None) -> Report:
 
 
 def _is_hotmail_complaint(message: Message) -> bool:
-    """Hotmail/Outlook.com's junk-mail reports (JMRP): the reported message attached, no feedback part."""
+    """Hotmail/Outlook.com's junk-mail reports (JMRP): the reported message attached (or, in the older form,
+    sent back itself) with an X-HmXmrOriginalRecipient header that Hotmail adds only to these reports."""
+    if header(message, "X-HmXmrOriginalRecipient"):
+        return True
+    original = returned_headers(message)
+    if original is not None and header(original, "X-HmXmrOriginalRecipient"):
+        return True
     _name, sender = email.utils.parseaddr(header(message, "From"))
     if sender.lower() not in ("staff@hotmail.com", "complaints@email-abuse.amazonses.com"):
         return False
@@ -240,7 +247,7 @@ def _is_hotmail_complaint(message: Message) -> bool:
 
 
 def _hotmail_complaint(message: Message) -> Report:
-    original = returned_headers(message)
+    original = message if header(message, "X-HmXmrOriginalRecipient") else returned_headers(message)
     recipient = None
     if original is not None:
         recipient = single_address(original, "X-HmXmrOriginalRecipient") or single_address(original, "To")
