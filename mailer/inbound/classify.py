@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from mailer.inbound import phrases as P
+from mailer.inbound import remotes
 
 Verdict = Literal["address_bad", "mailbox_unable", "not_about_recipient", "complaint", "none"]
 
@@ -78,6 +79,8 @@ class Refusal:
     action: str = ""       # the report's Action: failed, delayed, delivered, relayed, expanded, or ""
     hint: str = ""         # a reason the report's format already tells (a table of that server's messages)
     unix: bool = False     # the diagnostic is a local program's (Diagnostic-Code: X-Unix), not a server's
+    remote: str = ""       # the host name of the server that refused, when the report gives it
+    domain: str = ""       # the recipient's domain
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,10 @@ def _reason(refusal: Refusal, text: str, status: str, reply: str) -> str:
     hint = refusal.hint
     if hint and hint not in _TENTATIVE:
         return hint
+    if refusal.remote or refusal.domain:
+        provider = remotes.reason(refusal.remote, refusal.domain, status, reply, refusal.diagnostic)
+        if provider:
+            return provider
     if not refusal.unix:
         for name, test in _ORDER:
             if test(refusal, hint, text, status, reply):

@@ -17,6 +17,7 @@ from html.parser import HTMLParser
 from typing import TYPE_CHECKING
 
 from mailer.inbound import phrases as P
+from mailer.inbound import remotes
 from mailer.inbound.classify import Refusal
 from mailer.inbound.reading import DAEMON_NAMES, header, own_parts, part_text
 from mailer.publishing.render import one_line as _header_safe
@@ -70,7 +71,7 @@ _COMMANDS = (
     (re.compile(r"but sender was rejected|\[mail_from\]|mail from command", re.I), "MAIL"),
     (re.compile(r"but my name was rejected|refused to talk to me", re.I), "HELO"),
     (re.compile(r"but greeting failed|after initial connection", re.I), "CONN"),
-    (re.compile(r"smtp error .* (rcpt|mail|data) command", re.I), None),
+    (re.compile(r"smtp error .* (rcpt|mail|data) command|following (rcpt|mail|data|helo|ehlo) command", re.I), None),
     (re.compile(r"\bsmtp:(rcpt|mail|data)\b", re.I), None),
 )
 # Reasons particular servers state in their own words or codes, whatever status code they put on them.
@@ -89,7 +90,7 @@ _HINTS = (
     (re.compile(r"queue\.expired|retry timeout exceeded|this message has been in the queue too long"
                 r"|retry time not reached for any host after a long failure period"
                 r"|all hosts have been failing for a long time", re.I), "expired"),
-    (re.compile(r"no mailbox here by that name|does not like recipient\.|not listed in (?:domino directory|public"
+    (re.compile(r"no mailbox here by that name|does not like recipient\.(?!.*remote host said)|not listed in (?:domino directory|public"
                 r" name & address book)|non répertorié dans l'annuaire domino"
                 r"|^(?:unknown user: \S+@|invalid final delivery userid)|is unavailable: user not found", re.I), "user_unknown"),
     (re.compile(r"mailbox is full|error: quota exceed|disk quota exceeded|as their mailbox is full", re.I),
@@ -309,26 +310,39 @@ def _named_lines(text: str, excluded: set[str]) -> list[tuple[int, str]]:
     return anchors
 
 
-def recipient_blocks(text: str, excluded: set[str]) -> tuple[dict[str, str], dict[str, str], str]:
-    """Each named recipient's words ({lower-cased address: text}), the addresses as written, and the greeting."""
+def recipient_blocks(text: str, excluded: set[str]) -> tuple[dict[str, tuple[str, str]], dict[str, str], str]:
+    """Each named recipient's words ({lower-cased address: (the telling part, all of it)}), the addresses as
+    written, and the greeting."""
     lines = text.split("\n")
     anchors = _anchors(text, excluded)
-    words: dict[str, list[str]] = {}
+    chunks: dict[str, list[str]] = {}
     spelled: dict[str, str] = {}
-    for position, (index, address) in enumerate(anchors):
-        end = anchors[position + 1][0] if position + 1 < len(anchors) else len(lines)
+    # Consecutive lines naming the same recipient ("  x@y", then "SMTP error … RCPT TO:<x@y>") are one chunk.
+    runs = [(index, address) for position, (index, address) in enumerate(anchors)
+            if position == 0 or address.lower() != anchors[position - 1][1].lower()
+            or index - anchors[position - 1][0] > 2]
+    for position, (index, address) in enumerate(runs):
+        end = runs[position + 1][0] if position + 1 < len(runs) else len(lines)
         key = address.lower()
         spelled.setdefault(key, address)
-        words.setdefault(key, []).extend(lines[index:end])
+        chunks.setdefault(key, []).append("\n".join(lines[index:end]))
     greeting = "\n".join(lines[: anchors[0][0]]) if anchors else text
-    return {key: "\n".join(chunk) for key, chunk in words.items()}, spelled, greeting
+    # A recipient named twice (a summary, then the details for administrators): the server's reply is in
+    # the chunks that carry a code or a telling phrase; the others are the notice's own words.
+    words = {}
+    for key, parts in chunks.items():
+        telling = parts
+        if len(parts) > 1:
+            telling = [part for part in parts if _has_code(part)] or [part for part in parts if _has_reason(part)]
+        words[key] = ("\n".join(telling or parts), "\n".join(parts))
+    return words, spelled, greeting
 
 
 def recipient_texts(message: Message) -> dict[str, str]:
     """Each recipient's words in the notice's text part, for a delivery-status report that left them out."""
     text = notice_text(message)
     blocks, _spelled, _greeting = recipient_blocks(text, set())
-    return {key: one_line(block)[:1000] for key, block in blocks.items()}
+    return {key: one_line(block)[:1000] for key, (_telling, block) in blocks.items()}
 
 
 def findings(message: Message, original: Message | None) -> list[Finding]:
@@ -348,26 +362,33 @@ def findings(message: Message, original: Message | None) -> list[Finding]:
         recipients = [None]  # only the returned Message-ID can tell who it was
     result = []
     for recipient in recipients:
-        block = blocks.get((recipient or "").lower(), "")
-        if len(recipients) == 1 and not _has_reason(block):
-            block = "\n".join(filter(None, (greeting, block))) if block else text
+        block, context = blocks.get((recipient or "").lower(), ("", ""))
+        if len(recipients) == 1 and not _has_reason(context):
+            block = context = "\n".join(filter(None, (greeting, context))) if context else text
         words = one_line(block)[:1500]
         others = (returned_to,) if returned_to and len(recipients) == 1 and returned_to != recipient else ()
-        result.append(Finding(recipient, refusal_of(words, "delayed" if delayed else "failed"), others, message_id))
+        refusal = refusal_of(words, "delayed" if delayed else "failed", one_line(context),
+                             (recipient or "").rpartition("@")[2])
+        result.append(Finding(recipient, refusal, others, message_id))
     return result
 
 
+def _has_code(block: str) -> bool:
+    return bool(re.search(r"\b[45]\d\d\b|\b[45]\.\d\.\d{1,3}\b", block))
+
+
 def _has_reason(block: str) -> bool:
-    return bool(re.search(r"\b[45]\d\d\b|\b[45]\.\d\.\d{1,3}\b", block)) or _any_reason(block) or bool(
-        hint_in(block))
+    return _has_code(block) or _any_reason(block) or bool(hint_in(block))
 
 
-def refusal_of(words: str, action: str) -> Refusal:
-    command, hint = command_in(words), hint_in(words)
+def refusal_of(words: str, action: str, context: str = "", domain: str = "") -> Refusal:
+    """A refusal from a recipient's words; the SMTP command may be told anywhere in its context."""
+    command, hint = command_in(words) or command_in(context), hint_in(words)
     state = re.search(r"\(state (\d+)\)\.", words)
     if state and state.group(1) in _GMAIL_STATES:
         command, hint = _GMAIL_STATES[state.group(1)]
-    return Refusal(diagnostic=words, command=command, action=action, hint=hint)
+    return Refusal(diagnostic=words, command=command, action=action, hint=hint,
+                   remote=remotes.host_in(context or words), domain=domain)
 
 
 def command_in(text: str) -> str:
@@ -380,7 +401,7 @@ def command_in(text: str) -> str:
             # The last ">>> COMMAND" of a transcript is the one refused.
             if pattern.pattern.startswith("(?:>>>"):
                 found = list(pattern.finditer(text))[-1]
-            command = found.group(1).upper()
+            command = next(group for group in found.groups() if group).upper()
         return "HELO" if command == "EHLO" else command
     return ""
 

@@ -18,7 +18,7 @@ from email.message import Message
 from email.parser import HeaderParser
 from typing import Literal
 
-from mailer.inbound import notices
+from mailer.inbound import notices, remotes
 from mailer.inbound.classify import Refusal
 from mailer.inbound.reading import POLICY, first_subpart, header, is_auto_reply, own_parts, part_text
 
@@ -142,8 +142,10 @@ def _delivery_status(message: Message, part: Message) -> list[Finding]:
             diagnostic = f"{diagnostic} {status_field}"  # "Status: 553 Exceeded maximum inbound message size"
         command = notices.command_in(diagnostic) or notices.command_in(extra)
         hint = notices.hint_in(diagnostic) or notices.hint_in(extra)
+        remote = typed_host(header(group, "Remote-MTA")) or remotes.host_in(diagnostic) or remotes.host_in(extra)
         refusal = Refusal(status=status.group(0) if status else "", diagnostic=notices.one_line(diagnostic),
-                          command=command, action=action, hint=hint, unix=kind == "x-unix")
+                          command=command, action=action, hint=hint, unix=kind == "x-unix", remote=remote,
+                          domain=(recipient or "").rpartition("@")[2])
         others = tuple(dict.fromkeys(a for a in (original_recipient, final) if a and a != recipient))
         findings.append(Finding(recipient, refusal, others, message_id))
     del per_message
@@ -167,6 +169,15 @@ def _diagnostic(field_value: str) -> tuple[str, str]:
     if not sep or " " in kind.strip():
         return "", notices.one_line(field_value)
     return kind.strip().lower(), notices.one_line(text)
+
+
+def typed_host(field_value: str) -> str:
+    """The host name of a "dns; mx.example.org" MTA field, or ""."""
+    kind, sep, name = field_value.partition(";")
+    if not sep or kind.strip().lower() != "dns":
+        return ""
+    name = name.strip().split()[0] if name.strip() else ""
+    return name.strip("[]").rstrip(".").lower() if re.search(r"[a-z]", name, re.I) else ""
 
 
 def typed_address(field_value: str) -> str | None:
