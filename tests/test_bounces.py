@@ -123,7 +123,8 @@ def test_mail_server_reports_are_not_auto_replies_though_marked_auto_submitted()
 
 
 def dsn(*groups: str, original: str = "", sender: str = "MAILER-DAEMON@relay.example",
-        content_type: str = "message/delivery-status", text: str = "Delivery report.\n") -> bytes:
+        content_type: str = "message/delivery-status", text: str = "Delivery report.\n",
+        subject: str = "Undelivered Mail") -> bytes:
     """A multipart/report DSN with the given recipient groups (and returned headers, if any)."""
     parts = [
         f"Content-Type: text/plain\n\n{text}",
@@ -132,7 +133,7 @@ def dsn(*groups: str, original: str = "", sender: str = "MAILER-DAEMON@relay.exa
     if original:
         parts.append(f"Content-Type: text/rfc822-headers\n\n{original}")
     body = "".join(f"--B\n{part}\n" for part in parts) + "--B--\n"
-    return (f"From: {sender}\nTo: bounces@therapycentral.example\nSubject: Undelivered Mail\nMIME-Version: 1.0\n"
+    return (f"From: {sender}\nTo: bounces@therapycentral.example\nSubject: {subject}\nMIME-Version: 1.0\n"
             "Content-Type: multipart/report; report-type=delivery-status; boundary=B\n\n" + body).encode()
 
 
@@ -159,9 +160,13 @@ def test_a_generic_status_takes_the_diagnostics_code() -> None:
     found = first(dsn(group("riley@example.com", "failed", "5.0.0", "550 No such user here")))
     assert found is not None and (found.verdict, found.reason, found.status) == (
         "not_about_recipient", "filtered", "5.0.0")
-    found = first(dsn(group("riley@example.com", "failed", "5.0.0", "550 No such user here (in reply to RCPT TO "
-                                                                     "command)")))
+    # Postfix says which command the words answered; in its own notices that is believed.
+    answered = group("riley@example.com", "failed", "5.0.0", "550 No such user here (in reply to RCPT TO command)")
+    found = first(dsn(answered, subject="Undelivered Mail Returned to Sender"))
     assert found is not None and (found.verdict, found.reason) == ("address_bad", "user_unknown")
+    # Quoted in another server's report, the same words are a relayed quotation, not that server's command.
+    found = first(dsn(answered))
+    assert found is not None and (found.verdict, found.reason) == ("not_about_recipient", "filtered")
 
 
 def test_every_failed_recipient_of_a_report_is_given_and_only_those() -> None:

@@ -55,9 +55,14 @@ _LINE_START = re.compile(rf"^[ \t]*(?:[*•-][ \t]+)?{_ANGLE}(?=$|[\s:.,;>\]\"'(
 # "Some label: someone@example.org" with the address ending the line ("Invalid final delivery userid: …").
 _LABELLED = re.compile(rf"^[ \t]*[\w][\w .'/()-]{{0,50}}:[ \t]*{_ANGLE}[ \t.]*$", re.I)
 
-_COMMANDS = (
+# How servers name the SMTP command a refusal answered. Postfix's "(in reply to RCPT TO command)" is read
+# only in Postfix's own notices (see postfix_like): elsewhere it is a relayed quotation, and the
+# established classifiers do not take it for the command there either.
+_POSTFIX_COMMANDS = (
     (re.compile(r"in reply to end of data", re.I), "DATA"),
     (re.compile(r"in reply to (rcpt|mail|data|helo|ehlo)", re.I), None),
+)
+_COMMANDS = (
     (re.compile(r"after end of (?:data|message)", re.I), "DATA"),
     (re.compile(r"(?:error|failed|problem)[^.\n]{0,40}? after (rcpt|mail|data|helo|ehlo)\b", re.I), None),
     (re.compile(r"(?:>>>|sent <<<) ?(rcpt|mail|data|helo|ehlo)\b", re.I), None),
@@ -66,13 +71,16 @@ _COMMANDS = (
     (re.compile(r"server response to mail from", re.I), "MAIL"),
     (re.compile(r"unexpected response to ehlo/helo", re.I), "HELO"),
     (re.compile(r"smtp connection failed,|unexpected connection response from server", re.I), "CONN"),
-    (re.compile(r"does not like recipient|\[rcpt_to\]|rcpt to command", re.I), "RCPT"),
-    (re.compile(r"failed on data command|failed after i sent the message|\[data\]|data command", re.I), "DATA"),
-    (re.compile(r"but sender was rejected|\[mail_from\]|mail from command", re.I), "MAIL"),
+    (re.compile(r"does not like recipient|\[rcpt_to\]", re.I), "RCPT"),
+    (re.compile(r"failed on data command|failed after i sent the message|\[data\]|for text command", re.I), "DATA"),
+    (re.compile(r"but sender was rejected|\[mail_from\]", re.I), "MAIL"),
     (re.compile(r"but my name was rejected|refused to talk to me", re.I), "HELO"),
     (re.compile(r"but greeting failed|after initial connection", re.I), "CONN"),
     (re.compile(r"smtp error .* (rcpt|mail|data) command|following (rcpt|mail|data|helo|ehlo) command", re.I), None),
     (re.compile(r"\bsmtp:(rcpt|mail|data)\b", re.I), None),
+    (re.compile(r"-+ ?smtp command\s+(rcpt|mail|data|helo|ehlo)\b", re.I), None),
+    (re.compile(r"\bin (rcpt|mail) (?:to|from)\b|\bend of (data)\b", re.I), None),
+    (re.compile(r" (rcpt|mail|data) +command\b", re.I), None),
 )
 # Reasons particular servers state in their own words or codes, whatever status code they put on them.
 _HINTS = (
@@ -101,6 +109,16 @@ _HINTS = (
     (re.compile(r"but my name was rejected", re.I), "blocked"),
     (re.compile(r"mailaddress is administrative?le?y disabled", re.I), "mailbox_disabled"),
 )
+# Facebook's published response codes ("550 5.1.1 RCP-P1").
+_FACEBOOK = {"RCP-P1": "user_unknown", "INT-P1": "user_unknown", "INT-P3": "user_unknown", "INT-P4": "user_unknown",
+             "RCP-P2": "filtered", "RCP-P3": "filtered", "POL-P1": "blocked", "POL-P2": "blocked",
+             "MSG-P1": "too_large", "INT-P2": "too_large", "MSG-P2": "content", "MSG-P3": "content",
+             "POL-P6": "content", "POL-P7": "content", "POL-P3": "not_accepting", "POL-P4": "not_accepting",
+             "POL-T1": "not_accepting", "POL-T2": "not_accepting", "POL-T3": "not_accepting",
+             "DNS-P1": "sender_rejected", "DNS-P2": "sender_rejected", "DNS-T1": "sender_rejected",
+             "DNS-P3": "sender_rejected", "DNS-T2": "sender_rejected", "CON-T1": "server_error",
+             "RCP-T1": "server_error", "CON-T2": "too_many", "CON-T3": "too_many", "POL-P5": "virus",
+             "RCP-T4": "mailbox_disabled", "MSG-T1": "undetermined", "CON-T4": "undetermined"}
 _GMAIL_STATES = {"13": ("EHLO", "blocked"), "14": ("RCPT", "user_unknown"), "15": ("DATA", "filtered"),
                  "17": ("DATA", "filtered"), "18": ("DATA", "filtered")}
 
@@ -294,6 +312,7 @@ def _named_lines(text: str, excluded: set[str]) -> list[tuple[int, str]]:
         stripped = line.strip()
         if not stripped or ":" in stripped[:25] and re.match(
                 r"^(?:from|to|cc|bcc|reply-to|return-path|sender|x-[\w-]+|message-id|received|reporting-mta|date|subject"
+                r"|original[- ]sender|sender-mta|remote-mta|envelope-from|mail from|originator|author"
                 r"|remote-mta|x-postfix-sender|original-mail-from|arrival-date)\s*:", stripped, re.I):
             continue
         # "550-someone@example.org is not…" continues a server's multi-line reply; it names no new recipient.
@@ -351,6 +370,7 @@ def findings(message: Message, original: Message | None) -> list[Finding]:
     text = notice_text(message)
     excluded = _excluded(message, original)
     blocks, spelled, greeting = recipient_blocks(text, excluded)
+    postfix = postfix_like(message)
     failed = [a for _n, a in email.utils.getaddresses([header(message, "X-Failed-Recipients")]) if "@" in a]
     delayed = bool(_DELAY.search(header(message, "Subject")) or _DELAY.search(text[:4000]))
     message_id = message_id_of(original) or _quoted_message_id(full_text(message)[len(text):])
@@ -368,7 +388,7 @@ def findings(message: Message, original: Message | None) -> list[Finding]:
         words = one_line(block)[:1500]
         others = (returned_to,) if returned_to and len(recipients) == 1 and returned_to != recipient else ()
         refusal = refusal_of(words, "delayed" if delayed else "failed", one_line(context),
-                             (recipient or "").rpartition("@")[2])
+                             (recipient or "").rpartition("@")[2], postfix)
         result.append(Finding(recipient, refusal, others, message_id))
     return result
 
@@ -381,9 +401,10 @@ def _has_reason(block: str) -> bool:
     return _has_code(block) or _any_reason(block) or bool(hint_in(block))
 
 
-def refusal_of(words: str, action: str, context: str = "", domain: str = "") -> Refusal:
+def refusal_of(words: str, action: str, context: str = "", domain: str = "", postfix: bool = False) -> Refusal:
     """A refusal from a recipient's words; the SMTP command may be told anywhere in its context."""
-    command, hint = command_in(words) or command_in(context), hint_in(words)
+    command = command_in(words, postfix) or command_in(context, postfix)
+    hint = hint_in(words)
     state = re.search(r"\(state (\d+)\)\.", words)
     if state and state.group(1) in _GMAIL_STATES:
         command, hint = _GMAIL_STATES[state.group(1)]
@@ -391,9 +412,15 @@ def refusal_of(words: str, action: str, context: str = "", domain: str = "") -> 
                    remote=remotes.host_in(context or words), domain=domain)
 
 
-def command_in(text: str) -> str:
+def postfix_like(message: Message) -> bool:
+    """A notice of Postfix's (or Yandex's, which is Postfix), whose "in reply to … command" names the command."""
+    return (header(message, "Subject").strip() == "Undelivered Mail Returned to Sender"
+            or "this is the mail system at host yandex" in full_text(message)[:2000].lower())
+
+
+def command_in(text: str, postfix: bool = False) -> str:
     """The SMTP command a server's words answer (RCPT, MAIL, DATA, HELO, CONN), or ""."""
-    for pattern, command in _COMMANDS:
+    for pattern, command in (*_POSTFIX_COMMANDS, *_COMMANDS) if postfix else _COMMANDS:
         found = pattern.search(text)
         if found is None:
             continue
@@ -407,6 +434,10 @@ def command_in(text: str) -> str:
 
 
 def hint_in(text: str) -> str:
+    """A reason the words state in a particular server's own terms (see _HINTS), or ""."""
+    code = re.search(r"\b((?:RCP|INT|POL|MSG|DNS|CON)-[PT]\d)\b", text)
+    if code and code.group(1) in _FACEBOOK:
+        return _FACEBOOK[code.group(1)]
     for pattern, reason in _HINTS:
         if pattern.search(text):
             return reason

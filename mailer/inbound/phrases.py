@@ -52,9 +52,6 @@ USER_UNKNOWN = _group(
     r"|not (?:active|exist|found|known)|unknown)",
     r"utilisateur inconnu !", r"vdeliver: invalid or unknown virtual user",
     r"your envelope recipient is in my badrcptto list",
-    # Phrases without a code that mean the same ("the recipient name is not recognized": Exchange 2003).
-    r"recipient name is not recognized", r"the e-?mail address you entered couldn't be found",
-    r"addressee unknown", r"no such (?:local )?user", r"unknown address",
 )
 
 # The recipient's domain does not exist or has no mail servers.

@@ -37,6 +37,10 @@ _DELIVERY_STATUS_TYPES = frozenset({"message/delivery-status", "message/global-d
 # Feedback types that are the recipient objecting to our mail. "opt-out" (and "opt-out-list") is how
 # some providers (iCloud among them) report a person's "this is junk" or "unsubscribe"; not-spam, virus,
 # auth-failure (DMARC reports) and other are not about the person's wishes.
+# PowerMTA's own bounce categories (X-PowerMTA-BounceCategory in each recipient's group).
+_POWERMTA = {"bad-domain": "no_such_domain", "bad-mailbox": "user_unknown", "inactive-mailbox": "mailbox_disabled",
+             "message-expired": "expired", "no-answer-from-host": "routing", "policy-related": "policy",
+             "quota-issues": "mailbox_full", "routing-errors": "server_error", "spam-related": "spam"}
 COMPLAINT_TYPES = frozenset({"abuse", "fraud", "opt-out", "opt-out-list", "complaint"})
 
 
@@ -116,6 +120,7 @@ def _delivery_status(message: Message, part: Message) -> list[Finding]:
     message_id = message_id_of(original)
     groups = _status_groups(part)
     texts = notices.recipient_texts(message)
+    postfix = notices.postfix_like(message)
     findings = []
     per_message: dict[str, str] = {}
     for index, group in enumerate(groups):
@@ -140,8 +145,9 @@ def _delivery_status(message: Message, part: Message) -> list[Finding]:
                 diagnostic = notices.notice_text(message)[:600]
         elif status_field and status is None:
             diagnostic = f"{diagnostic} {status_field}"  # "Status: 553 Exceeded maximum inbound message size"
-        command = notices.command_in(diagnostic) or notices.command_in(extra)
-        hint = notices.hint_in(diagnostic) or notices.hint_in(extra)
+        command = notices.command_in(diagnostic, postfix) or notices.command_in(extra, postfix)
+        hint = (_POWERMTA.get(header(group, "X-PowerMTA-BounceCategory").strip().lower(), "")
+                or notices.hint_in(diagnostic) or notices.hint_in(extra))
         remote = typed_host(header(group, "Remote-MTA")) or remotes.host_in(diagnostic) or remotes.host_in(extra)
         refusal = Refusal(status=status.group(0) if status else "", diagnostic=notices.one_line(diagnostic),
                           command=command, action=action, hint=hint, unix=kind == "x-unix", remote=remote,
