@@ -105,35 +105,43 @@ def test_the_corpus_through_bounces_process(settings: Settings, sessions: sessio
     verdicts: dict[tuple[str, str], tuple[str, str]] = {}
     for key, address, verdict, reason in found:
         verdicts[(key, address.lower())] = (verdict, reason)
-    tuned, held, reviewed = Figures(), Figures(), Figures()
+    # [Sisimai's labels, the reviewed labels] x [tuned, hold-out]
+    figures = {(labels, part): Figures() for labels in ("sisimai", "reviewed") for part in ("tuned", "hold-out")}
     for entry in MANIFEST:
-        figures = held if entry["file"].startswith(HOLD_OUT) else tuned
+        part = "hold-out" if entry["file"].startswith(HOLD_OUT) else "tuned"
         for recipient in entry["recipients"]:
             if recipient["address"].lower() in unaddressable:
                 continue
             verdict, reason = verdicts.get((entry["file"], recipient["address"].lower()), ("none", ""))
-            _count(figures, entry["file"], recipient, verdict, reason, recipient["class"])
-            _count(reviewed, entry["file"], recipient, verdict, reason, recipient.get("reviewed", recipient["class"]))
+            _count(figures["sisimai", part], entry["file"], recipient, verdict, reason, recipient["class"], False)
+            _count(figures["reviewed", part], entry["file"], recipient, verdict, reason,
+                   recipient.get("reviewed", recipient["class"]), True)
         # A file without a recipient address must not suppress anyone.
         if not entry["recipients"]:
             assert not [v for (key, _a), (v, _r) in verdicts.items() if key == entry["file"] and v in SUPPRESSING]
 
     print(f"\n{len(MANIFEST)} reports in {took:.1f} s; {len(unaddressable)} addresses no contact can have")
-    for line in sorted(tuned.disagreements + held.disagreements):
+    for line in sorted(figures["sisimai", "tuned"].disagreements + figures["sisimai", "hold-out"].disagreements):
         print(line)
-    print(tuned.line("tuned"))
-    print(held.line("hold-out"))
-    combined = _combined(tuned, held)
-    print(combined.line("all"))
-    print(reviewed.line("all, against the reviewed labels"))
-    assert combined.recall >= 0.97
-    assert combined.false_suppressions <= 0.01
+    for labels in ("sisimai", "reviewed"):
+        for part in ("tuned", "hold-out"):
+            print(figures[labels, part].line(f"{labels} labels, {part}"))
+        print(_combined(figures[labels, "tuned"], figures[labels, "hold-out"]).line(f"{labels} labels, all"))
+    # The targets hold against the reference classifier's labels. The reviewed labels are printed for what
+    # they show: where a person reads "user unknown" in words the reference does not trust (no code, no
+    # RCPT), mailer does not trust them either, so those dead addresses are counted again until they fail
+    # with a code; false suppression is the worse fault.
+    reference = _combined(figures["sisimai", "tuned"], figures["sisimai", "hold-out"])
+    assert reference.recall >= 0.97
+    assert reference.false_suppressions <= 0.01
 
 
 def _count(figures: Figures, file: str, recipient: dict[str, object], verdict: str, reason: str,
-           expected: object) -> None:
-    dead = bool(recipient["dead"]) or (recipient["basis"] == "manual" and expected == "address_bad") or (
-        expected == "address_bad" and "reviewed" in recipient and recipient["reviewed"] == expected)
+           expected: object, reviewed: bool) -> None:
+    if reviewed:
+        dead = expected == "address_bad"
+    else:  # the reference classifier's hard bounce, or a person's reading where it found nothing
+        dead = bool(recipient["dead"]) or (recipient["basis"] == "manual" and expected == "address_bad")
     suppressed = verdict in SUPPRESSING
     figures.recipients += 1
     if expected == "complaint":
@@ -144,7 +152,7 @@ def _count(figures: Figures, file: str, recipient: dict[str, object], verdict: s
     else:
         figures.alive += 1
         figures.alive_suppressed += suppressed
-    if verdict == expected or verdict == recipient.get("reviewed"):
+    if verdict == expected or (not reviewed and verdict == recipient.get("reviewed")):
         figures.agree += 1
     else:
         figures.disagreements.append(f"  {file}: {recipient['address']} expected {expected}"

@@ -81,6 +81,9 @@ class Refusal:
     unix: bool = False     # the diagnostic is a local program's (Diagnostic-Code: X-Unix), not a server's
     remote: str = ""       # the host name of the server that refused, when the report gives it
     domain: str = ""       # the recipient's domain
+    # Only a specific code in the words counts (x.y.z without zeros): for notices that quote other servers'
+    # replies in prose (Gmail's), where a generic code is the quoted server's and says nothing.
+    specific_codes: bool = False
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,8 @@ def judge(refusal: Refusal) -> Judgement:
     text = refusal.diagnostic.lower()
     status, reply = refusal.status, refusal.reply_code or reply_code_in(refusal.diagnostic)
     in_text = status_in(refusal.diagnostic)
+    if refusal.specific_codes and not _SPECIFIC_STATUS.match(in_text):
+        in_text = ""
     # A specific code in the server's own words is better evidence than a relay's generic Status field.
     if _SPECIFIC_STATUS.match(in_text) or not status:
         status = in_text or status

@@ -408,8 +408,10 @@ def refusal_of(words: str, action: str, context: str = "", domain: str = "", pos
     state = re.search(r"\(state (\d+)\)\.", words)
     if state and state.group(1) in _GMAIL_STATES:
         command, hint = _GMAIL_STATES[state.group(1)]
+    # Gmail's old notices quote the other server's reply in prose; only a specific code in it counts.
+    quoted = "google tried to deliver your message" in context.lower() and not state
     return Refusal(diagnostic=words, command=command, action=action, hint=hint,
-                   remote=remotes.host_in(context or words), domain=domain)
+                   remote=remotes.host_in(context or words), domain=domain, specific_codes=quoted)
 
 
 def postfix_like(message: Message) -> bool:
