@@ -365,7 +365,7 @@ def recipient_texts(message: Message) -> dict[str, str]:
 
 
 def findings(message: Message, original: Message | None) -> list[Finding]:
-    from mailer.inbound.reports import Finding, message_id_of, single_address  # noqa: PLC0415 (cycle)
+    from mailer.inbound.reports import Finding, message_id_of, single_address  # imported here: reports imports this module
 
     text = notice_text(message)
     excluded = _excluded(message, original)

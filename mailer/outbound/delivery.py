@@ -425,7 +425,7 @@ class Delivery:
             report.add("failed")
             # The reply is judged like a bounce report of it: only a refusal of the address suppresses
             # (a relay refusing our sender or IP must not suppress real people); each is kept as evidence.
-            from mailer.inbound.evidence import apply_refusal  # noqa: PLC0415 (rare path; keeps the send start short)
+            from mailer.inbound.evidence import apply_refusal  # rare path: keeps the send start short
 
             apply_refusal(session, self.settings, contact_id=row.contact_id, outbox_id=row.id,
                           campaign_id=row.campaign_id, code=result.code, text=result.detail, stage=result.stage,
