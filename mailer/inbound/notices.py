@@ -365,7 +365,11 @@ def recipient_texts(message: Message) -> dict[str, str]:
 
 
 def findings(message: Message, original: Message | None) -> list[Finding]:
-    from mailer.inbound.reports import Finding, message_id_of, single_address  # imported here: reports imports this module
+    from mailer.inbound.reports import (  # imported here: reports imports this module
+        Finding,
+        message_id_of,
+        single_address,
+    )
 
     text = notice_text(message)
     excluded = _excluded(message, original)
