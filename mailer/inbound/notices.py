@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from mailer.inbound import phrases as P
 from mailer.inbound import remotes
 from mailer.inbound.classify import Refusal
+from mailer.inbound.families import command_in, family, gmail_state, hint_in
 from mailer.inbound.reading import DAEMON_NAMES, header, own_parts, part_text
 from mailer.publishing.render import one_line as _header_safe
 
@@ -45,7 +46,7 @@ _COPY_STARTS = re.compile(
 # Phrases that introduce a failed recipient somewhere in a line.
 _INTRODUCED = re.compile(
     r"(?:original-recipient|final-recipient|failed recipient|recipient address|intended recipient|unknown user"
-    r"|undeliverable[ \t]+(?:address|to)|undeliverable|delivery failed|could not be delivered to|did not reach the following"
+    r"|undeliverable[ \t]+(?:address|to)|undeliverable|delivery failed|(?:could not|couldn't|cannot) be delivered to|(?:wasn't|was not|not) delivered to|did not reach the following"
     r" recipient|your message to|addressed to|the following message to|you sent mail to|failed to deliver to"
     r"|mailbox is full|error-for|rcpt to|smtp=|local mailbox|recipient|address|destinatario|empfänger|destinataire"
     r"|following (?:address|recipient)(?:\(?e?s\)?)?)[ \t]*:?[ \t]*(?:rfc822;[ \t]*|smtp;[ \t]*)?" + _ANGLE,
@@ -54,73 +55,6 @@ _INTRODUCED = re.compile(
 _LINE_START = re.compile(rf"^[ \t]*(?:[*•-][ \t]+)?{_ANGLE}(?=$|[\s:.,;>\]\"'(]|\.\.\.)", re.I)
 # "Some label: someone@example.org" with the address ending the line ("Invalid final delivery userid: …").
 _LABELLED = re.compile(rf"^[ \t]*[\w][\w .'/()-]{{0,50}}:[ \t]*{_ANGLE}[ \t.]*$", re.I)
-
-# How servers name the SMTP command a refusal answered. Postfix's "(in reply to RCPT TO command)" is read
-# only in Postfix's own notices (see postfix_like): elsewhere it is a relayed quotation, and the
-# established classifiers do not take it for the command there either.
-_POSTFIX_COMMANDS = (
-    (re.compile(r"in reply to end of data", re.I), "DATA"),
-    (re.compile(r"in reply to (rcpt|mail|data|helo|ehlo)", re.I), None),
-)
-_COMMANDS = (
-    (re.compile(r"after end of (?:data|message)", re.I), "DATA"),
-    (re.compile(r"(?:error|failed|problem)[^.\n]{0,40}? after (rcpt|mail|data|helo|ehlo)\b", re.I), None),
-    (re.compile(r"(?:>>>|sent <<<) ?(rcpt|mail|data|helo|ehlo)\b", re.I), None),
-    (re.compile(r"rcpt to generated following response", re.I), "RCPT"),
-    (re.compile(r"data command generated response", re.I), "DATA"),
-    (re.compile(r"server response to mail from", re.I), "MAIL"),
-    (re.compile(r"unexpected response to ehlo/helo", re.I), "HELO"),
-    (re.compile(r"smtp connection failed,|unexpected connection response from server", re.I), "CONN"),
-    (re.compile(r"does not like recipient|\[rcpt_to\]", re.I), "RCPT"),
-    (re.compile(r"failed on data command|failed after i sent the message|\[data\]|for text command", re.I), "DATA"),
-    (re.compile(r"but sender was rejected|\[mail_from\]", re.I), "MAIL"),
-    (re.compile(r"but my name was rejected|refused to talk to me", re.I), "HELO"),
-    (re.compile(r"but greeting failed|after initial connection", re.I), "CONN"),
-    (re.compile(r"smtp error .* (rcpt|mail|data) command|following (rcpt|mail|data|helo|ehlo) command", re.I), None),
-    (re.compile(r"\bsmtp:(rcpt|mail|data)\b", re.I), None),
-    (re.compile(r"-+ ?smtp command\s+(rcpt|mail|data|helo|ehlo)\b", re.I), None),
-    (re.compile(r"\bin (rcpt|mail) (?:to|from)\b|\bend of (data)\b", re.I), None),
-    (re.compile(r" (rcpt|mail|data) +command\b", re.I), None),
-)
-# Reasons particular servers state in their own words or codes, whatever status code they put on them.
-_HINTS = (
-    (re.compile(r"resolver\.adr\.(?:ex)?recip(?:ient)?notfound|\(000c05a6\)|recipnotfound", re.I), "user_unknown"),
-    (re.compile(r"smtpsend\.dns\.nonexistentdomain|dns error: domain name not found"
-                r"|dns error: dns server returned answer with no data"
-                r"|all host address lookups failed permanently|all relevant mx records point to non-existent hosts"
-                r"|unrouteable address|sorry, i couldn't find any host |no such domain\.|illegal host/domain name found"
-                r"|as the remote domain doesnt exist"
-                r"|the mail could not be delivered to the recipient because the domain is not reachable", re.I),
-     "no_such_domain"),
-    (re.compile(r"resolver\.adr\.reciplimit|\(00010256\)", re.I), "too_many"),
-    (re.compile(r"resolver\.rst\.authrequired|\(000b0981\)", re.I), "authentication"),
-    (re.compile(r"resolver\.rst\.recipsizelimit|mail size limit exceeded", re.I), "too_large"),
-    (re.compile(r"queue\.expired|retry timeout exceeded|this message has been in the queue too long"
-                r"|retry time not reached for any host after a long failure period"
-                r"|all hosts have been failing for a long time", re.I), "expired"),
-    (re.compile(r"no mailbox here by that name|does not like recipient\.(?!.*remote host said)|not listed in (?:domino directory|public"
-                r" name & address book)|non répertorié dans l'annuaire domino"
-                r"|^(?:unknown user: \S+@|invalid final delivery userid)|is unavailable: user not found", re.I), "user_unknown"),
-    (re.compile(r"mailbox is full|error: quota exceed|disk quota exceeded|as their mailbox is full", re.I),
-     "mailbox_full"),
-    (re.compile(r"an mx or srv record indicated no smtp service|no host found for existing smtp connection", re.I),
-     "not_accepting"),
-    (re.compile(r"but sender was rejected", re.I), "sender_rejected"),
-    (re.compile(r"but my name was rejected", re.I), "blocked"),
-    (re.compile(r"mailaddress is administrative?le?y disabled", re.I), "mailbox_disabled"),
-)
-# Facebook's published response codes ("550 5.1.1 RCP-P1").
-_FACEBOOK = {"RCP-P1": "user_unknown", "INT-P1": "user_unknown", "INT-P3": "user_unknown", "INT-P4": "user_unknown",
-             "RCP-P2": "filtered", "RCP-P3": "filtered", "POL-P1": "blocked", "POL-P2": "blocked",
-             "MSG-P1": "too_large", "INT-P2": "too_large", "MSG-P2": "content", "MSG-P3": "content",
-             "POL-P6": "content", "POL-P7": "content", "POL-P3": "not_accepting", "POL-P4": "not_accepting",
-             "POL-T1": "not_accepting", "POL-T2": "not_accepting", "POL-T3": "not_accepting",
-             "DNS-P1": "sender_rejected", "DNS-P2": "sender_rejected", "DNS-T1": "sender_rejected",
-             "DNS-P3": "sender_rejected", "DNS-T2": "sender_rejected", "CON-T1": "server_error",
-             "RCP-T1": "server_error", "CON-T2": "too_many", "CON-T3": "too_many", "POL-P5": "virus",
-             "RCP-T4": "mailbox_disabled", "MSG-T1": "undetermined", "CON-T4": "undetermined"}
-_GMAIL_STATES = {"13": ("EHLO", "blocked"), "14": ("RCPT", "user_unknown"), "15": ("DATA", "filtered"),
-                 "17": ("DATA", "filtered"), "18": ("DATA", "filtered")}
 
 # How mail servers' notices are recognised without a delivery-status part.
 _NOTICE_SUBJECT = re.compile(
@@ -374,7 +308,7 @@ def findings(message: Message, original: Message | None) -> list[Finding]:
     text = notice_text(message)
     excluded = _excluded(message, original)
     blocks, spelled, greeting = recipient_blocks(text, excluded)
-    postfix = postfix_like(message)
+    kind = family(message, text)
     failed = [a for _n, a in email.utils.getaddresses([header(message, "X-Failed-Recipients")]) if "@" in a]
     delayed = bool(_DELAY.search(header(message, "Subject")) or _DELAY.search(text[:4000]))
     message_id = message_id_of(original) or _quoted_message_id(full_text(message)[len(text):])
@@ -392,7 +326,7 @@ def findings(message: Message, original: Message | None) -> list[Finding]:
         words = one_line(block)[:1500]
         others = (returned_to,) if returned_to and len(recipients) == 1 and returned_to != recipient else ()
         refusal = refusal_of(words, "delayed" if delayed else "failed", one_line(context),
-                             (recipient or "").rpartition("@")[2], postfix)
+                             (recipient or "").rpartition("@")[2], kind)
         result.append(Finding(recipient, refusal, others, message_id))
     return result
 
@@ -405,49 +339,17 @@ def _has_reason(block: str) -> bool:
     return _has_code(block) or _any_reason(block) or bool(hint_in(block))
 
 
-def refusal_of(words: str, action: str, context: str = "", domain: str = "", postfix: bool = False) -> Refusal:
+def refusal_of(words: str, action: str, context: str = "", domain: str = "", kind: str = "") -> Refusal:
     """A refusal from a recipient's words; the SMTP command may be told anywhere in its context."""
-    command = command_in(words, postfix) or command_in(context, postfix)
-    hint = hint_in(words)
-    state = re.search(r"\(state (\d+)\)\.", words)
-    if state and state.group(1) in _GMAIL_STATES:
-        command, hint = _GMAIL_STATES[state.group(1)]
+    command = command_in(words, kind) or command_in(context, kind)
+    hint = hint_in(words, kind)
+    state = gmail_state(words)
+    if state is not None:
+        command, hint = state
     # Gmail's old notices quote the other server's reply in prose; only a specific code in it counts.
     quoted = "google tried to deliver your message" in context.lower() and not state
     return Refusal(diagnostic=words, command=command, action=action, hint=hint,
                    remote=remotes.host_in(context or words), domain=domain, specific_codes=quoted)
-
-
-def postfix_like(message: Message) -> bool:
-    """A notice of Postfix's (or Yandex's, which is Postfix), whose "in reply to … command" names the command."""
-    return (header(message, "Subject").strip() == "Undelivered Mail Returned to Sender"
-            or "this is the mail system at host yandex" in full_text(message)[:2000].lower())
-
-
-def command_in(text: str, postfix: bool = False) -> str:
-    """The SMTP command a server's words answer (RCPT, MAIL, DATA, HELO, CONN), or ""."""
-    for pattern, command in (*_POSTFIX_COMMANDS, *_COMMANDS) if postfix else _COMMANDS:
-        found = pattern.search(text)
-        if found is None:
-            continue
-        if command is None:
-            # The last ">>> COMMAND" of a transcript is the one refused.
-            if pattern.pattern.startswith("(?:>>>"):
-                found = list(pattern.finditer(text))[-1]
-            command = next(group for group in found.groups() if group).upper()
-        return "HELO" if command == "EHLO" else command
-    return ""
-
-
-def hint_in(text: str) -> str:
-    """A reason the words state in a particular server's own terms (see _HINTS), or ""."""
-    code = re.search(r"\b((?:RCP|INT|POL|MSG|DNS|CON)-[PT]\d)\b", text)
-    if code and code.group(1) in _FACEBOOK:
-        return _FACEBOOK[code.group(1)]
-    for pattern, reason in _HINTS:
-        if pattern.search(text):
-            return reason
-    return ""
 
 
 def _quoted_message_id(text: str) -> str | None:

@@ -65,6 +65,25 @@ _EXCHANGE_ONLINE = (
 )
 
 
+# Office 365's own reports: what each of its status codes means (Microsoft documents them).
+_OFFICE365 = (
+    (r"4\.4\.7", "expired"), (r"4\.4\.312", "routing"), (r"4\.4\.316", "expired"), (r"4\.7\.26", "authentication"),
+    (r"4\.7\.[56]\d\d", "blocked"), (r"4\.7\.8[5-9]\d", "blocked"), (r"5\.0\.350", "content"),
+    (r"5\.1\.10", "user_unknown"), (r"5\.4\.1", "relay_denied"), (r"5\.4\.6", "routing"), (r"5\.4\.312", "routing"),
+    (r"5\.4\.316", "expired"), (r"5\.6\.11", "content"), (r"5\.7\.1", "sender_rejected"),
+    (r"5\.7\.1[23]", "sender_rejected"), (r"5\.7\.124", "sender_rejected"), (r"5\.7\.13[3-6]", "sender_rejected"),
+    (r"5\.7\.23", "blocked"), (r"5\.7\.25", "routing"), (r"5\.7\.50[1-3]", "spam"), (r"5\.7\.50[45]", "filtered"),
+    (r"5\.7\.50[67]", "blocked"), (r"5\.7\.508", "too_many"), (r"5\.7\.509", "authentication"),
+    (r"5\.7\.510", "not_accepting"), (r"5\.7\.511", "sender_rejected"), (r"5\.7\.512", "authentication"),
+    (r"5\.7\.57", "authentication"),
+)
+
+
+def office365_reason(status: str) -> str:
+    """What an Office 365 report's status code means, or "" for codes it does not document."""
+    return next((reason_ for code, reason_ in _OFFICE365 if re.fullmatch(code, status)), "")
+
+
 def reason(host: str, domain: str, status: str, reply: str, text: str) -> str:
     """A provider's own meaning of this refusal, or "" when the refusal is not one of theirs."""
     host, domain, lowered = host.lower().rstrip("."), domain.lower(), text.lower()

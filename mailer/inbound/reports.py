@@ -13,13 +13,13 @@ import email.utils
 import json
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.message import Message
 from email.parser import HeaderParser
 from typing import Literal
 
-from mailer.inbound import notices, remotes
-from mailer.inbound.classify import Refusal
+from mailer.inbound import families, notices, remotes
+from mailer.inbound.classify import Refusal, status_in
 from mailer.inbound.reading import POLICY, first_subpart, header, is_auto_reply, own_parts, part_text
 
 log = logging.getLogger("mailer.bounces")
@@ -82,17 +82,44 @@ def read(message: Message) -> Report:
     if statuses:
         findings = [f for part in statuses for f in _delivery_status(message, part)]
         if findings or _all_groups_fine(statuses):
-            return Report("bounce", tuple(findings)) if findings else NOTHING
+            return Report("bounce", _office365(message, findings)) if findings else NOTHING
     if _report_type(message) == "feedback-report":
         return _feedback_report(message, None)
     wrapped = _wrapped_report(message)
     if wrapped is not None:
         return read(wrapped)
     if notices.is_notice(message):
-        return Report("bounce", tuple(notices.findings(message, returned_headers(message))))
+        return Report("bounce", _office365(message, notices.findings(message, returned_headers(message))))
     if is_auto_reply(message) or notices.is_auto_reply(message):
         return Report("auto_reply")
     return NOTHING
+
+
+_OFFICE365_HEADERS = ("X-MS-Exchange-Message-Is-Ndr", "X-Microsoft-Antispam-PRVS", "X-Exchange-Antispam-Report-Test",
+                      "X-Exchange-Antispam-Report-CFA-Test", "X-MS-Exchange-CrossTenant-OriginalArrivalTime",
+                      "X-MS-Exchange-CrossTenant-FromEntityHeader",
+                      "X-MS-Exchange-Transport-CrossTenantHeadersStamped")
+
+
+def _office365(message: Message, findings: list[Finding]) -> tuple[Finding, ...]:
+    """Office 365's reports say what they mean by their status codes: that meaning, for its reports."""
+    signs = sum(1 for name in _OFFICE365_HEADERS if header(message, name))
+    signs += "undeliverable:" in header(message, "Subject").lower()
+    signs += bool(re.search(r"\.(?:outbound\.protection|prod)\.outlook\.com\b",
+                            " ".join(message.get_all("Received") or []) + header(message, "Message-ID")))
+    if signs < 2:
+        return tuple(findings)
+    marked = []
+    for finding in findings:
+        refusal = finding.refusal
+        status = refusal.status
+        if not status or status.endswith(".0.0"):
+            status = status_in(refusal.diagnostic) or status
+        meaning = remotes.office365_reason(status)
+        if meaning and not refusal.hint:
+            refusal = replace(refusal, hint=meaning, status=status)
+        marked.append(replace(finding, refusal=refusal))
+    return tuple(marked)
 
 
 def _wrapped_report(message: Message) -> Message | None:
@@ -120,21 +147,18 @@ def _delivery_status(message: Message, part: Message) -> list[Finding]:
     message_id = message_id_of(original)
     groups = _status_groups(part)
     texts = notices.recipient_texts(message)
-    postfix = notices.postfix_like(message)
+    kind = families.family(message, notices.full_text(message))
     findings = []
-    per_message: dict[str, str] = {}
-    for index, group in enumerate(groups):
+    for group in groups:
         final = typed_address(header(group, "Final-Recipient"))
         original_recipient = typed_address(header(group, "Original-Recipient"))
         if final is None and original_recipient is None:
-            if index == 0:
-                per_message = {"reporting": header(group, "Reporting-MTA")}
             continue  # the per-message group, or a recipient group without an address we could use
         # Original-Recipient is the address we sent to; Final-Recipient may be an alias it expanded to.
         recipient = original_recipient or final
         action = (header(group, "Action").split() or [""])[0].lower().rstrip(";")
         code_field = header(group, "Diagnostic-Code")
-        kind, diagnostic = _diagnostic(code_field)
+        diagnostic_type, diagnostic = _diagnostic(code_field)
         status_field = header(group, "Status").strip()
         status = re.match(r"\d\.\d{1,3}\.\d{1,3}", status_field)
         extra = texts.get((recipient or "").lower()) or texts.get((original_recipient or "").lower()) or ""
@@ -145,16 +169,15 @@ def _delivery_status(message: Message, part: Message) -> list[Finding]:
                 diagnostic = notices.notice_text(message)[:600]
         elif status_field and status is None:
             diagnostic = f"{diagnostic} {status_field}"  # "Status: 553 Exceeded maximum inbound message size"
-        command = notices.command_in(diagnostic, postfix) or notices.command_in(extra, postfix)
+        command = families.command_in(diagnostic, kind) or families.command_in(extra, kind)
         hint = (_POWERMTA.get(header(group, "X-PowerMTA-BounceCategory").strip().lower(), "")
-                or notices.hint_in(diagnostic) or notices.hint_in(extra))
+                or families.hint_in(diagnostic, kind) or families.hint_in(extra, kind))
         remote = typed_host(header(group, "Remote-MTA")) or remotes.host_in(diagnostic) or remotes.host_in(extra)
         refusal = Refusal(status=status.group(0) if status else "", diagnostic=notices.one_line(diagnostic),
-                          command=command, action=action, hint=hint, unix=kind == "x-unix", remote=remote,
+                          command=command, action=action, hint=hint, unix=diagnostic_type == "x-unix", remote=remote,
                           domain=(recipient or "").rpartition("@")[2])
         others = tuple(dict.fromkeys(a for a in (original_recipient, final) if a and a != recipient))
         findings.append(Finding(recipient, refusal, others, message_id))
-    del per_message
     return findings
 
 
@@ -323,7 +346,7 @@ def ses_notification(payload: dict[str, object]) -> Report | None:
             action = str(item.get("action") or ("failed" if permanent else "delayed"))
             refusal = Refusal(status=status if re.fullmatch(r"\d\.\d{1,3}\.\d{1,3}", status) else "",
                               diagnostic=diagnostic or f"{bounce.get('bounceType')} {subtype}".strip(),
-                              command=notices.command_in(diagnostic), action=action, hint=hint,
+                              command=families.command_in(diagnostic), action=action, hint=hint,
                               unix=kind_ == "x-unix")
             findings.append(Finding(str(item["emailAddress"]), refusal, (), message_id))
         return Report("bounce", tuple(findings))
