@@ -149,6 +149,8 @@ def _delivery_status(message: Message, part: Message) -> list[Finding]:
     texts = notices.recipient_texts(message)
     kind = families.family(message, notices.full_text(message))
     findings = []
+    # With one recipient, the notice's words are all about it (its line may not name it the usual way).
+    single = sum(1 for g in groups if header(g, "Final-Recipient") or header(g, "Original-Recipient")) == 1
     for group in groups:
         final = typed_address(header(group, "Final-Recipient"))
         original_recipient = typed_address(header(group, "Original-Recipient"))
@@ -170,6 +172,8 @@ def _delivery_status(message: Message, part: Message) -> list[Finding]:
         elif status_field and status is None:
             diagnostic = f"{diagnostic} {status_field}"  # "Status: 553 Exceeded maximum inbound message size"
         command = families.command_in(diagnostic, kind) or families.command_in(extra, kind)
+        if not command and single:
+            command = families.command_in(notices.notice_text(message), kind)
         hint = (_POWERMTA.get(header(group, "X-PowerMTA-BounceCategory").strip().lower(), "")
                 or families.hint_in(diagnostic, kind) or families.hint_in(extra, kind))
         remote = typed_host(header(group, "Remote-MTA")) or remotes.host_in(diagnostic) or remotes.host_in(extra)
