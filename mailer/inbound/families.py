@@ -32,6 +32,13 @@ _FAMILY_HINTS = {
         (re.compile(r"null mx", re.I), "not_accepting"),
         (re.compile(r" had no relevant answers\.| responded with code nxdomain", re.I), "routing"),
     ),
+    # au (KDDI)'s EZweb mobile mail.
+    "ezweb": (
+        (re.compile(r"the user\(s\) account is temporarily over quota", re.I), "mailbox_full"),
+        (re.compile(r"the user\(s\) account is (?:disabled|temporarily limited)\.", re.I), "mailbox_disabled"),
+        (re.compile(r"your message was not delivered within ", re.I), "expired"),
+        (re.compile(r"each of the following recipients was rejected by a remote mail server", re.I), "undetermined"),
+    ),
     "aol": (
         (re.compile(r"type=mx: malformed or unexpected name server reply", re.I), "not_accepting"),
     ),
@@ -88,8 +95,8 @@ _HINTS = (
                 r"|retry time not reached for any host after a long failure period"
                 r"|all hosts have been failing for a long time", re.I), "expired"),
     (re.compile(r"no mailbox here by that name|does not like recipient\.(?!.*remote host said)|not listed in (?:domino directory|public"
-                r" name & address book)|non répertorié dans l'annuaire domino"
-                r"|^(?:unknown user: \S+@|invalid final delivery userid)|is unavailable: user not found", re.I), "user_unknown"),
+                r" name & address book)|non répertorié dans l'annuaire domino|domino ディレクトリには見つかりません"
+                r"|^(?:unknown user: [\w.+-]+@|invalid final delivery userid)|is unavailable: user not found", re.I), "user_unknown"),
     (re.compile(r"mailbox is full|error: quota exceed|disk quota exceeded|as their mailbox is full", re.I),
      "mailbox_full"),
     (re.compile(r"an mx or srv record indicated no smtp service|no host found for existing smtp connection", re.I),
@@ -113,7 +120,7 @@ _GMAIL_STATES = {"13": ("EHLO", "blocked"), "14": ("RCPT", "user_unknown"), "15"
 
 def family(message: Message, text: str) -> str:
     """Which kind of server wrote a report, where its words mean more than the general rules know:
-    "postfix", "exim", "outlook", "aol", "gsuite" or ""."""
+    "postfix", "exim", "outlook", "aol", "gsuite", "ezweb" or ""."""
     subject, sender = header(message, "Subject").strip(), header(message, "From")
     if subject == "Undelivered Mail Returned to Sender" or "this is the mail system at host yandex" in text[:2000].lower():
         return "postfix"
@@ -130,6 +137,12 @@ def family(message: Message, text: str) -> str:
         return "outlook"
     if header(message, "X-AOL-IP"):
         return "aol"
+    received = " ".join(message.get_all("Received") or [])
+    ezweb = sum((bool(re.search(r"postmaster@(?:ezweb\.ne\.jp|au\.com)", sender, re.I)),
+                 subject == "Mail System Error - Returned Mail",
+                 "ezweb.ne.jp (EZweb Mail) with" in received or ".au.com (" in received))
+    if ezweb >= 2:
+        return "ezweb"
     if ("<mailer-daemon@googlemail.com>" in sender.lower() and "delivery status notification" in subject.lower()
             and header(message, "X-Gm-Message-State")):
         return "gsuite"
@@ -171,3 +184,16 @@ def gmail_state(words: str) -> tuple[str, str] | None:
     """Gmail's old notices end the quoted reply with "(state N)": the command and reason that state means."""
     state = re.search(r"\(state (\d+)\)\.", words)
     return _GMAIL_STATES.get(state.group(1)) if state else None
+
+
+def ezweb_reason(message: Message, hint: str, command: str, recipient: str | None) -> str:
+    """EZweb's notices: a refusal at RCPT, or any refusal of an address outside EZweb with no other reason
+    given, is an unknown user (EZweb says no more); its own spam filter marks its refusals X-SPASIGN: NG."""
+    if header(message, "X-SPASIGN").strip() == "NG":
+        return "filtered"
+    if command == "RCPT":
+        return "user_unknown"
+    if hint:
+        return hint
+    domain = (recipient or "").rpartition("@")[2].lower()
+    return "" if domain in ("ezweb.ne.jp", "au.com") or domain.endswith((".ezweb.ne.jp", ".au.com")) else "user_unknown"

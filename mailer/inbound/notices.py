@@ -12,6 +12,7 @@ from __future__ import annotations
 import email.utils
 import html
 import re
+from dataclasses import replace
 from email.message import Message
 from html.parser import HTMLParser
 from typing import TYPE_CHECKING
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING
 from mailer.inbound import phrases as P
 from mailer.inbound import remotes
 from mailer.inbound.classify import Refusal
-from mailer.inbound.families import command_in, family, gmail_state, hint_in
+from mailer.inbound.families import command_in, ezweb_reason, family, gmail_state, hint_in
 from mailer.inbound.reading import DAEMON_NAMES, header, own_parts, part_text
 from mailer.publishing.render import one_line as _header_safe
 
@@ -52,7 +53,7 @@ _INTRODUCED = re.compile(
     r"|following (?:address|recipient)(?:\(?e?s\)?)?)[ \t]*:?[ \t]*(?:rfc822;[ \t]*|smtp;[ \t]*)?" + _ANGLE,
     re.I,
 )
-_LINE_START = re.compile(rf"^[ \t]*(?:[*•-][ \t]+)?{_ANGLE}(?=$|[\s:.,;>\]\"'(]|\.\.\.)", re.I)
+_LINE_START = re.compile(rf"^[ \t]*(?:(?:[*•]|-{{1,2}})[ \t]+)?{_ANGLE}(?=$|[\s:.,;>\]\"'(]|\.\.\.)", re.I)
 # "Some label: someone@example.org" with the address ending the line ("Invalid final delivery userid: …").
 _LABELLED = re.compile(rf"^[ \t]*[\w][\w .'/()-]{{0,50}}:[ \t]*{_ANGLE}[ \t.]*$", re.I)
 
@@ -327,6 +328,8 @@ def findings(message: Message, original: Message | None) -> list[Finding]:
         others = (returned_to,) if returned_to and len(recipients) == 1 and returned_to != recipient else ()
         refusal = refusal_of(words, "delayed" if delayed else "failed", one_line(context),
                              (recipient or "").rpartition("@")[2], kind)
+        if kind == "ezweb":
+            refusal = replace(refusal, hint=ezweb_reason(message, refusal.hint, refusal.command, recipient))
         result.append(Finding(recipient, refusal, others, message_id))
     return result
 
