@@ -328,8 +328,9 @@ def findings(message: Message, original: Message | None) -> list[Finding]:
         others = (returned_to,) if returned_to and len(recipients) == 1 and returned_to != recipient else ()
         refusal = refusal_of(words, "delayed" if delayed else "failed", one_line(context),
                              (recipient or "").rpartition("@")[2], kind)
-        if kind == "ezweb":
-            refusal = replace(refusal, hint=ezweb_reason(message, refusal.hint, refusal.command, recipient))
+        if kind == "ezweb":  # EZweb states its reason once, above the recipients
+            hint = refusal.hint or hint_in(one_line(greeting), kind)
+            refusal = replace(refusal, hint=ezweb_reason(message, hint, refusal.command, recipient))
         result.append(Finding(recipient, refusal, others, message_id))
     return result
 
