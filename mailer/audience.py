@@ -16,7 +16,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mailer.links import email_hash
-from mailer.models import RUNNING, ConsentEvent, Contact, Enrollment, OutboxMessage, Subscription, Suppression
+from mailer.models import (
+    RUNNING,
+    BounceEvent,
+    ConsentEvent,
+    Contact,
+    Enrollment,
+    OutboxMessage,
+    Subscription,
+    Suppression,
+)
 from mailer.publishing.render import one_line
 
 log = logging.getLogger("mailer.audience")
@@ -140,16 +149,20 @@ def suppression_for(session: Session, secret: str, contact: Contact | None = Non
 
 
 def suppress(
-    session: Session, secret: str, contact: Contact, reason: str, now: dt.datetime, detail: str = ""
+    session: Session, secret: str, contact: Contact, reason: str, now: dt.datetime, detail: str = "",
+    evidence_id: int | None = None,
 ) -> Suppression:
-    """Put the contact on the suppression list (idempotent: the first reason stays)."""
+    """Put the contact on the suppression list (idempotent: the first reason stays).
+
+    `evidence_id` is the bounce event (the report or reply) a bounce or complaint suppression stands on.
+    """
     row = suppression_for(session, secret, contact)
     if row is not None:
         if row.contact_id is None:
             row.contact_id = contact.id
         return row
     row = Suppression(email_hash=email_hash(secret, contact.email), contact_id=contact.id, reason=reason,
-                      detail=one_line(detail)[:500], created_at=now)
+                      detail=one_line(detail)[:500], created_at=now, bounce_event_id=evidence_id)
     session.add(row)
     stop_enrollments(session, contact.id, "suppressed", now)
     session.flush()
@@ -337,6 +350,9 @@ def erase(session: Session, secret: str, contact: Contact, now: dt.datetime) -> 
         row.contact_id = None
         row.detail = ""
     stop_enrollments(session, contact.id, "erased", now)
+    # The evidence of bounces goes with the person (it quotes servers' words about them).
+    session.execute(update(Suppression).where(Suppression.email_hash == hashed).values(bounce_event_id=None))
+    session.execute(delete(BounceEvent).where(BounceEvent.contact_id == contact.id))
     # Relay replies often repeat the address; the outbox rows outlive the contact (campaign figures).
     session.execute(update(OutboxMessage).where(OutboxMessage.contact_id == contact.id)
                     .values(last_error=None, message_id=None))
@@ -376,6 +392,8 @@ def export_contact(session: Session, email: str) -> dict[str, object]:
     inquiries = session.scalars(select(Inquiry).where(Inquiry.contact_id == contact.id).order_by(Inquiry.id)).all()
     suppression = session.scalar(select(Suppression).where(Suppression.contact_id == contact.id))
     replies = session.scalars(select(Reply).where(Reply.contact_id == contact.id).order_by(Reply.id)).all()
+    bounces = session.scalars(select(BounceEvent).where(BounceEvent.contact_id == contact.id)
+                              .order_by(BounceEvent.id)).all()
     return {
         "profile": {"email": contact.email, "name": contact.name, "created_at": contact.created_at.isoformat(),
                     "followups_consent": contact.followups_consent},
@@ -397,5 +415,10 @@ def export_contact(session: Session, email: str) -> dict[str, object]:
             {"id": m.id, "kind": m.kind, "campaign_id": m.campaign_id, "step": m.step, "state": m.state,
              "created_at": m.created_at.isoformat(), "sent_at": m.sent_at.isoformat() if m.sent_at else None,
              "consent_event_id": m.consent_event_id} for m in messages
+        ],
+        "bounce_reports": [
+            {"verdict": b.verdict, "reason": b.reason, "status": b.status, "reply_code": b.reply_code,
+             "diagnostic": b.diagnostic, "source": b.source, "report": b.report_key,
+             "reported_at": b.report_at.isoformat(), "outbox_id": b.outbox_id} for b in bounces
         ],
     }

@@ -321,7 +321,17 @@ class MailboxSettings(_Section):
 
 
 class Bounces(MailboxSettings):
+    # Soft bounces (a mailbox full or unable to take mail) are counted once per clinic-local day within the
+    # window; the address is suppressed when `soft_bounce_limit` such days fall in it.
     soft_bounce_limit: int = Field(default=5, ge=1)
+    soft_bounce_window: Duration = "P30D"
+
+    @field_validator("soft_bounce_window")
+    @classmethod
+    def _positive_window(cls, value: str) -> str:
+        if duration(value) <= dt.timedelta(0):
+            raise ValueError(f"expected a duration longer than zero, got {value!r}")
+        return value
 
 
 class Replies(MailboxSettings):

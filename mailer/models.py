@@ -177,13 +177,14 @@ class ConsentEvent(Base):
 
     __tablename__ = "consent_events"
     __table_args__ = (
-        CheckConstraint("action IN ('granted','confirmed','withdrawn')", name="action"),
+        CheckConstraint("action IN ('granted','confirmed','withdrawn','lifted')", name="action"),
         Index("ix_consent_events_contact_created", "contact_id", "created_at"),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"))
-    purpose: Mapped[str] = mapped_column(String(80))  # "topic:newsletter" | "followups"
+    # "topic:newsletter" | "followups" | "suppression" (staff lifted a bounce-based suppression: action "lifted")
+    purpose: Mapped[str] = mapped_column(String(80))
     action: Mapped[str] = mapped_column(String(20))
     source: Mapped[str] = mapped_column(String(200))
     wording: Mapped[str] = mapped_column(Text, default="")
@@ -207,6 +208,42 @@ class Suppression(Base):
     contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id", ondelete="SET NULL"), unique=True)
     reason: Mapped[str] = mapped_column(String(20))
     detail: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime]
+    # The report or reply that caused a bounce or complaint suppression (see BounceEvent).
+    bounce_event_id: Mapped[int | None] = mapped_column(ForeignKey("bounce_events.id", ondelete="SET NULL"))
+
+
+BOUNCE_VERDICTS = ("address_bad", "mailbox_unable", "not_about_recipient", "complaint")
+
+
+class BounceEvent(Base):
+    """One verdict about a delivery, kept as evidence: what a bounce report, complaint or SMTP reply said.
+
+    The diagnostic line has the local parts of addresses masked. Rows go with their contact on erasure.
+    """
+
+    __tablename__ = "bounce_events"
+    __table_args__ = (
+        CheckConstraint("verdict IN ('address_bad','mailbox_unable','not_about_recipient','complaint')",
+                        name="verdict"),
+        Index("ix_bounce_events_contact_report", "contact_id", "report_at"),
+        Index("ix_bounce_events_campaign_verdict", "campaign_id", "verdict"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"))
+    outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox.id", ondelete="SET NULL"))
+    campaign_id: Mapped[int | None] = mapped_column(ForeignKey("campaigns.id", ondelete="SET NULL"))
+    verdict: Mapped[str] = mapped_column(String(24))
+    reason: Mapped[str] = mapped_column(String(40), default="")  # a short tag: user_unknown, mailbox_full, ...
+    status: Mapped[str] = mapped_column(String(16), default="")  # enhanced status code, e.g. 5.1.1
+    reply_code: Mapped[str] = mapped_column(String(3), default="")  # SMTP reply code, e.g. 550
+    diagnostic: Mapped[str] = mapped_column(Text, default="")
+    source: Mapped[str] = mapped_column(String(40))  # maildir | imap | smtp | relay:<name>
+    report_key: Mapped[str] = mapped_column(String(255), default="")  # maildir file name, IMAP UID, outbox id
+    report_at: Mapped[dt.datetime]  # when the report says it happened
+    # A soft bounce counts towards the limit until staff lift the suppression it led to.
+    counted: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[dt.datetime]
 
 
@@ -461,7 +498,9 @@ class RateEvent(Base):
 
 
 __all__ = [
+    "BOUNCE_VERDICTS",
     "Base",
+    "BounceEvent",
     "Campaign",
     "ConsentEvent",
     "Contact",

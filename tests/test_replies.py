@@ -35,7 +35,8 @@ from tests.smtp_server import SMTPServer
 ZONE = ZoneInfo("America/Chicago")
 DATA = Path(__file__).parent / "data"
 REPLIES = DATA / "replies"
-DSN = DATA / "dsn"
+# Reports of the bounce corpus (tests/data/bounces), named as they were when they came with mailer.
+DSN = DATA / "bounces" / "messages"
 FRONT_DESK = "frontdesk@therapycentral.example"
 PERSON = "jordan.lee@example.com"
 # Words a person writes back: they must never reach the database, a log line or any email.
@@ -88,7 +89,7 @@ def test_real_replies_from_people_are_people(name: str) -> None:
                                   "exchange-online-recipient-not-found.eml", "arf-abuse-complaint.eml",
                                   "exim-plain-bounce.eml", "qmail-plain-bounce.eml"])
 def test_delivery_reports_and_mail_server_notices_are_reports(name: str) -> None:
-    message = parse((DSN / name).read_bytes())
+    message = parse((DSN / f"mailer-{name}").read_bytes())
     assert replies.classify(message) == replies.Verdict("report", "delivery report")
     assert not is_auto_reply(message)
 
@@ -361,7 +362,7 @@ def test_mail_from_a_stranger_changes_nothing(clinic: Clinic, maildir: Path) -> 
     # A forged reference to our message: its keyed tag does not verify, so it is a stranger's too.
     forged = reply_to(followup, sender="Sam Stranger <sam@elsewhere.example>")
     inbox.add(forged.replace(followup["Message-ID"].split(".")[1][:16].encode(), b"0" * 16))
-    inbox.add((DSN / "postfix-user-unknown.eml").read_bytes())
+    inbox.add((DSN / "mailer-postfix-user-unknown.eml").read_bytes())
     result = clinic.process_replies()
     assert result.stdout == "messages 3, replies 0, paused 0, auto_replies 0, reports 1, unknown_sender 2\n"
     ten_days(clinic)
@@ -434,7 +435,7 @@ def test_an_imap_folder_gives_the_same_results_and_counts_nothing_twice(
 
 def test_each_message_is_counted_once_in_the_summary(settings: Settings, sessions) -> None:  # noqa: ANN001
     batch = [Incoming(uuid.uuid4().hex, data) for data in (
-        (REPLIES / "gmail-vacation-responder.eml").read_bytes(), (DSN / "postfix-user-unknown.eml").read_bytes(),
+        (REPLIES / "gmail-vacation-responder.eml").read_bytes(), (DSN / "mailer-postfix-user-unknown.eml").read_bytes(),
         (REPLIES / "human-iphone-mail-reply.eml").read_bytes(), b"")]
     with sessions.begin() as session:
         report = replies.apply(session, settings, batch, INQUIRED)

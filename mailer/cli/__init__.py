@@ -222,6 +222,15 @@ def status(ctx: Context) -> None:
             waiting = c["queued"] + c["sending"] + c["deferred"] + c["unknown"]
             click.echo(f"{campaign.id:>4}  {campaign.state:<9} {c['sent']:>6} {waiting:>7} {c['failed']:>6} "
                        f"{c['skipped']:>7}  {campaign.subject}")
+        from mailer.inbound import evidence  # only status needs it
+
+        problems = evidence.setup_problems(session, [campaign.id for campaign in rows])
+        if problems:
+            click.echo("")
+        for problem in problems:
+            click.echo(f"Warning: the sending setup has a problem: campaign {problem.campaign_id}: "
+                       f"{problem.reports} refusals say {problem.explanation} ({problem.reason}); "
+                       f"for example: {problem.example}")
 
 
 # --- campaigns ------------------------------------------------------------------------------------

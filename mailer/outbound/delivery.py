@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from mailer import audience, db
 from mailer.config import Settings, duration
 from mailer.links import Links
-from mailer.models import Campaign, Contact, Enrollment
+from mailer.models import Campaign, Enrollment
 from mailer.outbound import notices, outbox
 from mailer.outbound.messages import make_message_id
 from mailer.outbound.transport import Envelope, SendResult, Transport
@@ -177,20 +177,6 @@ class ConsentCheck:
             except Exception:  # a broken connection: the pool discards it
                 pass
         self.raw.close()
-
-
-_MAILBOX_STATUS = re.compile(r"\b5\.1\.\d{1,3}\b")
-
-
-def bounces_the_address(result: SendResult) -> bool:
-    """A permanent refusal of this recipient (suppress it), not of this message or of us.
-
-    5xx to RCPT refuses the address. 5xx after DATA is usually about the content (spam, size,
-    policy), so it suppresses only when its enhanced status says the mailbox is bad (5.1.x).
-    """
-    if result.code is None or not 500 <= result.code < 600:
-        return False
-    return result.stage == "rcpt" or (result.stage == "data" and bool(_MAILBOX_STATUS.search(result.detail)))
 
 
 def recheck_kind(kind: str) -> str:
@@ -483,11 +469,13 @@ class Delivery:
             return {**base, "state": "skipped", "last_error": result.detail}
         if result.outcome == "permanent":
             report.add("failed")
-            if bounces_the_address(result) and row.contact_id is not None:
-                contact = session.get(Contact, row.contact_id)
-                if contact is not None:
-                    audience.suppress(session, self.settings.secret_key, contact, "hard_bounce", now,
-                                      detail=f"{result.code} {result.detail}")
+            # The reply is judged like a bounce report of it: only a refusal of the address suppresses
+            # (a relay refusing our sender or IP must not suppress real people); each is kept as evidence.
+            from mailer.inbound.evidence import apply_refusal  # rare path: keeps the send start short
+
+            apply_refusal(session, self.settings, contact_id=row.contact_id, outbox_id=row.id,
+                          campaign_id=row.campaign_id, code=result.code, text=result.detail, stage=result.stage,
+                          now=now)
             return {**base, "state": "failed", "attempts": attempts, "smtp_code": result.code,
                     "last_error": result.detail[:2000]}
         if result.outcome == "unknown":

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from mailer import audience
 from mailer import staff as staff_accounts
 from mailer.config import Settings
+from mailer.inbound import evidence
 from mailer.models import Campaign, StaffUser
 from mailer.outbound import outbox
 from mailer.publishing import archive, campaigns, figures, previews, schedules
@@ -82,6 +83,7 @@ def campaign(campaign_id: int) -> Response:
             render_problem=render_problem, figures=figures.campaign_figures(db, [row.id])[row.id],
             audience_size=outbox.audience_size(db, row.topic) if waiting else None,
             undelivered=outbox.undelivered(db, row.id, limit=50), next_send=next_send_time(settings, now),
+            setup_problems=evidence.setup_problems(db, [row.id]),
             staff_addresses=list(db.scalars(select(StaffUser.email).order_by(StaffUser.email))),
             test_addresses=settings.newsletter.test_addresses,
             scheduled=campaigns.is_scheduled(row), zone_name=settings.clinic.timezone,

@@ -8,6 +8,7 @@ from flask import Response, g, redirect, request, url_for
 from sqlalchemy import func, select
 
 from mailer import audience
+from mailer.inbound import evidence
 from mailer.models import Campaign, ConsentEvent, Contact, Inquiry, OutboxMessage
 from mailer.publishing import figures
 from mailer.web import current_runtime
@@ -76,10 +77,13 @@ def subscriber(contact_id: int) -> Response:
             .where(OutboxMessage.contact_id == contact.id)
             .order_by(OutboxMessage.id.desc()).limit(MESSAGES_SHOWN)
         ).all()
+        suppression = audience.suppression_for(db, settings.secret_key, contact)
         return page("admin/subscriber.html", section="admin.subscribers", contact=contact,
                      subscriptions=sorted(contact.subscriptions, key=lambda s: s.topic),
-                     suppression=audience.suppression_for(db, settings.secret_key, contact),
-                     ledger=ledger, inquiries=asked, messages=messages, messages_shown=MESSAGES_SHOWN)
+                     suppression=suppression, ledger=ledger, inquiries=asked, messages=messages,
+                     messages_shown=MESSAGES_SHOWN, bounce_events=evidence.events_of(db, contact.id),
+                     liftable=suppression is not None and suppression.reason in evidence.LIFTABLE,
+                     verdict_words=evidence.WORDS)
 
 
 @blueprint.post("/subscribers/<int:contact_id>/suppress")
@@ -98,6 +102,24 @@ def subscriber_suppress(contact_id: int) -> Response:
     log.info("contact %s suppressed by staff account %s", contact_id, g.staff.id)
     return done(".subscriber", "Suppressed. No more emails go to this address, follow-ups included.",
                  contact_id=contact_id)
+
+
+@blueprint.post("/subscribers/<int:contact_id>/lift")
+def subscriber_lift(contact_id: int) -> Response:
+    """Mail this address again after a hard-bounce or soft-bounce suppression (never an opt-out or complaint).
+
+    For when the person says the address works after all; the consent ledger records who lifted it.
+    """
+    runtime = current_runtime()
+    settings = runtime.settings
+    try:
+        with runtime.sessions.begin() as db:
+            contact = get_or_404(db, Contact, contact_id, "subscriber")
+            evidence.lift(db, settings, contact, by=f"staff account {g.staff.id}", now=runtime.clock())
+    except evidence.NotLiftable as exc:
+        return done(".subscriber", f"Nothing changed: {exc}.", "problem", contact_id=contact_id)
+    return done(".subscriber", "Suppression lifted. This address gets email again; its earlier soft bounces no "
+                 "longer count.", contact_id=contact_id)
 
 
 def _erase_page(contact: Contact, status: int = 200, problem: str | None = None) -> Response:
