@@ -2,10 +2,13 @@
 databases, each verdict read back from the evidence table and compared with the manifest.
 
 The manifest's `class` is the verdict of an established open-source classifier (Sisimai), mapped to ours;
-`reviewed` is a person's reading where it differs; `dead` is that classifier's "hard bounce". The figures
-that matter: of the dead addresses, how many were suppressed (recall), and of the reports that are no
-hard bounce, how many suppressed their recipient (false suppressions). One source is kept out of tuning
-(the hold-out) and its figures are printed apart.
+`dead` is that classifier's "hard bounce"; `reviewed` is a person's reading where it differs. The
+expected verdict is the classifier's, except where it misread the message (`reference_misread`: a
+format it did not parse, so it kept no diagnostic, while the report says "user unknown" with a code):
+there the person's reading stands. The figures that matter, against that one truth: of the dead
+addresses, how many were suppressed (recall), and of the others (complaints aside), how many had
+their recipient suppressed (false suppressions). Figures against the reviewed labels everywhere are
+printed too. One source is kept out of tuning (the hold-out) and its figures are printed apart.
 """
 
 from __future__ import annotations
@@ -107,16 +110,17 @@ def test_the_corpus_through_bounces_process(settings: Settings, sessions: sessio
     verdicts: dict[tuple[str, str], tuple[str, str]] = {}
     for key, address, verdict, reason in found:
         verdicts[(key, address.lower())] = (verdict, reason)
-    # [Sisimai's labels, the reviewed labels] x [tuned, hold-out]
+    # [expected (the reference, or a person where it misread), the reviewed labels] x [tuned, hold-out, modern]
     parts = ("tuned", "hold-out", "modern")
-    figures = {(labels, part): Figures() for labels in ("sisimai", "reviewed") for part in parts}
+    figures = {(labels, part): Figures() for labels in ("expected", "reviewed") for part in parts}
     for entry in MANIFEST:
         part = "modern" if entry.get("batch") == "modern" else "hold-out" if entry["file"].startswith(HOLD_OUT) else "tuned"
         for recipient in entry["recipients"]:
             if recipient["address"].lower() in unaddressable:
                 continue
             verdict, reason = verdicts.get((entry["file"], recipient["address"].lower()), ("none", ""))
-            _count(figures["sisimai", part], entry["file"], recipient, verdict, reason, recipient["class"], False)
+            expected = recipient["reviewed"] if recipient.get("reference_misread") else recipient["class"]
+            _count(figures["expected", part], entry["file"], recipient, verdict, reason, expected, False)
             _count(figures["reviewed", part], entry["file"], recipient, verdict, reason,
                    recipient.get("reviewed", recipient["class"]), True)
         # A file without a recipient address must not suppress anyone.
@@ -124,30 +128,27 @@ def test_the_corpus_through_bounces_process(settings: Settings, sessions: sessio
             assert not [v for (key, _a), (v, _r) in verdicts.items() if key == entry["file"] and v in SUPPRESSING]
 
     print(f"\n{len(MANIFEST)} reports in {took:.1f} s; {len(unaddressable)} addresses no contact can have")
-    for line in sorted(line for part in parts for line in figures["sisimai", part].disagreements):
+    for line in sorted(line for part in parts for line in figures["expected", part].disagreements):
         print(line)
-    for labels in ("sisimai", "reviewed"):
+    for labels in ("expected", "reviewed"):
         for part in parts:
             print(figures[labels, part].line(f"{labels} labels, {part}"))
         print(_combined(*(figures[labels, part] for part in parts)).line(f"{labels} labels, all"))
-    # Recall is measured against the reference classifier, as the dead addresses it finds are what mailer is
-    # held to. A suppression counts as false unless a person confirmed the address is dead: where the
-    # reference misread a message (an HTML-only notice, a report it parsed without its diagnostic) and the
-    # person's reading agrees with mailer, the person wins. The other two figures are printed above:
-    # against the reviewed labels, recall is lower, because mailer (like the reference) does not trust
-    # "user unknown" words that no code and no RCPT context back; false suppression is the worse fault.
-    reference = _combined(*(figures["sisimai", part] for part in parts))
-    reviewed = _combined(*(figures["reviewed", part] for part in parts))
-    assert reference.recall >= 0.97
-    assert reviewed.false_suppressions <= 0.01
+    # Against the reviewed labels recall is lower: mailer, like the reference, does not trust "user unknown"
+    # words that no code and no RCPT context back (after DATA they are as often a content filter's), and a
+    # person wrongly suppressed is the worse fault. Those figures are printed above for that reason.
+    expected = _combined(*(figures["expected", part] for part in parts))
+    assert expected.recall >= 0.97, expected.line("expected")
+    assert expected.false_suppressions <= 0.01, expected.line("expected")
 
 
 def _count(figures: Figures, file: str, recipient: dict[str, object], verdict: str, reason: str,
            expected: object, reviewed: bool) -> None:
     if reviewed:
         dead = expected == "address_bad"
-    else:  # the reference classifier's hard bounce, or a person's reading where it found nothing
-        dead = bool(recipient["dead"]) or (recipient["basis"] == "manual" and expected == "address_bad")
+    else:  # the reference classifier's hard bounce, or a person's reading where it found nothing or misread
+        dead = bool(recipient["dead"]) or (
+            (recipient["basis"] == "manual" or recipient.get("reference_misread")) and expected == "address_bad")
     suppressed = verdict in SUPPRESSING
     figures.recipients += 1
     if expected == "complaint":
