@@ -15,6 +15,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from mailer import access_log
 from mailer.links import email_hash
 from mailer.models import ConsentEvent, Contact, Enrollment, OutboxMessage, Subscription, Suppression
 from mailer.publishing.render import one_line
@@ -140,9 +141,10 @@ def suppression_for(session: Session, secret: str, contact: Contact | None = Non
 
 
 def suppress(
-    session: Session, secret: str, contact: Contact, reason: str, now: dt.datetime, detail: str = ""
+    session: Session, secret: str, contact: Contact, reason: str, now: dt.datetime, detail: str = "",
+    *, actor: str = access_log.SYSTEM,
 ) -> Suppression:
-    """Put the contact on the suppression list (idempotent: the first reason stays)."""
+    """Put the contact on the suppression list (idempotent: the first reason stays); the access log says who."""
     row = suppression_for(session, secret, contact)
     if row is not None:
         if row.contact_id is None:
@@ -153,6 +155,8 @@ def suppress(
     session.add(row)
     stop_enrollments(session, contact.id, "suppressed", now)
     session.flush()
+    access_log.record(session, actor=actor, action=access_log.SUPPRESSED, now=now, contact_id=contact.id,
+                      detail=reason)
     log.info("contact %s suppressed: %s", contact.id, reason)
     return row
 
@@ -327,8 +331,12 @@ def unsubscribe_all(session: Session, secret: str, contact: Contact, *, source: 
     return changed
 
 
-def erase(session: Session, secret: str, contact: Contact, now: dt.datetime) -> None:
-    """Erasure: delete the person and everything about them; keep only a keyed hash so they stay unmailed."""
+def erase(session: Session, secret: str, contact: Contact, now: dt.datetime, *, actor: str = access_log.SYSTEM) -> None:
+    """Erasure: delete the person and everything about them; keep only a keyed hash so they stay unmailed.
+
+    The access log keeps that the contact id was erased, and by whom (ids only, never the address).
+    """
+    access_log.record(session, actor=actor, action=access_log.ERASED, now=now, contact_id=contact.id)
     hashed = email_hash(secret, contact.email)
     row = session.scalar(select(Suppression).where(Suppression.email_hash == hashed))
     if row is None:

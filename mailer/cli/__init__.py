@@ -15,7 +15,16 @@ from pathlib import Path
 import click
 
 from mailer import audience, config
-from mailer.cli.context import Context, LazyGroup, UserError, friendly, parse_instant, pass_ctx, setup_logging
+from mailer.cli.context import (
+    Context,
+    LazyGroup,
+    UserError,
+    cli_actor,
+    friendly,
+    parse_instant,
+    pass_ctx,
+    setup_logging,
+)
 from mailer.outbound import outbox
 from mailer.publishing import campaigns
 
@@ -26,8 +35,8 @@ log = logging.getLogger("mailer.cli")
 
 @click.group(
     cls=LazyGroup,
-    lazy_subcommands={"bounces": "mailer.cli.bounces:bounces", "serve": "mailer.cli.serve:serve",
-                      "staff": "mailer.cli.staff:staff"},
+    lazy_subcommands={"audit": "mailer.cli.audit:audit", "bounces": "mailer.cli.bounces:bounces",
+                      "serve": "mailer.cli.serve:serve", "staff": "mailer.cli.staff:staff"},
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -287,7 +296,7 @@ def campaigns_approve(ctx: Context, campaign_id: int) -> None:
     """Approve a draft: it is sent on the next delivery run (`mailer send`, `mailer tick` or the scheduler)."""
     with ctx.runtime.sessions.begin() as session:
         campaign = campaigns.get(session, campaign_id)
-        campaigns.approve(session, campaign, by=os.environ.get("USER", "cli"), now=ctx.now())
+        campaigns.approve(session, campaign, by=cli_actor(), now=ctx.now())
     click.echo(f"Campaign {campaign_id} approved; it goes out on the next delivery run.")
 
 
@@ -400,7 +409,7 @@ def contacts_erase(ctx: Context, email: str, yes: bool) -> None:
             raise UserError(f"no contact with address {audience.normalize_email(email)}")
         if not yes and sys.stdin.isatty():
             click.confirm(f"Erase {contact.email} and everything about them?", abort=True)
-        audience.erase(session, ctx.settings.secret_key, contact, ctx.now())
+        audience.erase(session, ctx.settings.secret_key, contact, ctx.now(), actor=cli_actor())
     click.echo("Erased. The address is kept only as a keyed hash on the suppression list.")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import getpass
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,15 @@ class Context:
 
 
 pass_ctx = click.make_pass_decorator(Context)
+
+
+def cli_actor() -> str:
+    """Who acts from the shell, for the access log: the operating-system user, marked as such."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container)
+        user = "unknown"
+    return f"cli:{user}"
 
 
 def parse_instant(value: str, zone: Any) -> dt.datetime:

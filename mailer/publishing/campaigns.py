@@ -10,6 +10,7 @@ from sqlalchemy import exists, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from mailer import access_log
 from mailer.config import Settings, hhmm
 from mailer.models import Campaign, OutboxMessage, Post
 from mailer.outbound import outbox
@@ -146,6 +147,8 @@ def approve(session: Session, campaign: Campaign, *, by: str, now: dt.datetime, 
     campaign.approved_at = now
     campaign.approved_by = by
     campaign.send_after = send_after
+    access_log.record(session, actor=by if by != "auto" else access_log.SYSTEM, action=access_log.APPROVED,
+                      now=now, campaign_id=campaign.id)
 
 
 def cancel(session: Session, campaign: Campaign, now: dt.datetime) -> int:

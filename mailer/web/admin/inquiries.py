@@ -7,13 +7,15 @@ import logging
 from flask import Response, g, request
 from sqlalchemy import select
 
-from mailer.models import Contact, Enrollment, Inquiry
+from mailer import access_log
+from mailer.models import ConsentEvent, Contact, Enrollment, Inquiry
 from mailer.sequences import followups
 from mailer.web import current_runtime
 from mailer.web.admin.base import (
     INQUIRIES_SHOWN,
     STOP_REASONS,
     blueprint,
+    current_now,
     current_settings,
     done,
     get_or_404,
@@ -54,17 +56,27 @@ def inquiries() -> Response:
 
 @blueprint.get("/inquiries/<int:inquiry_id>")
 def inquiry(inquiry_id: int) -> Response:
-    """One inquiry, with the visitor's message (for staff only), consent and follow-up state."""
-    with current_runtime().sessions() as db:
+    """One inquiry, with the visitor's message (for staff only), consent and follow-up state.
+
+    Showing the message is written to the access log first, in the same transaction: if it cannot be
+    logged, it is not shown. The page lists everyone who has seen it.
+    """
+    with current_runtime().sessions.begin() as db:
         row = get_or_404(db, Inquiry, inquiry_id, "inquiry")
+        if row.message:
+            access_log.record(db, actor=g.staff.email, action=access_log.MESSAGE_VIEWED, now=current_now(),
+                              inquiry_id=row.id, contact_id=row.contact_id, staff_id=g.staff.id)
         contact = db.get(Contact, row.contact_id)
+        grant = db.get(ConsentEvent, row.consent_event_id) if row.consent_event_id else None
         enrollment = db.scalar(select(Enrollment).where(Enrollment.inquiry_id == row.id)
                                .order_by(Enrollment.id.desc()).limit(1))
         state = _sequence_state(enrollment.status if enrollment else None,
                                 enrollment.stop_reason if enrollment else None,
                                 enrollment.next_step if enrollment else None, row.consent)
         return page("admin/inquiry.html", section="admin.inquiries", inquiry=row, contact=contact,
-                     enrollment=enrollment, sequence_state=state)
+                     enrollment=enrollment, sequence_state=state,
+                     published_wording=grant.published_wording if grant else None,
+                     views=access_log.message_views(db, row.id))
 
 
 @blueprint.post("/inquiries/<int:inquiry_id>/close")
