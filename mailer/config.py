@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import os
 import re
 import secrets
@@ -210,6 +211,18 @@ class Web(_Section):
     session_idle_minutes: int = Field(default=30, ge=1)
     max_body_bytes: int = Field(default=65_536, ge=1024)
     subscribe_per_client_per_hour: int = Field(default=10, ge=1)
+    intake_per_client_per_hour: int = Field(default=30, ge=1)
+    trusted_proxies: list[str] = Field(default_factory=list)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"not an IP address or CIDR: {item!r}") from None
+        return value
 
     @field_validator("base_url")
     @classmethod
@@ -267,6 +280,8 @@ class Settings(_Section):
     dkim_private_key: str = Field(default="", repr=False)
     imap_password: str = Field(default="", repr=False)
     replies_imap_password: str = Field(default="", repr=False)
+    # True when MAILER_SECRET_KEY was not set and the key kept under var/ is used (development only).
+    development_secret: bool = False
     source: str = ""
 
     @field_validator("topics")
@@ -424,7 +439,8 @@ def load(path: Path | str | None = None, environ: dict[str, str] | None = None) 
                 stacklevel=2,
             )
     if not settings.secret_key:
-        settings = settings.model_copy(update={"secret_key": development_secret(settings.var_dir)})
+        settings = settings.model_copy(update={"secret_key": development_secret(settings.var_dir),
+                                               "development_secret": True})
     return settings
 
 

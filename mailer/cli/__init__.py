@@ -16,6 +16,7 @@ import click
 
 from mailer import audience, config
 from mailer.cli.context import (
+    ALLOW_DEV_SECRET,
     Context,
     LazyGroup,
     UserError,
@@ -23,6 +24,7 @@ from mailer.cli.context import (
     friendly,
     parse_instant,
     pass_ctx,
+    refuse_development_secret,
     setup_logging,
 )
 from mailer.outbound import outbox
@@ -115,9 +117,10 @@ def tick(ctx: Context, at: str | None) -> None:
 @click.option("--dry-run", is_flag=True, help="Show what would be sent; send nothing.")
 @click.option("--processes", type=click.IntRange(1, 32), default=None,
               help="Worker processes sharing the connections (default: delivery.processes).")
+@ALLOW_DEV_SECRET
 @pass_ctx
 @friendly
-def send(ctx: Context, dry_run: bool, processes: int | None) -> None:
+def send(ctx: Context, dry_run: bool, processes: int | None, allow_dev_secret: bool) -> None:
     """Hand every due outbox message to the transport now (SMTP or .eml files)."""
     import contextlib
     import gc
@@ -130,6 +133,8 @@ def send(ctx: Context, dry_run: bool, processes: int | None) -> None:
     from mailer.stopping import StopRequest
 
     runtime = ctx.runtime
+    if not dry_run:
+        refuse_development_secret(runtime.settings, allow_dev_secret)
     now = ctx.now()
     if dry_run:
         with runtime.sessions() as session:

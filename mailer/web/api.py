@@ -89,6 +89,8 @@ def intake() -> tuple[Response, int]:
         payload = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         return _json_error(400, "the body is not valid JSON")
+    except RecursionError:  # "[[[[...]]]]" thousands deep: the parser gives up before the body limit does
+        return _json_error(400, "the body is nested too deeply")
     try:
         fields = _intake_fields(payload)
     except _IntakeProblem as problem:
