@@ -15,7 +15,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from mailer import access_log
+from mailer import access_log, names
 from mailer.links import email_hash
 from mailer.models import ConsentEvent, Contact, Enrollment, OutboxMessage, Subscription, Suppression
 from mailer.publishing.render import one_line
@@ -60,10 +60,11 @@ def normalize_email(raw: str) -> str:
 
 
 def clean_name(name: str | None) -> str:
-    name = one_line(name or "")
-    if len(name) > MAX_NAME:
-        raise AudienceError(f"name is longer than {MAX_NAME} characters")
-    return name
+    """A name that passes mailer.names' rules, normalised; AudienceError ("name: why") otherwise."""
+    try:
+        return names.check(name)
+    except names.NotAName as exc:
+        raise AudienceError(f"name: {exc}") from None
 
 
 def find_contact(session: Session, email: str) -> Contact | None:
@@ -111,6 +112,7 @@ def record_consent(
     now: dt.datetime,
     wording: str = "",
     request: RequestInfo | None = None,
+    published_wording: str | None = None,
 ) -> ConsentEvent:
     """Append one ledger entry. The ledger is never edited."""
     event = ConsentEvent(
@@ -119,6 +121,7 @@ def record_consent(
         action=action,
         source=one_line(source)[:200] or "unknown",
         wording=wording,
+        published_wording=published_wording,
         ip=request.ip if request else None,
         user_agent=(request.user_agent or "")[:500] if request else None,
         created_at=now,
@@ -284,9 +287,10 @@ def set_topics(session: Session, contact: Contact, wanted: set[str], *, source: 
 
 
 def grant_followups(session: Session, contact: Contact, *, source: str, wording: str, now: dt.datetime,
-                    request: RequestInfo | None = None) -> ConsentEvent:
+                    request: RequestInfo | None = None, published_wording: str | None = None) -> ConsentEvent:
+    """Consent to follow-ups: `wording` as the form sent it, `published_wording` as the clinic configured it."""
     event = record_consent(session, contact, FOLLOWUPS, "granted", source=source, wording=wording,
-                           request=request, now=now)
+                           request=request, now=now, published_wording=published_wording)
     contact.followups_consent = True
     return event
 
@@ -443,7 +447,7 @@ def export_contact(session: Session, email: str) -> dict[str, object]:
         "suppression": {"reason": suppression.reason, "since": suppression.created_at.isoformat()} if suppression else None,
         "consent_ledger": [
             {"id": e.id, "purpose": e.purpose, "action": e.action, "source": e.source, "wording": e.wording,
-             "ip": e.ip, "user_agent": e.user_agent, "at": e.created_at.isoformat()} for e in ledger
+             "published_wording": e.published_wording, "ip": e.ip, "user_agent": e.user_agent, "at": e.created_at.isoformat()} for e in ledger
         ],
         "inquiries": [
             {"id": i.id, "received_at": i.received_at.isoformat(), "source": i.source, "consent": i.consent,

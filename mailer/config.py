@@ -151,6 +151,31 @@ class Newsletter(_Section):
     subject: str = "{clinic}: {first_title}"
     intro: str = ""
     max_posts: int = Field(default=10, ge=1)
+    pending_days: int = Field(default=30, ge=1)
+    four_eyes: bool = False
+
+
+DEFAULT_SENSITIVE_WORDS = ("ketamine", "depression", "anxiety", "ptsd", "therapy session", "psychotherapy",
+                           "diagnosis", "treatment", "medication", "trauma", "suicidal")
+
+
+def _check_digest_wording(value: str) -> str:
+    try:
+        value.format(clinic="Clinic", count=2)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"only {{clinic}} and {{count}} can be filled in, got {value!r}") from exc
+    return value
+
+
+DigestWording = Annotated[str, AfterValidator(_check_digest_wording)]
+
+
+class Privacy(_Section):
+    """The guard on every subject and preheader (mailer.privacy)."""
+
+    sensitive_words: list[str] = Field(default_factory=lambda: list(DEFAULT_SENSITIVE_WORDS))
+    neutral_subject: DigestWording = "{clinic}: {count} new article(s) on our blog"
+    neutral_preheader: DigestWording = "New on our blog: {count} article(s) to read when it suits you."
 
 
 class FollowupStep(_Section):
@@ -167,7 +192,9 @@ class Followups(_Section):
     consent_valid_days: int = Field(default=180, ge=1)
     retention_days: int = Field(default=365, ge=1)
     duplicate_window: Duration = "PT24H"
-    sensitive_words: list[str] = Field(default_factory=list)
+    restart_after: Duration = "P90D"
+    consent_wording: str = ""
+    sensitive_words: list[str] | None = None
     steps: list[FollowupStep]
 
     @model_validator(mode="after")
@@ -273,6 +300,7 @@ class Settings(_Section):
     web: Web
     bounces: Bounces = Bounces()
     replies: Replies = Replies()
+    privacy: Privacy = Privacy()
     paths: Paths = Paths()
     # Secrets: from the environment only (see load()).
     secret_key: str = Field(default="", repr=False)
@@ -428,9 +456,21 @@ def load(path: Path | str | None = None, environ: dict[str, str] | None = None) 
             ConfigWarning,
             stacklevel=2,
         )
+    if settings.followups.sensitive_words is not None:
+        privacy_raw = raw.get("privacy") if isinstance(raw.get("privacy"), dict) else {}
+        if "sensitive_words" in privacy_raw:
+            raise ConfigError(f"{path}: followups.sensitive_words: moved to privacy.sensitive_words, which is "
+                              "also set; remove the old key")
+        # The old key keeps working for one upgrade, so a service does not stop over its config at restart.
+        warnings.warn(f"{path}: followups.sensitive_words is deprecated; rename it to privacy.sensitive_words "
+                      "(it now guards every email's subject and preheader)", ConfigWarning, stacklevel=2)
+        settings = settings.model_copy(update={
+            "privacy": settings.privacy.model_copy(update={"sensitive_words": settings.followups.sensitive_words}),
+            "followups": settings.followups.model_copy(update={"sensitive_words": None}),
+        })
     for step in settings.followups.steps:
         shown = f"{step.subject} {step.preheader}"
-        words = [w for w in settings.followups.sensitive_words if re.search(rf"\b{re.escape(w)}\b", shown, re.I)]
+        words = [w for w in settings.privacy.sensitive_words if re.search(rf"\b{re.escape(w)}\b", shown, re.I)]
         if words:
             warnings.warn(
                 f"{path}: followups.steps[{step.template}] subject or preheader names {', '.join(words)}: "

@@ -777,8 +777,11 @@ def test_erase_needs_the_address_typed(staff_client: FlaskClient, runtime: Runti
 
 def test_html_in_names_and_subjects_is_escaped(staff_client: FlaskClient, runtime: Runtime) -> None:
     evil = '<script>alert("x")</script><img src=x onerror=alert(1)>'
-    contact_id = add_subscriber(runtime, "evil@example.com", name=evil[:60])
-    add_inquiry(runtime, email="evil2@example.com", name=evil[:60], message=evil)
+    contact_id = add_subscriber(runtime, "evil@example.com", name="Evan")
+    add_inquiry(runtime, email="evil2@example.com", name="Evan", message=evil)
+    with runtime.sessions.begin() as session:  # names stored before they had rules (forms refuse these now)
+        session.get(Contact, contact_id).name = evil[:60]
+        session.execute(update(Inquiry).values(name=evil[:60]))
     with runtime.sessions.begin() as session:
         campaign_id = campaigns.create_oneoff(session, runtime.settings, topic="events", subject=evil,
                                               body_markdown=evil, intro=evil, now=runtime.clock()).id

@@ -301,7 +301,8 @@ def campaigns_approve(ctx: Context, campaign_id: int) -> None:
     """Approve a draft: it is sent on the next delivery run (`mailer send`, `mailer tick` or the scheduler)."""
     with ctx.runtime.sessions.begin() as session:
         campaign = campaigns.get(session, campaign_id)
-        campaigns.approve(session, campaign, by=cli_actor(), now=ctx.now())
+        campaigns.approve(session, campaign, by=cli_actor(), now=ctx.now(),
+                          four_eyes=ctx.settings.newsletter.four_eyes)
     click.echo(f"Campaign {campaign_id} approved; it goes out on the next delivery run.")
 
 

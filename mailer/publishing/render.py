@@ -399,4 +399,7 @@ def sample_values(base_url: str) -> dict[str, str]:
 
 
 def first_name(name: str) -> str:
-    return one_line(name).split(" ")[0] if name and name.strip() else ""
+    """The greeting's name: the first word of a name that passes mailer.names' rules, else ""."""
+    from mailer.names import first_name as checked_first_name
+
+    return checked_first_name(name)

@@ -15,7 +15,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from mailer import audience
+from mailer import audience, names, privacy
 from mailer.config import Settings, duration, hhmm
 from mailer.models import ConsentEvent, Contact, Enrollment, Inquiry, OutboxMessage
 from mailer.outbound import outbox
@@ -176,6 +176,15 @@ def _text(name: str, value: object, *, limit: int, required: bool = False, multi
     return text
 
 
+def _name(value: object) -> str:
+    """The inquirer's name by mailer.names' rules (it is shown to staff and greets the person)."""
+    text = _text("name", value, limit=MAX_NAME)
+    try:
+        return names.check(text)
+    except names.NotAName as exc:
+        raise InquiryError(f"name: {exc}") from None
+
+
 def _received_at(value: object, now: dt.datetime) -> dt.datetime:
     if not isinstance(value, dt.datetime):
         raise InquiryError("received_at: must be a date and time")
@@ -192,7 +201,7 @@ def _validate(*, email: object, name: object, consent: object, consent_text: obj
         raise InquiryError("consent: must be true or false")
     return _Fields(
         email=_address(email),
-        name=_text("name", name, limit=MAX_NAME),
+        name=_name(name),
         consent=consent,
         consent_text=_text("consent_text", consent_text, limit=MAX_CONSENT_TEXT, required=consent,
                            multiline=True),
@@ -251,8 +260,10 @@ def record_inquiry(
 
     grant = None
     if fields.consent:
+        # The sent text is what the form says it showed; the clinic's published wording is kept beside it.
         grant = audience.grant_followups(session, contact, source=fields.source, wording=fields.consent_text,
-                                         now=fields.received_at, request=request)
+                                         now=fields.received_at, request=request,
+                                         published_wording=settings.followups.consent_wording or None)
     inquiry = Inquiry(
         contact_id=contact.id, name=fields.name, source=fields.source, consent=fields.consent,
         consent_text=fields.consent_text, consent_event_id=grant.id if grant else None, message=fields.message,
@@ -471,6 +482,8 @@ def prepare_step(renderer: Renderer, settings: Settings, step_index: int) -> Pre
     if not 0 <= step_index < len(steps):
         raise LookupError(f"follow-up step {step_index} is not in the configured sequence")
     step = steps[step_index]
+    privacy.screen(settings, f"follow-up step {step_index + 1} ({step.template})", step.subject, step.preheader,
+                   automatic=False)
     return renderer.prepare(f"email/followup/{step.template}", subject=step.subject, preheader=step.preheader,
                             marketing=True, step=step, why=why_text(settings))
 

@@ -45,7 +45,6 @@ RATE_WINDOW = dt.timedelta(hours=1)
 DEFAULT_SIGNUP_WORDING = (
     "Yes, please email me the topics I ticked. I can unsubscribe at any time with the link in every email."
 )
-MAX_WORDING = 2000
 UNSUBSCRIBE_BODY = ("List-Unsubscribe", "One-Click")
 
 
@@ -229,6 +228,11 @@ def _save_choices(session: Session, settings: Settings, contact: Contact, info: 
 # --- sign-up and double opt-in -----------------------------------------------------------------------
 
 
+def _is(reason: str) -> str:
+    """A reason from mailer.names as the end of a sentence about "that name"."""
+    return reason if reason.startswith(("looks", "has", "contains")) else f"is {reason}"
+
+
 @blueprint.get("/subscribe")
 def subscribe_page() -> str:
     """A plain sign-up form (the clinic's website may post its own form to POST /subscribe instead)."""
@@ -251,15 +255,17 @@ def subscribe() -> tuple[str, int] | Response:
                               "That does not look like a complete email address. Please go back and try again.")
     try:
         name = audience.clean_name(form.get("name", ""))
-    except AudienceError:
-        return error_response(400, "Please use a shorter name",
-                              f"The name can be at most {audience.MAX_NAME} characters long.")
+    except AudienceError as exc:
+        return error_response(400, "Please check the name",
+                              f"That name {_is(str(exc).removeprefix('name: '))}. Please use just your name, "
+                              "or leave it empty.")
     topics = [topic for topic in dict.fromkeys(form.getlist("topics")) if topic] or [settings.newsletter.topic]
     if any(topic not in settings.topics for topic in topics):
         return error_response(400, "Please choose from the topics offered",
                               "One of the topics in the form is not one we offer. Please go back and try again.")
-    # The wording the sign-up form showed is what the person agreed to: it goes on the ledger.
-    wording = (form.get("consent_text") or "").strip()[:MAX_WORDING] or DEFAULT_SIGNUP_WORDING
+    # The ledger records the wording the clinic's own sign-up page shows, never what the request claims
+    # was shown: a "consent_text" field is anyone's to write.
+    wording = DEFAULT_SIGNUP_WORDING
     key = security.client_key(settings.secret_key, "subscribe", request.remote_addr)
     with runtime.sessions.begin() as session:
         limited = security.over_limit(session, key, settings.web.subscribe_per_client_per_hour, RATE_WINDOW, now)
