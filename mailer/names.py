@@ -32,10 +32,10 @@ def normalise(raw: str | None) -> str:
 
 def problem(name: str) -> str | None:
     """Why this (normalised) name is not accepted as a name, or None when it is."""
-    if len(name) > MAX_LENGTH:
-        return f"longer than {MAX_LENGTH} characters"
     if "@" in name or "://" in name or "www." in name.lower():
         return "looks like an address or a link, not a name"
+    if len(name) > MAX_LENGTH:
+        return f"longer than {MAX_LENGTH} characters"
     for char in name:
         if char == " " or char in NAME_MARKS:
             continue
