@@ -335,6 +335,16 @@ def unsubscribe_all(session: Session, secret: str, contact: Contact, *, source: 
     return changed
 
 
+def not_me(session: Session, secret: str, contact: Contact, *, now: dt.datetime,
+           request: RequestInfo | None = None) -> bool:
+    """The address's owner says they never contacted the clinic: everything stops at once (follow-ups
+    marked "not_me" for staff, every topic and consent withdrawn on the ledger with the source
+    "not-me-link", the address suppressed). Repeat-safe; True when something changed."""
+    stopped = stop_enrollments(session, contact.id, "not_me", now)
+    changed = unsubscribe_all(session, secret, contact, source="not-me-link", now=now, request=request)
+    return bool(stopped) or changed
+
+
 def erase(session: Session, secret: str, contact: Contact, now: dt.datetime, *, actor: str = access_log.SYSTEM) -> None:
     """Erasure: delete the person and everything about them; keep only a keyed hash so they stay unmailed.
 
@@ -356,6 +366,44 @@ def erase(session: Session, secret: str, contact: Contact, now: dt.datetime, *, 
     session.execute(delete(ConsentEvent).where(ConsentEvent.contact_id == contact.id))
     session.delete(contact)
     session.flush()
+
+
+def purge_unconfirmed(session: Session, pending_days: int, now: dt.datetime, batch: int = 500) -> int:
+    """Delete the people who signed up and never confirmed within `pending_days`, keeping nothing: the
+    contact (address, name), its pending subscriptions, its ledger entries (IP, user agent) and the
+    confirmation emails' outbox rows. Someone with anything else on file (an inquiry, a confirmed or
+    withdrawn topic, follow-up consent) is not touched. Returns how many people were deleted."""
+    from sqlalchemy import exists
+
+    from mailer.models import Inquiry
+
+    cutoff = now - dt.timedelta(days=pending_days)
+    not_pending = exists().where(Subscription.contact_id == Contact.id, Subscription.status != "pending")
+    recent = exists().where(Subscription.contact_id == Contact.id, Subscription.updated_at >= cutoff)
+    any_pending = exists().where(Subscription.contact_id == Contact.id)
+    other_ties = (exists().where(Inquiry.contact_id == Contact.id)
+                  | exists().where(Enrollment.contact_id == Contact.id))
+    purged = 0
+    while True:
+        ids = list(session.scalars(
+            select(Contact.id).where(Contact.created_at < cutoff, Contact.followups_consent.is_(False), any_pending,
+                                     ~not_pending, ~recent, ~other_ties).order_by(Contact.id).limit(batch)
+        ))
+        if not ids:
+            break
+        session.execute(delete(OutboxMessage).where(OutboxMessage.contact_id.in_(ids), OutboxMessage.kind == "confirm")
+                        .execution_options(synchronize_session=False))
+        session.execute(update(OutboxMessage).where(OutboxMessage.contact_id.in_(ids))
+                        .values(last_error=None, message_id=None).execution_options(synchronize_session=False))
+        session.execute(delete(ConsentEvent).where(ConsentEvent.contact_id.in_(ids))
+                        .execution_options(synchronize_session=False))
+        session.execute(delete(Subscription).where(Subscription.contact_id.in_(ids))
+                        .execution_options(synchronize_session=False))
+        session.execute(delete(Contact).where(Contact.id.in_(ids)).execution_options(synchronize_session=False))
+        purged += len(ids)
+    if purged:
+        log.info("%d unconfirmed sign-ups older than %d days deleted", purged, pending_days)
+    return purged
 
 
 SUBSCRIBER_COLUMNS = ("email", "name", "topics", "consent_source", "consented_at")

@@ -111,6 +111,17 @@ def tick(ctx: Context, at: str | None) -> None:
         counts = jobs.run_job(ctx.runtime, job_id, now)
         summary = ", ".join(f"{k} {v}" for k, v in counts.items())
         click.echo(f"{job_id}: {summary or 'done'}")
+    _tick_daily_housekeeping(ctx, now)
+
+
+def _tick_daily_housekeeping(ctx: Context, now: dt.datetime) -> None:
+    """Housekeeping runs once a day (03:30 clinic time); a tick runs it when the scheduler would have."""
+    import jobs
+    from jobs import housekeeping
+
+    if housekeeping.is_due(ctx.runtime, now):
+        counts = jobs.run_job(ctx.runtime, "housekeeping", now)
+        click.echo("housekeeping: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
 @main.command()

@@ -416,6 +416,8 @@ class Delivery:
         }
         if row.kind == "confirm":
             values["confirm_url"] = self.links.confirm(row.contact_id, row.link_key, row.created_at)
+        elif row.kind == "followup" and not row.step:
+            values["not_me_url"] = self.links.not_me(row.contact_id, row.link_key)
         message_id = self.message_id(row.id)
         data = prepared.build(Recipient(row.email, name, values, message_id), now)
         kind = recheck_kind(row.kind)

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("mailer.render")
 
 # The personal values of one recipient. Templates use them as {{ recipient.<name> }}.
-PERSONAL_FIELDS = ("first_name", "preferences_url", "unsubscribe_url", "confirm_url")
+PERSONAL_FIELDS = ("first_name", "preferences_url", "unsubscribe_url", "confirm_url", "not_me_url")
 _MARK = "%%MAILER-{}%%"
 _MARK_RE = re.compile(r"%%MAILER-([a-z_]+)%%")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
@@ -395,6 +395,7 @@ def sample_values(base_url: str) -> dict[str, str]:
         "preferences_url": f"{base_url}/preferences/preview",
         "unsubscribe_url": f"{base_url}/unsubscribe/preview",
         "confirm_url": f"{base_url}/confirm/preview",
+        "not_me_url": f"{base_url}/not-me/preview",
     }
 
 

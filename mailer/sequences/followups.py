@@ -238,6 +238,7 @@ def record_inquiry(
       retry or a double click (`duplicate=True`);
     - the address is suppressed (unsubscribed, bounced, erased): an inquiry form cannot undo that;
     - an enrollment is active: one sequence at a time, the running one keeps its schedule;
+    - a sequence completed less than `followups.restart_after` (after its last step) ago;
     - an earlier enrollment was stopped for a reason outside RESTARTABLE (unsubscribe, withdrawal of
       follow-up consent, suppression, ...): a stopped sequence never restarts by itself. One that
       completed, or ended because the person booked, the inquiry was closed or the consent expired,
@@ -311,6 +312,9 @@ def _enrollment_decision(session: Session, settings: Settings, contact: Contact,
         return "already active"
     if any(e.status == "stopped" and e.stop_reason not in RESTARTABLE for e in enrollments):
         return "stopped earlier"
+    restart_after = duration(followups.restart_after)
+    if any(e.status == "completed" and (e.last_sent_at or e.created_at) > now - restart_after for e in enrollments):
+        return "completed within restart_after"
     if now - received_at > dt.timedelta(days=followups.consent_valid_days):
         return "consent expired"
     return "enroll"
@@ -484,8 +488,10 @@ def prepare_step(renderer: Renderer, settings: Settings, step_index: int) -> Pre
     step = steps[step_index]
     privacy.screen(settings, f"follow-up step {step_index + 1} ({step.template})", step.subject, step.preheader,
                    automatic=False)
+    # The first step says "Didn't contact us? Let us know": a form anyone can fill in with anyone's
+    # address must give that address a way to stop it all with one click.
     return renderer.prepare(f"email/followup/{step.template}", subject=step.subject, preheader=step.preheader,
-                            marketing=True, step=step, why=why_text(settings))
+                            marketing=True, step=step, why=why_text(settings), not_me=step_index == 0)
 
 
 # --- staff actions -------------------------------------------------------------------------------

@@ -92,10 +92,11 @@ def create_app(runtime: Runtime, *, leader: Callable[[], bool] | None = None) ->
 
     _register_error_handlers(app)
 
-    from mailer.web import api, public
+    from mailer.web import api, not_me, public
 
     app.register_blueprint(public.blueprint)
     app.register_blueprint(api.blueprint)
+    app.register_blueprint(not_me.blueprint)
     # Staff pages, under /admin, with their own login and session-bound CSRF.
     from mailer.web import admin
     app.register_blueprint(admin.blueprint, url_prefix="/admin")

@@ -51,7 +51,7 @@ UNSUBSCRIBE_BODY = ("List-Unsubscribe", "One-Click")
 # --- helpers ------------------------------------------------------------------------------------
 
 
-def _contact_for(session: Session, settings: Settings, token: str, purpose: str) -> tuple[Contact, ParsedToken]:
+def contact_for(session: Session, settings: Settings, token: str, purpose: str) -> tuple[Contact, ParsedToken]:
     """The contact a link token names, or a 404 that reveals nothing."""
     parsed = parse_token(token)
     if parsed is None or parsed.contact_id > MAX_CONTACT_ID:
@@ -83,7 +83,7 @@ def unsubscribe_page(token: str) -> str:
     runtime = current_runtime()
     settings = runtime.settings
     with runtime.sessions.begin() as session:
-        contact, _ = _contact_for(session, settings, token, "unsubscribe")
+        contact, _ = contact_for(session, settings, token, "unsubscribe")
         suppression = audience.suppression_for(session, settings.secret_key, contact)
         active = [s for s in contact.subscriptions if s.status in ("active", "pending")]
         already = suppression is not None and not active and not contact.followups_consent
@@ -99,7 +99,7 @@ def unsubscribe(token: str) -> tuple[str, int]:
     settings = runtime.settings
     now = runtime.clock()
     with runtime.sessions.begin() as session:
-        contact, _ = _contact_for(session, settings, token, "unsubscribe")
+        contact, _ = contact_for(session, settings, token, "unsubscribe")
         # request.form reads both application/x-www-form-urlencoded and multipart/form-data bodies.
         if request.form.get(UNSUBSCRIBE_BODY[0]) != UNSUBSCRIBE_BODY[1]:
             return render_template("pages/unsubscribe.html", state="ask", token=token,
@@ -166,7 +166,7 @@ def preferences_page(token: str) -> str:
     runtime = current_runtime()
     settings = runtime.settings
     with runtime.sessions.begin() as session:
-        contact, _ = _contact_for(session, settings, token, "preferences")
+        contact, _ = contact_for(session, settings, token, "preferences")
         return _render_preferences(session, settings, contact, token, runtime.clock(),
                                    saved=request.args.get("saved") == "1")
 
@@ -180,7 +180,7 @@ def preferences_save(token: str) -> Response | tuple[str, int]:
     if security.is_cross_site(request, settings.web.base_url):
         abort(403)
     with runtime.sessions.begin() as session:
-        contact, _ = _contact_for(session, settings, token, "preferences")
+        contact, _ = contact_for(session, settings, token, "preferences")
         problem = security.check_form_token(settings.secret_key, f"preferences:{token}",
                                             request.form.get("csrf_token"), now)
         if problem is not None:
@@ -308,7 +308,7 @@ def _sign_up(session: Session, settings: Settings, email: str, name: str, topics
 
 def _confirm_contact(session: Session, settings: Settings, token: str, now: dt.datetime) -> Contact | None:
     """The contact of a confirmation link; None when the link has expired."""
-    contact, parsed = _contact_for(session, settings, token, "confirm")
+    contact, parsed = contact_for(session, settings, token, "confirm")
     if parsed.issued is None:
         abort(404)
     if now - parsed.issued > CONFIRM_VALID_FOR:

@@ -118,6 +118,7 @@ STOP_REASONS = {
     "erased": "stopped: erased",
     "consent_expired": "stopped: consent expired",
     "consent_missing": "stopped: consent record missing",
+    "not_me": "stopped: they said they never contacted us",
 }
 
 Model = TypeVar("Model", bound=Base)
