@@ -6,7 +6,7 @@ import datetime as dt
 
 from sqlalchemy import delete, select
 
-from mailer import audience
+from mailer import audience, db
 from mailer.models import IntakeKey, JobRun, RateEvent
 from mailer.outbound import outbox
 from mailer.runtime import Runtime
@@ -26,6 +26,8 @@ def run(runtime: Runtime, now: dt.datetime) -> dict[str, int]:
         unconfirmed = audience.purge_unconfirmed(session, settings.newsletter.pending_days, now)
         rate = session.execute(delete(RateEvent).where(RateEvent.at < now - dt.timedelta(days=2))).rowcount or 0
         keys = session.execute(delete(IntakeKey).where(IntakeKey.created_at <= now - INTAKE_KEY_LIFETIME)).rowcount or 0
+    if purged or unconfirmed:  # people's rows were deleted: their old pages leave SQLite's log too
+        db.after_erasure(runtime.engine)
     return {"leases_returned": reclaimed, "inquiries_purged": purged, "unconfirmed_purged": unconfirmed,
             "rate_events_purged": rate, "intake_keys_purged": keys}
 

@@ -494,7 +494,9 @@ def development_secret(var_dir: Path) -> str:
     try:
         return key_file.read_text().strip()
     except FileNotFoundError:
-        var_dir.mkdir(parents=True, exist_ok=True)
+        from mailer import files
+
+        files.private_dir(var_dir)
         key = secrets.token_urlsafe(48)
         fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:

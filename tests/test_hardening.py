@@ -3,6 +3,7 @@ refused at the socket, inputs that used to give a 500, and a development secret 
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from pathlib import Path
@@ -175,3 +176,58 @@ def test_allow_dev_secret_lets_a_send_start_and_files_need_no_secret(config_path
     assert allowed.exit_code == 0, allowed.output
     files = CliRunner().invoke(main, ["--config", str(config_path), "send"], env=without_secret(environ))
     assert files.exit_code == 0, files.output  # the file transport (development) is not held back
+
+
+# --- finding 8: the feed's tracking-image filter ----------------------------------------------------------
+
+
+def feed_with(item_link: str, image: str, channel_link: str = "https://therapycentral.example/") -> bytes:
+    return (f'<?xml version="1.0" encoding="UTF-8"?><rss version="2.0"><channel><title>Blog</title>'
+            f"<link>{channel_link}</link><description>d</description>"
+            f"<item><title>Post</title><link>{item_link}</link><guid>g1</guid>"
+            f'<description><![CDATA[<p>Hello</p><img src="{image}" alt="a" width="600" height="300">]]></description>'
+            "</item></channel></rss>").encode()
+
+
+def images_of(body: bytes, website: str = "") -> list[str]:
+    from mailer.publishing import feeds
+
+    (post,) = feeds.parse(body, "https://therapycentral.example/feed.xml", website)
+    return re.findall(r'<img[^>]*src="([^"]+)"', post.content_html)
+
+
+def test_an_entry_linking_to_the_tracker_does_not_make_the_tracker_own() -> None:
+    body = feed_with("https://tracker.example/click?post=1", "https://tracker.example/open.gif?u=42")
+    assert images_of(body) == []
+
+
+def test_a_site_on_www_com_does_not_own_every_com_host() -> None:
+    body = feed_with("https://www.com/post", "https://tracker.com/open.gif", channel_link="https://www.com/")
+    assert images_of(body) == []
+    assert images_of(feed_with("https://www.com/post", "https://img.www.com/a.jpg", channel_link="https://www.com/")) \
+        == ["https://img.www.com/a.jpg"]
+
+
+@pytest.mark.parametrize(("image", "kept"), [
+    ("https://therapycentral.example/img/a.jpg", True),
+    ("https://cdn.therapycentral.example/a.jpg", True),  # same registrable domain
+    ("https://therapycentral.example.evil.com/a.jpg", False),
+    ("https://evil-therapycentral.example/a.jpg", False),
+    ("https://photos.clinic-media.example/a.jpg", True),  # clinic.website's site
+])
+def test_own_images_by_registrable_domain(image: str, kept: bool) -> None:
+    body = feed_with("https://therapycentral.example/blog/post", image)
+    assert images_of(body, website="https://www.clinic-media.example/") == ([image] if kept else [])
+
+
+def test_staff_one_offs_follow_the_same_image_rules(settings: Settings) -> None:
+    from mailer.models import Campaign
+    from mailer.publishing.render import Renderer
+
+    body = ("Hello\n\n![pixel](https://tracker.example/o.gif)\n\n![team](https://therapycentral.example/team.jpg)"
+            "\n\n<img src=\"https://therapycentral.example/p.gif\" width=\"1\" height=\"1\">")
+    campaign = Campaign(kind="oneoff", topic="newsletter", subject="Open evening", preheader="", intro="",
+                        body_markdown=body)
+    html, _text = Renderer(settings).campaign_documents(campaign)
+    assert "https://therapycentral.example/team.jpg" in html
+    assert "tracker.example" not in html and "p.gif" not in html

@@ -85,7 +85,7 @@ def ingest(ctx: Context) -> None:
     """Pull the blog feed now and store new posts."""
     from mailer.publishing import feeds
 
-    result = feeds.ingest_with(ctx.runtime.sessions, ctx.settings.feed, ctx.now())
+    result = feeds.ingest_with(ctx.runtime.sessions, ctx.settings.feed, ctx.now(), website=ctx.settings.clinic.website)
     if result.not_modified:
         click.echo("Feed not modified since the last pull: 0 new posts.")
     else:
@@ -427,6 +427,9 @@ def contacts_erase(ctx: Context, email: str, yes: bool) -> None:
         if not yes and sys.stdin.isatty():
             click.confirm(f"Erase {contact.email} and everything about them?", abort=True)
         audience.erase(session, ctx.settings.secret_key, contact, ctx.now(), actor=cli_actor())
+    from mailer import db
+
+    db.after_erasure(ctx.runtime.engine)
     click.echo("Erased. The address is kept only as a keyed hash on the suppression list.")
 
 

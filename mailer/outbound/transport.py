@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 import idna
 
+from mailer import files
 from mailer.config import SmtpUrl, parse_smtp_url
 from mailer.logs import redact_addresses
 
@@ -858,8 +859,8 @@ class FileConnection:
                 return SendResult("temporary", None, str(exc), "envelope")
         target = folder / _file_name(envelope.key, data)
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(dir=folder, prefix=".", suffix=".tmp")
+            files.private_dir(folder)
+            handle, temporary = tempfile.mkstemp(dir=folder, prefix=".", suffix=".tmp")  # 0600
             try:
                 with os.fdopen(handle, "wb") as file:
                     file.write(data)

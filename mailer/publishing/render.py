@@ -375,7 +375,12 @@ class Renderer:
         else:
             import markdown  # only staff-written campaigns need it
 
+            from mailer.publishing import images
+
             body_html = nh3.clean(markdown.markdown(campaign.body_markdown or "", extensions=["sane_lists"]))
+            # The feed's image rules: the clinic's own images only, no pixels (a one-off is no back door).
+            body_html = images.drop_foreign_images(body_html, images.own_sites(self.settings.clinic.website,
+                                                                               self.settings.web.base_url))
         preheader = campaign.preheader or (views[0].summary if views else "")
         return self.render_documents(
             "email/newsletter/digest",

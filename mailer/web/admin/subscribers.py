@@ -8,6 +8,7 @@ from flask import Response, g, redirect, request, url_for
 from sqlalchemy import func, select
 
 from mailer import audience
+from mailer import db as database
 from mailer.models import Campaign, ConsentEvent, Contact, Inquiry, OutboxMessage
 from mailer.publishing import figures
 from mailer.web import current_runtime
@@ -122,6 +123,7 @@ def subscriber_erase(contact_id: int) -> Response:
             return _erase_page(contact, 400, "The address you typed is not this person’s address, so nothing was "
                                              "erased. Type it exactly as shown.")
         audience.erase(db, settings.secret_key, contact, runtime.clock(), actor=g.staff.email)
+    database.after_erasure(runtime.engine)
     log.info("contact %s erased by staff account %s", contact_id, g.staff.id)
     return done(".subscribers", "Erased. Everything about this person is deleted; only a keyed hash of the "
                  "address stays on the suppression list, so they are never emailed again.")
