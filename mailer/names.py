@@ -2,9 +2,9 @@
 
 A name ends up in the greeting of every email ("Hi Jane,") and in the To: header, so a sign-up form is a
 way to write into the clinic's emails. A name must look like a name: at most MAX_LENGTH characters of
-letters and combining marks, spaces, and the few marks names use (apostrophes, hyphens, periods, commas);
-no digits, no URL or address, no invisible or direction-changing characters. Any Unicode whitespace
-becomes one plain space.
+letters, combining marks, digits, spaces and the few marks names use (apostrophes, hyphens, periods,
+commas, parentheses, "&"); no URL or address, no other punctuation or symbols (":", "/", "<", "$" ...), no
+invisible or direction-changing characters. Any Unicode whitespace becomes one plain space.
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ import re
 import unicodedata
 
 MAX_LENGTH = 60
-# Marks real names carry: O'Brien, O’Brien, Jean-Luc, Mary J. Blige, "Smith, Jane". No colon, no slash.
-NAME_MARKS = frozenset("'’‘-‐.,")
+# Marks real names carry: O'Brien, O’Brien, Jean-Luc, Mary J. Blige, "Smith, Jane", "Sam (Samira)",
+# "Anne & Bob". No colon, no slash, no angle brackets.
+NAME_MARKS = frozenset("'’‘-‐.,()&")
 _WHITESPACE = re.compile(r"\s+", re.UNICODE)
 # Most names are plain ASCII words: checked by one regular expression (the send path greets every recipient).
-_PLAIN = re.compile(r"[A-Za-z][A-Za-z'.,-]*(?: [A-Za-z'.,-]+)*")
+_PLAIN = re.compile(r"[A-Za-z][A-Za-z0-9'.,-]*(?: [A-Za-z0-9'.,-]+)*")
 
 
 class NotAName(ValueError):
@@ -40,12 +41,10 @@ def problem(name: str) -> str | None:
         if char == " " or char in NAME_MARKS:
             continue
         category = unicodedata.category(char)
-        if category[0] in "LM":  # letters in any script, and their accents
+        if category[0] in "LM" or category == "Nd":  # letters in any script, their accents, digits
             continue
         if category == "Cf":
             return "contains invisible formatting characters"
-        if category[0] == "N":
-            return "contains digits"
         return f"contains {char!r}, which names do not"
     if name and not any(unicodedata.category(char)[0] == "L" for char in name):
         return "has no letters"

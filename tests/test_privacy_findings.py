@@ -80,7 +80,7 @@ def test_a_name_that_passes_greets_by_its_first_word_on_any_whitespace(runtime: 
 
 
 @pytest.mark.parametrize("name", ["Jane", "Mary J. Blige", "O'Brien", "O’Brien", "Jean-Luc Picard", "Smith, Jane",
-                                  "李小龍", "Nguyễn Văn An", "Zoë", "Ali\u00a0Khan"])
+                                  "李小龍", "Nguyễn Văn An", "Zoë", "Ali\u00a0Khan", "Patient 0", "Sam (Samira)"])
 def test_names_that_look_like_names_pass(name: str) -> None:
     assert names.check(name) == names.normalise(name)
 
@@ -91,7 +91,8 @@ def test_names_that_look_like_names_pass(name: str) -> None:
     ("visit www.evil.example now", "looks like an address or a link"),
     ("Jane\u202eeno", "invisible formatting characters"),  # right-to-left override
     ("Ja\u200bne", "invisible formatting characters"),  # zero-width space
-    ("Jane 2", "contains digits"),
+    ("Jane <b>", "contains '<'"),
+    ("Pay $5", "contains '$'"),
     ("Pay: now", "contains ':'"),
     ("J" * 61, "longer than 60 characters"),
     ("...", "has no letters"),
