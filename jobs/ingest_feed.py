@@ -11,5 +11,5 @@ TRIGGER = "interval"  # minutes = settings.feed.poll_minutes
 
 
 def run(runtime: Runtime, now: dt.datetime) -> dict[str, int]:
-    result = feeds.ingest_with(runtime.sessions, runtime.settings.feed, now)
+    result = feeds.ingest_with(runtime.sessions, runtime.settings.feed, now, website=runtime.settings.clinic.website)
     return {"new": result.new, "archived": result.archived, "not_modified": int(result.not_modified)}

@@ -15,6 +15,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from mailer import access_log, names
 from mailer.links import email_hash
 from mailer.models import (
     RUNNING,
@@ -68,10 +69,11 @@ def normalize_email(raw: str) -> str:
 
 
 def clean_name(name: str | None) -> str:
-    name = one_line(name or "")
-    if len(name) > MAX_NAME:
-        raise AudienceError(f"name is longer than {MAX_NAME} characters")
-    return name
+    """A name that passes mailer.names' rules, normalised; AudienceError ("name: why") otherwise."""
+    try:
+        return names.check(name)
+    except names.NotAName as exc:
+        raise AudienceError(f"name: {exc}") from None
 
 
 def find_contact(session: Session, email: str) -> Contact | None:
@@ -119,6 +121,7 @@ def record_consent(
     now: dt.datetime,
     wording: str = "",
     request: RequestInfo | None = None,
+    published_wording: str | None = None,
 ) -> ConsentEvent:
     """Append one ledger entry. The ledger is never edited."""
     event = ConsentEvent(
@@ -127,6 +130,7 @@ def record_consent(
         action=action,
         source=one_line(source)[:200] or "unknown",
         wording=wording,
+        published_wording=published_wording,
         ip=request.ip if request else None,
         user_agent=(request.user_agent or "")[:500] if request else None,
         created_at=now,
@@ -150,9 +154,9 @@ def suppression_for(session: Session, secret: str, contact: Contact | None = Non
 
 def suppress(
     session: Session, secret: str, contact: Contact, reason: str, now: dt.datetime, detail: str = "",
-    evidence_id: int | None = None,
+    evidence_id: int | None = None, *, actor: str = access_log.SYSTEM,
 ) -> Suppression:
-    """Put the contact on the suppression list (idempotent: the first reason stays).
+    """Put the contact on the suppression list (idempotent: the first reason stays); the access log says who.
 
     `evidence_id` is the bounce event (the report or reply) a bounce or complaint suppression stands on.
     """
@@ -166,6 +170,8 @@ def suppress(
     session.add(row)
     stop_enrollments(session, contact.id, "suppressed", now)
     session.flush()
+    access_log.record(session, actor=actor, action=access_log.SUPPRESSED, now=now, contact_id=contact.id,
+                      detail=reason)
     log.info("contact %s suppressed: %s", contact.id, reason)
     return row
 
@@ -293,9 +299,10 @@ def set_topics(session: Session, contact: Contact, wanted: set[str], *, source: 
 
 
 def grant_followups(session: Session, contact: Contact, *, source: str, wording: str, now: dt.datetime,
-                    request: RequestInfo | None = None) -> ConsentEvent:
+                    request: RequestInfo | None = None, published_wording: str | None = None) -> ConsentEvent:
+    """Consent to follow-ups: `wording` as the form sent it, `published_wording` as the clinic configured it."""
     event = record_consent(session, contact, FOLLOWUPS, "granted", source=source, wording=wording,
-                           request=request, now=now)
+                           request=request, now=now, published_wording=published_wording)
     contact.followups_consent = True
     return event
 
@@ -340,8 +347,22 @@ def unsubscribe_all(session: Session, secret: str, contact: Contact, *, source: 
     return changed
 
 
-def erase(session: Session, secret: str, contact: Contact, now: dt.datetime) -> None:
-    """Erasure: delete the person and everything about them; keep only a keyed hash so they stay unmailed."""
+def not_me(session: Session, secret: str, contact: Contact, *, now: dt.datetime,
+           request: RequestInfo | None = None) -> bool:
+    """The address's owner says they never contacted the clinic: everything stops at once (follow-ups
+    marked "not_me" for staff, every topic and consent withdrawn on the ledger with the source
+    "not-me-link", the address suppressed). Repeat-safe; True when something changed."""
+    stopped = stop_enrollments(session, contact.id, "not_me", now)
+    changed = unsubscribe_all(session, secret, contact, source="not-me-link", now=now, request=request)
+    return bool(stopped) or changed
+
+
+def erase(session: Session, secret: str, contact: Contact, now: dt.datetime, *, actor: str = access_log.SYSTEM) -> None:
+    """Erasure: delete the person and everything about them; keep only a keyed hash so they stay unmailed.
+
+    The access log keeps that the contact id was erased, and by whom (ids only, never the address).
+    """
+    access_log.record(session, actor=actor, action=access_log.ERASED, now=now, contact_id=contact.id)
     hashed = email_hash(secret, contact.email)
     row = session.scalar(select(Suppression).where(Suppression.email_hash == hashed))
     if row is None:
@@ -360,6 +381,44 @@ def erase(session: Session, secret: str, contact: Contact, now: dt.datetime) -> 
     session.execute(delete(ConsentEvent).where(ConsentEvent.contact_id == contact.id))
     session.delete(contact)
     session.flush()
+
+
+def purge_unconfirmed(session: Session, pending_days: int, now: dt.datetime, batch: int = 500) -> int:
+    """Delete the people who signed up and never confirmed within `pending_days`, keeping nothing: the
+    contact (address, name), its pending subscriptions, its ledger entries (IP, user agent) and the
+    confirmation emails' outbox rows. Someone with anything else on file (an inquiry, a confirmed or
+    withdrawn topic, follow-up consent) is not touched. Returns how many people were deleted."""
+    from sqlalchemy import exists
+
+    from mailer.models import Inquiry
+
+    cutoff = now - dt.timedelta(days=pending_days)
+    not_pending = exists().where(Subscription.contact_id == Contact.id, Subscription.status != "pending")
+    recent = exists().where(Subscription.contact_id == Contact.id, Subscription.updated_at >= cutoff)
+    any_pending = exists().where(Subscription.contact_id == Contact.id)
+    other_ties = (exists().where(Inquiry.contact_id == Contact.id)
+                  | exists().where(Enrollment.contact_id == Contact.id))
+    purged = 0
+    while True:
+        ids = list(session.scalars(
+            select(Contact.id).where(Contact.created_at < cutoff, Contact.followups_consent.is_(False), any_pending,
+                                     ~not_pending, ~recent, ~other_ties).order_by(Contact.id).limit(batch)
+        ))
+        if not ids:
+            break
+        session.execute(delete(OutboxMessage).where(OutboxMessage.contact_id.in_(ids), OutboxMessage.kind == "confirm")
+                        .execution_options(synchronize_session=False))
+        session.execute(update(OutboxMessage).where(OutboxMessage.contact_id.in_(ids))
+                        .values(last_error=None, message_id=None).execution_options(synchronize_session=False))
+        session.execute(delete(ConsentEvent).where(ConsentEvent.contact_id.in_(ids))
+                        .execution_options(synchronize_session=False))
+        session.execute(delete(Subscription).where(Subscription.contact_id.in_(ids))
+                        .execution_options(synchronize_session=False))
+        session.execute(delete(Contact).where(Contact.id.in_(ids)).execution_options(synchronize_session=False))
+        purged += len(ids)
+    if purged:
+        log.info("%d unconfirmed sign-ups older than %d days deleted", purged, pending_days)
+    return purged
 
 
 SUBSCRIBER_COLUMNS = ("email", "name", "topics", "consent_source", "consented_at")
@@ -402,7 +461,7 @@ def export_contact(session: Session, email: str) -> dict[str, object]:
         "suppression": {"reason": suppression.reason, "since": suppression.created_at.isoformat()} if suppression else None,
         "consent_ledger": [
             {"id": e.id, "purpose": e.purpose, "action": e.action, "source": e.source, "wording": e.wording,
-             "ip": e.ip, "user_agent": e.user_agent, "at": e.created_at.isoformat()} for e in ledger
+             "published_wording": e.published_wording, "ip": e.ip, "user_agent": e.user_agent, "at": e.created_at.isoformat()} for e in ledger
         ],
         "inquiries": [
             {"id": i.id, "received_at": i.received_at.isoformat(), "source": i.source, "consent": i.consent,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import os
 import re
 import secrets
@@ -167,6 +168,8 @@ class Newsletter(_Section):
     welcome: bool = True
     # Extra addresses the campaign page may send a test to, besides staff logins' own.
     test_addresses: list[str] = Field(default_factory=list, max_length=5)
+    pending_days: int = Field(default=30, ge=1)
+    four_eyes: bool = False
 
     @field_validator("test_addresses")
     @classmethod
@@ -177,6 +180,29 @@ class Newsletter(_Section):
         if len({address.lower() for address in value}) != len(value):
             raise ValueError("an address is listed twice")
         return value
+
+
+DEFAULT_SENSITIVE_WORDS = ("ketamine", "depression", "anxiety", "ptsd", "therapy session", "psychotherapy",
+                           "diagnosis", "treatment", "medication", "trauma", "suicidal")
+
+
+def _check_digest_wording(value: str) -> str:
+    try:
+        value.format(clinic="Clinic", count=2)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"only {{clinic}} and {{count}} can be filled in, got {value!r}") from exc
+    return value
+
+
+DigestWording = Annotated[str, AfterValidator(_check_digest_wording)]
+
+
+class Privacy(_Section):
+    """The guard on every subject and preheader (mailer.privacy)."""
+
+    sensitive_words: list[str] = Field(default_factory=lambda: list(DEFAULT_SENSITIVE_WORDS))
+    neutral_subject: DigestWording = "{clinic}: {count} new article(s) on our blog"
+    neutral_preheader: DigestWording = "New on our blog: {count} article(s) to read when it suits you."
 
 
 class FollowupStep(_Section):
@@ -220,7 +246,10 @@ class Followups(_Section):
     consent_valid_days: int = Field(default=180, ge=1)
     retention_days: int = Field(default=365, ge=1)
     duplicate_window: Duration = "PT24H"
-    sensitive_words: list[str] = Field(default_factory=list)
+    restart_after: Duration = "P90D"
+    consent_wording: str = ""
+    # Deprecated: read into privacy.sensitive_words (see load()).
+    sensitive_words: list[str] | None = None
     # The default sequence's steps, as before several sequences existed.
     steps: list[FollowupStep] = Field(default_factory=list)
     sequences: list[FollowupSequence] = Field(default_factory=list)
@@ -299,6 +328,18 @@ class Web(_Section):
     metrics: bool = False
     # Largest CSV file the staff pages' subscriber import accepts, in bytes.
     max_import_bytes: int = Field(default=30_000_000, ge=1024)
+    intake_per_client_per_hour: int = Field(default=30, ge=1)
+    trusted_proxies: list[str] = Field(default_factory=list)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"not an IP address or CIDR: {item!r}") from None
+        return value
 
     @field_validator("base_url")
     @classmethod
@@ -392,6 +433,7 @@ class Settings(_Section):
     replies: Replies = Replies()
     archive: Archive = Archive()
     notify: Notify = Notify()
+    privacy: Privacy = Privacy()
     paths: Paths = Paths()
     # Secrets: from the environment only (see load()).
     secret_key: str = Field(default="", repr=False)
@@ -399,6 +441,8 @@ class Settings(_Section):
     dkim_private_key: str = Field(default="", repr=False)
     imap_password: str = Field(default="", repr=False)
     replies_imap_password: str = Field(default="", repr=False)
+    # True when MAILER_SECRET_KEY was not set and the key kept under var/ is used (development only).
+    development_secret: bool = False
     source: str = ""
 
     @field_validator("topics")
@@ -571,12 +615,24 @@ def load(path: Path | str | None = None, environ: dict[str, str] | None = None) 
             ConfigWarning,
             stacklevel=2,
         )
+    if settings.followups.sensitive_words is not None:
+        privacy_raw = raw.get("privacy") if isinstance(raw.get("privacy"), dict) else {}
+        if "sensitive_words" in privacy_raw:
+            raise ConfigError(f"{path}: followups.sensitive_words: moved to privacy.sensitive_words, which is "
+                              "also set; remove the old key")
+        # The old key keeps working for one upgrade, so a service does not stop over its config at restart.
+        warnings.warn(f"{path}: followups.sensitive_words is deprecated; rename it to privacy.sensitive_words "
+                      "(it now guards every email's subject and preheader)", ConfigWarning, stacklevel=2)
+        settings = settings.model_copy(update={
+            "privacy": settings.privacy.model_copy(update={"sensitive_words": settings.followups.sensitive_words}),
+            "followups": settings.followups.model_copy(update={"sensitive_words": None}),
+        })
     for sequence in settings.followups.all_sequences:
         where = "steps" if sequence.name == DEFAULT_SEQUENCE and settings.followups.steps else \
             f"sequences[{sequence.name}].steps"
         for step in sequence.steps:
             shown = f"{step.subject} {step.preheader}"
-            words = [w for w in settings.followups.sensitive_words if re.search(rf"\b{re.escape(w)}\b", shown, re.I)]
+            words = [w for w in settings.privacy.sensitive_words if re.search(rf"\b{re.escape(w)}\b", shown, re.I)]
             if words:
                 warnings.warn(
                     f"{path}: followups.{where}[{step.template}] subject or preheader names {', '.join(words)}: "
@@ -585,7 +641,8 @@ def load(path: Path | str | None = None, environ: dict[str, str] | None = None) 
                     stacklevel=2,
                 )
     if not settings.secret_key:
-        settings = settings.model_copy(update={"secret_key": development_secret(settings.var_dir)})
+        settings = settings.model_copy(update={"secret_key": development_secret(settings.var_dir),
+                                               "development_secret": True})
     return settings
 
 
@@ -599,7 +656,9 @@ def development_secret(var_dir: Path) -> str:
     try:
         return key_file.read_text().strip()
     except FileNotFoundError:
-        var_dir.mkdir(parents=True, exist_ok=True)
+        from mailer import files
+
+        files.private_dir(var_dir)
         key = secrets.token_urlsafe(48)
         fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:

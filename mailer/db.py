@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import threading
 import weakref
@@ -14,6 +15,10 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from mailer import files
+
+log = logging.getLogger("mailer.db")
+
 SQLITE_BUSY_TIMEOUT_MS = 15_000
 
 
@@ -23,7 +28,7 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
         if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+            _private_database(Path(database))
         engine = create_engine(
             url,
             pool_size=pool_size,
@@ -41,6 +46,8 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA synchronous=NORMAL")
+            # Deleted rows are overwritten with zeros, not left in free space: erasure must reach the file.
+            cursor.execute("PRAGMA secure_delete=ON")
             cursor.close()
 
         @event.listens_for(engine, "begin")
@@ -55,6 +62,35 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
 
         return engine
     return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, hide_parameters=True)
+
+
+def _private_database(database: Path) -> None:
+    """The database's folder 0700 and the file 0600 before SQLite opens it: SQLite then makes its -wal
+    and -shm files with the database file's own mode, so none of them is ever readable by others.
+    Files an older version left readable are made private."""
+    files.private_dir(database.parent)
+    if not database.exists():
+        try:
+            os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, files.FILE_MODE))  # an empty file is an empty database
+        except FileExistsError:  # another process made it a moment ago
+            pass
+    for suffix in ("", "-wal", "-shm", "-writers"):
+        files.tighten(f"{database}{suffix}")
+
+
+def after_erasure(engine: Engine) -> bool:
+    """After an erasure has committed: on SQLite, copy the write-ahead log into the database and empty it
+    (wal_checkpoint(TRUNCATE)), so the erased rows' old pages do not stay in the -wal file. True when the
+    log was emptied (False on PostgreSQL, or when a reader held it: the next checkpoint catches up)."""
+    if engine.dialect.name != "sqlite":
+        return False
+    with engine.connect() as connection:
+        connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+        busy, _log, _done = connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").one()
+    if busy:
+        log.warning("after an erasure the SQLite write-ahead log could not be emptied (a reader held it); "
+                    "it is emptied at the next checkpoint")
+    return not busy
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

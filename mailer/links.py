@@ -15,7 +15,7 @@ import hmac
 import re
 from dataclasses import dataclass
 
-PURPOSES = ("unsubscribe", "preferences", "confirm")
+PURPOSES = ("unsubscribe", "preferences", "confirm", "not-me")
 _TOKEN = re.compile(r"^([0-9]{1,19})(?:\.([0-9]{1,12}))?\.([A-Za-z0-9_-]{22})$")
 
 
@@ -82,6 +82,10 @@ class Links:
 
     def confirm(self, contact_id: int, link_key: str, issued: dt.datetime) -> str:
         return f"{self.base_url}/confirm/{make_token(self.secret, 'confirm', contact_id, link_key, issued)}"
+
+    def not_me(self, contact_id: int, link_key: str) -> str:
+        """"Didn't contact us? Let us know": stops everything for the address (the first follow-up carries it)."""
+        return f"{self.base_url}/not-me/{make_token(self.secret, 'not-me', contact_id, link_key)}"
 
 
 def email_hash(secret: str, normalized_email: str) -> str:

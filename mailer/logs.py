@@ -5,9 +5,18 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 import sys
 
 _STANDARD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+# Anything shaped like an address (a relay's "<jane@example.com>: Recipient address rejected").
+_ADDRESS = re.compile(r"[^\s<>()\[\]{}@,;:\"']+@[^\s<>()\[\]{}@,;:\"']+")
+
+
+def redact_addresses(text: str) -> str:
+    """Text for a log line with every email address replaced by "[address]": relays quote the recipient's
+    address in their replies, and logs travel further than the database (the outbox row keeps it whole)."""
+    return _ADDRESS.sub("[address]", text) if "@" in text else text
 
 
 class JsonFormatter(logging.Formatter):

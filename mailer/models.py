@@ -117,6 +117,9 @@ class Campaign(Base):
     created_at: Mapped[dt.datetime]
     approved_at: Mapped[dt.datetime | None]
     approved_by: Mapped[str | None] = mapped_column(String(320))
+    # Who wrote a one-off and who last edited it: with newsletter.four_eyes, neither may approve it.
+    created_by: Mapped[str | None] = mapped_column(String(320))
+    edited_by: Mapped[str | None] = mapped_column(String(320))
     # When an approved campaign may be enqueued (None: at once).
     send_after: Mapped[dt.datetime | None]
     enqueued_at: Mapped[dt.datetime | None]
@@ -188,6 +191,9 @@ class ConsentEvent(Base):
     action: Mapped[str] = mapped_column(String(20))
     source: Mapped[str] = mapped_column(String(200))
     wording: Mapped[str] = mapped_column(Text, default="")
+    # The wording the clinic itself published for this purpose when the grant came from another party's
+    # form (the intake API): `wording` is what that form says it showed, this is what the clinic configured.
+    published_wording: Mapped[str | None] = mapped_column(Text)
     ip: Mapped[str | None] = mapped_column(String(64))
     user_agent: Mapped[str | None] = mapped_column(String(500))
     created_at: Mapped[dt.datetime]
@@ -405,8 +411,12 @@ class StaffNotice(Base):
 # --- staff, scheduler ----------------------------------------------------------------------------
 
 
+STAFF_ROLES = ("admin", "marketing", "frontdesk")
+
+
 class StaffUser(Base):
     __tablename__ = "staff_users"
+    __table_args__ = (CheckConstraint("role IN ('admin','marketing','frontdesk')", name="role"),)
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     email: Mapped[str] = mapped_column(String(320), unique=True)
@@ -415,6 +425,43 @@ class StaffUser(Base):
     last_login_at: Mapped[dt.datetime | None]
     failed_logins: Mapped[int] = mapped_column(Integer, default=0)
     locked_until: Mapped[dt.datetime | None]
+    role: Mapped[str] = mapped_column(String(20), default="admin")
+    # Every session carries the version it was opened with; raising it (logout, a new password, disabling)
+    # ends all of the account's sessions at once, wherever their cookies are.
+    session_version: Mapped[int] = mapped_column(Integer, default=0)
+    disabled_at: Mapped[dt.datetime | None]
+
+
+class AccessEntry(Base):
+    """The access log: who saw an inquiry's message, and who suppressed, erased, approved or changed a role.
+
+    Append-only: database triggers refuse UPDATE and DELETE. It holds ids and staff addresses only,
+    never a contact's address or an inquiry's words, and has no foreign keys so it outlives what it names.
+    """
+
+    __tablename__ = "access_log"
+    __table_args__ = (Index("ix_access_log_inquiry", "inquiry_id", "at"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(index=True)
+    actor: Mapped[str] = mapped_column(String(320))
+    action: Mapped[str] = mapped_column(String(40))
+    inquiry_id: Mapped[int | None] = mapped_column(BigInteger)
+    contact_id: Mapped[int | None] = mapped_column(BigInteger)
+    campaign_id: Mapped[int | None] = mapped_column(BigInteger)
+    staff_id: Mapped[int | None] = mapped_column(BigInteger)
+    detail: Mapped[str] = mapped_column(String(300), default="")
+
+
+class IntakeKey(Base):
+    """An Idempotency-Key seen on the intake API (as a keyed hash) and the answer its first request got."""
+
+    __tablename__ = "intake_keys"
+
+    key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(index=True)
+    status: Mapped[int] = mapped_column(Integer)
+    answer: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
 class SubscriberImport(Base):
@@ -499,6 +546,7 @@ class RateEvent(Base):
 
 __all__ = [
     "BOUNCE_VERDICTS",
+    "AccessEntry",
     "Base",
     "BounceEvent",
     "Campaign",
@@ -508,6 +556,7 @@ __all__ = [
     "FeedState",
     "HandledMessage",
     "Inquiry",
+    "IntakeKey",
     "JobRun",
     "Lease",
     "MailboxCursor",

@@ -42,7 +42,7 @@ log = logging.getLogger("mailer.scheduler")
 
 NIGHTLY = "nightly_newsletter"
 CATCH_UP = "nightly_newsletter_catch_up"
-HOUSEKEEPING_AT = dt.time(3, 30)
+HOUSEKEEPING_AT = dt.time(3, 30)  # jobs.housekeeping.AT
 
 
 class DailyAt(BaseTrigger):

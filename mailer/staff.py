@@ -1,4 +1,4 @@
-"""Staff accounts: argon2 password hashes, login checks, and the lockout after repeated failures."""
+"""Staff accounts: roles, argon2 password hashes, login checks, the lockout, and ending every session."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from mailer import audience
-from mailer.models import StaffUser
+from mailer import access_log, audience
+from mailer.models import STAFF_ROLES, StaffUser
 
 log = logging.getLogger("mailer.staff")
 
@@ -47,42 +47,110 @@ def check_password_rules(password: str) -> None:
         raise StaffError(f"the password must be at most {MAX_PASSWORD} characters long")
 
 
-def create(session: Session, email: str, password: str, now: dt.datetime) -> StaffUser:
-    """A new staff account; StaffError for a bad address, a weak password or an existing account."""
+def check_role(role: str) -> str:
+    """StaffError unless `role` is one of admin, marketing, frontdesk."""
+    if role not in STAFF_ROLES:
+        raise StaffError(f"unknown role {role!r} (roles: {', '.join(STAFF_ROLES)})")
+    return role
+
+
+def _address(email: str) -> str:
     try:
-        address = audience.normalize_email(email)
+        return audience.normalize_email(email)
     except audience.AudienceError as exc:
         raise StaffError(str(exc)) from None
+
+
+def _existing(session: Session, email: str) -> StaffUser:
+    address = _address(email)
+    user = find(session, address)
+    if user is None:
+        raise StaffError(f"no staff account for {address}")
+    return user
+
+
+def create(session: Session, email: str, password: str, now: dt.datetime, *, role: str = "admin",
+           actor: str = access_log.SYSTEM) -> StaffUser:
+    """A new staff account; StaffError for a bad address or role, a weak password or an existing account."""
+    address = _address(email)
+    check_role(role)
     check_password_rules(password)
     if find(session, address) is not None:
         raise StaffError(f"a staff account for {address} already exists")
     user = StaffUser(email=address, password_hash=HASHER.hash(password), created_at=now, last_login_at=None,
-                     failed_logins=0, locked_until=None)
+                     failed_logins=0, locked_until=None, role=role, session_version=0, disabled_at=None)
     try:
         with session.begin_nested():
             session.add(user)
             session.flush()
     except IntegrityError:  # created by someone else a moment ago
         raise StaffError(f"a staff account for {address} already exists") from None
-    log.info("staff account %s created", user.id)
+    access_log.record(session, actor=actor, action=access_log.STAFF_ADDED, now=now, staff_id=user.id,
+                      detail=f"role {role}")
+    log.info("staff account %s created (%s)", user.id, role)
     return user
+
+
+def end_sessions(user: StaffUser) -> None:
+    """Every session of this account ends at its next request, on every computer."""
+    user.session_version = (user.session_version or 0) + 1
 
 
 def set_password(session: Session, email: str, password: str) -> StaffUser:
     """A new password for an existing account; it also lifts a lockout and ends the account's sessions."""
-    try:
-        address = audience.normalize_email(email)
-    except audience.AudienceError as exc:
-        raise StaffError(str(exc)) from None
+    user = _existing(session, email)
     check_password_rules(password)
-    user = find(session, address)
-    if user is None:
-        raise StaffError(f"no staff account for {address}")
     user.password_hash = HASHER.hash(password)
     user.failed_logins = 0
     user.locked_until = None
+    end_sessions(user)
     log.info("staff account %s: password changed", user.id)
     return user
+
+
+def set_role(session: Session, email: str, role: str, now: dt.datetime, *, actor: str) -> tuple[StaffUser, str]:
+    """Give an account another role (its sessions end, so no page opened under the old role stays usable).
+    Returns the account and its previous role."""
+    user = _existing(session, email)
+    check_role(role)
+    before = user.role
+    if before != role:
+        user.role = role
+        end_sessions(user)
+        access_log.record(session, actor=actor, action=access_log.ROLE_CHANGED, now=now, staff_id=user.id,
+                          detail=f"{before} -> {role}")
+        log.info("staff account %s: role %s -> %s", user.id, before, role)
+    return user, before
+
+
+def disable(session: Session, email: str, now: dt.datetime, *, actor: str) -> tuple[StaffUser, bool]:
+    """No more logins for this account, and every open session of it ends now. Returns (account, changed)."""
+    user = _existing(session, email)
+    changed = user.disabled_at is None
+    if changed:
+        user.disabled_at = now
+        access_log.record(session, actor=actor, action=access_log.STAFF_DISABLED, now=now, staff_id=user.id)
+        log.info("staff account %s disabled", user.id)
+    end_sessions(user)  # also for an account disabled before: a repeat must never leave a session open
+    return user, changed
+
+
+def enable(session: Session, email: str, now: dt.datetime, *, actor: str) -> tuple[StaffUser, bool]:
+    """Let a disabled account log in again (with its password as it was). Returns (account, changed)."""
+    user = _existing(session, email)
+    changed = user.disabled_at is not None
+    if changed:
+        user.disabled_at = None
+        user.failed_logins = 0
+        user.locked_until = None
+        access_log.record(session, actor=actor, action=access_log.STAFF_ENABLED, now=now, staff_id=user.id)
+        log.info("staff account %s enabled", user.id)
+    return user, changed
+
+
+def listing(session: Session) -> list[StaffUser]:
+    """Every staff account, by address."""
+    return list(session.scalars(select(StaffUser).order_by(StaffUser.email)))
 
 
 def find(session: Session, email: str) -> StaffUser | None:
@@ -114,6 +182,9 @@ def authenticate(session: Session, email: str, password: str, now: dt.datetime) 
         log.warning("failed staff login: unknown account")
         return None
     matches = _verify(user.password_hash, password)
+    if user.disabled_at is not None:
+        log.warning("refused staff login: account %s is disabled", user.id)
+        return None
     if user.locked_until is not None and user.locked_until > now:
         # Not counted: attempts during a lock must not extend it (that would let anyone keep staff out).
         log.warning("refused staff login: account %s is locked", user.id)

@@ -777,8 +777,11 @@ def test_erase_needs_the_address_typed(staff_client: FlaskClient, runtime: Runti
 
 def test_html_in_names_and_subjects_is_escaped(staff_client: FlaskClient, runtime: Runtime) -> None:
     evil = '<script>alert("x")</script><img src=x onerror=alert(1)>'
-    contact_id = add_subscriber(runtime, "evil@example.com", name=evil[:60])
-    add_inquiry(runtime, email="evil2@example.com", name=evil[:60], message=evil)
+    contact_id = add_subscriber(runtime, "evil@example.com", name="Evan")
+    add_inquiry(runtime, email="evil2@example.com", name="Evan", message=evil)
+    with runtime.sessions.begin() as session:  # names stored before they had rules (forms refuse these now)
+        session.get(Contact, contact_id).name = evil[:60]
+        session.execute(update(Inquiry).values(name=evil[:60]))
     with runtime.sessions.begin() as session:
         campaign_id = campaigns.create_oneoff(session, runtime.settings, topic="events", subject=evil,
                                               body_markdown=evil, intro=evil, now=runtime.clock()).id
@@ -818,9 +821,9 @@ def staff_cli(config_path: Path, environ: dict[str, str], *args: str, password: 
 
 
 def test_staff_add_creates_an_argon2_login(config_path: Path, environ: dict[str, str], runtime: Runtime) -> None:
-    result = staff_cli(config_path, environ, "add", "Rosa@TherapyCentral.example", password="a long passphrase!")
+    result = staff_cli(config_path, environ, "add", "Rosa@TherapyCentral.example", "--role", "admin", password="a long passphrase!")
     assert result.exit_code == 0, result.output
-    assert "Staff login rosa@therapycentral.example created." in result.output
+    assert "Staff login rosa@therapycentral.example created with the role admin." in result.output
     with runtime.sessions() as session:
         user = session.scalar(select(StaffUser))
         assert user.email == "rosa@therapycentral.example" and user.password_hash.startswith("$argon2id$")
@@ -828,7 +831,7 @@ def test_staff_add_creates_an_argon2_login(config_path: Path, environ: dict[str,
     client = create_app(runtime).test_client()
     assert log_in(client, "rosa@therapycentral.example", "a long passphrase!").status_code == 303
 
-    again = staff_cli(config_path, environ, "add", "rosa@therapycentral.example", password="another passphrase")
+    again = staff_cli(config_path, environ, "add", "rosa@therapycentral.example", "--role", "admin", password="another passphrase")
     assert again.exit_code == 1
     assert again.output == "mailer: error: a staff account for rosa@therapycentral.example already exists\n"
 
@@ -841,7 +844,7 @@ def test_staff_add_creates_an_argon2_login(config_path: Path, environ: dict[str,
 ])
 def test_staff_add_errors_are_one_line(config_path: Path, environ: dict[str, str], runtime: Runtime,
                                        email: str, password: str | None, error: str) -> None:
-    result = staff_cli(config_path, environ, "add", email, password=password)
+    result = staff_cli(config_path, environ, "add", email, "--role", "marketing", password=password)
     assert result.exit_code == 1
     assert result.output.startswith(f"mailer: error: {error}") and result.output.count("\n") == 1
     assert "Traceback" not in result.output

@@ -587,7 +587,7 @@ def test_status_rows_show_the_sequence_and_never_the_message(settings: Settings,
 
 
 def _sensitive(settings: Settings, text: str) -> list[str]:
-    return [word for word in settings.followups.sensitive_words if re.search(rf"\b{re.escape(word)}\b", text, re.I)]
+    return [word for word in settings.privacy.sensitive_words if re.search(rf"\b{re.escape(word)}\b", text, re.I)]
 
 
 def test_every_step_renders_without_sensitive_words_or_tracking(plain_settings: Settings) -> None:

@@ -15,7 +15,18 @@ from pathlib import Path
 import click
 
 from mailer import audience, config
-from mailer.cli.context import Context, LazyGroup, UserError, friendly, parse_instant, pass_ctx, setup_logging
+from mailer.cli.context import (
+    ALLOW_DEV_SECRET,
+    Context,
+    LazyGroup,
+    UserError,
+    cli_actor,
+    friendly,
+    parse_instant,
+    pass_ctx,
+    refuse_development_secret,
+    setup_logging,
+)
 from mailer.outbound import outbox
 from mailer.publishing import campaigns
 
@@ -26,10 +37,10 @@ log = logging.getLogger("mailer.cli")
 
 @click.group(
     cls=LazyGroup,
-    lazy_subcommands={"bounces": "mailer.cli.bounces:bounces", "replies": "mailer.cli.replies:replies",
-                      "serve": "mailer.cli.serve:serve", "staff": "mailer.cli.staff:staff",
-                      "templates": "mailer.cli.templates:templates", "doctor": "mailer.cli.doctor:doctor",
-                      "backup": "mailer.cli.backup:backup"},
+    lazy_subcommands={"audit": "mailer.cli.audit:audit", "backup": "mailer.cli.backup:backup",
+                      "bounces": "mailer.cli.bounces:bounces", "doctor": "mailer.cli.doctor:doctor",
+                      "replies": "mailer.cli.replies:replies", "serve": "mailer.cli.serve:serve",
+                      "staff": "mailer.cli.staff:staff", "templates": "mailer.cli.templates:templates"},
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -88,7 +99,7 @@ def ingest(ctx: Context) -> None:
     """Pull the blog feed now and store new posts."""
     from mailer.publishing import feeds
 
-    result = feeds.ingest_with(ctx.runtime.sessions, ctx.settings.feed, ctx.now())
+    result = feeds.ingest_with(ctx.runtime.sessions, ctx.settings.feed, ctx.now(), website=ctx.settings.clinic.website)
     if result.not_modified:
         click.echo("Feed not modified since the last pull: 0 new posts.")
     else:
@@ -116,15 +127,27 @@ def tick(ctx: Context, at: str | None) -> None:
         counts = jobs.run_job(ctx.runtime, job_id, now)
         summary = ", ".join(f"{k} {v}" for k, v in counts.items())
         click.echo(f"{job_id}: {summary or 'done'}")
+    _tick_daily_housekeeping(ctx, now)
+
+
+def _tick_daily_housekeeping(ctx: Context, now: dt.datetime) -> None:
+    """Housekeeping runs once a day (03:30 clinic time); a tick runs it when the scheduler would have."""
+    import jobs
+    from jobs import housekeeping
+
+    if housekeeping.is_due(ctx.runtime, now):
+        counts = jobs.run_job(ctx.runtime, "housekeeping", now)
+        click.echo("housekeeping: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
 @main.command()
 @click.option("--dry-run", is_flag=True, help="Show what would be sent; send nothing.")
 @click.option("--processes", type=click.IntRange(1, 32), default=None,
               help="Worker processes sharing the connections (default: delivery.processes).")
+@ALLOW_DEV_SECRET
 @pass_ctx
 @friendly
-def send(ctx: Context, dry_run: bool, processes: int | None) -> None:
+def send(ctx: Context, dry_run: bool, processes: int | None, allow_dev_secret: bool) -> None:
     """Hand every due outbox message to the transport now (SMTP or .eml files)."""
     import contextlib
     import gc
@@ -137,6 +160,8 @@ def send(ctx: Context, dry_run: bool, processes: int | None) -> None:
     from mailer.stopping import StopRequest
 
     runtime = ctx.runtime
+    if not dry_run:
+        refuse_development_secret(runtime.settings, allow_dev_secret)
     now = ctx.now()
     if dry_run:
         with runtime.sessions() as session:
@@ -319,7 +344,7 @@ def campaigns_new(ctx: Context, topic: str, subject: str, body_file: io.TextIOBa
     body = body_file.read().replace("\r\n", "\n").replace("\r", "\n")
     with ctx.runtime.sessions.begin() as session:
         campaign = campaigns.create_oneoff(session, ctx.settings, topic=topic, subject=subject, body_markdown=body,
-                                           preheader=preheader, now=ctx.now())
+                                           preheader=preheader, now=ctx.now(), by=cli_actor())
         campaign_id = campaign.id
     click.echo(campaign_id)
 
@@ -337,14 +362,15 @@ def campaigns_approve(ctx: Context, campaign_id: int, at: str | None) -> None:
 
     zone = ctx.settings.zone
     now = ctx.now()
-    by = os.environ.get("USER", "cli")
+    by = cli_actor()
+    four_eyes = ctx.settings.newsletter.four_eyes
     with ctx.runtime.sessions.begin() as session:
         campaign = campaigns.get(session, campaign_id)
         if at is None:
-            campaigns.approve(session, campaign, by=by, now=now)
+            campaigns.approve(session, campaign, by=by, now=now, four_eyes=four_eyes)
         else:
             send_at = schedules.future_send_time(at, zone, now)
-            campaigns.schedule(session, campaign, by=by, now=now, at=send_at)
+            campaigns.schedule(session, campaign, by=by, now=now, at=send_at, four_eyes=four_eyes)
     if at is None:
         click.echo(f"Campaign {campaign_id} approved; it goes out on the next delivery run.")
     else:
@@ -493,7 +519,10 @@ def contacts_erase(ctx: Context, email: str, yes: bool) -> None:
             raise UserError(f"no contact with address {audience.normalize_email(email)}")
         if not yes and sys.stdin.isatty():
             click.confirm(f"Erase {contact.email} and everything about them?", abort=True)
-        audience.erase(session, ctx.settings.secret_key, contact, ctx.now())
+        audience.erase(session, ctx.settings.secret_key, contact, ctx.now(), actor=cli_actor())
+    from mailer import db
+
+    db.after_erasure(ctx.runtime.engine)
     click.echo("Erased. The address is kept only as a keyed hash on the suppression list.")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import getpass
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,28 @@ class Context:
 
 
 pass_ctx = click.make_pass_decorator(Context)
+
+
+ALLOW_DEV_SECRET = click.option(
+    "--allow-dev-secret", is_flag=True,
+    help="Start with SMTP delivery even though MAILER_SECRET_KEY is not set (a test relay, never production).")
+
+
+def refuse_development_secret(settings: config.Settings, allowed: bool) -> None:
+    """Real emails must not carry links signed with the throwaway key under var/: refuse to start."""
+    if settings.development_secret and settings.delivery.transport == "smtp" and not allowed:
+        raise UserError("MAILER_SECRET_KEY is not set: with SMTP delivery, links in real emails would be signed "
+                        "with the development key in var/secret.key; set MAILER_SECRET_KEY (or pass "
+                        "--allow-dev-secret for a test relay)")
+
+
+def cli_actor() -> str:
+    """Who acts from the shell, for the access log: the operating-system user, marked as such."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container)
+        user = "unknown"
+    return f"cli:{user}"
 
 
 def parse_instant(value: str, zone: Any) -> dt.datetime:

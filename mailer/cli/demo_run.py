@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from mailer import bundled, config, imports, jobs, schema
+from mailer import bundled, config, files, imports, jobs, schema
 from mailer.models import Campaign, Contact, Inquiry, OutboxMessage
 from mailer.publishing import previews
 from mailer.runtime import Runtime, fixed_clock
@@ -41,7 +41,7 @@ def demo_settings(config_path: Path | None, var_dir: Path) -> config.Settings:
 
 
 def run(config_path: Path | None, var_dir: Path, echo: Callable[[str], None] = print) -> dict[str, int]:
-    var_dir.mkdir(parents=True, exist_ok=True)
+    files.private_dir(var_dir)
     base = demo_settings(config_path, var_dir)
     outbox_dir = Path(base.delivery.outbox_dir)
     before = set(outbox_dir.glob("*.eml")) if outbox_dir.exists() else set()

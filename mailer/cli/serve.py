@@ -17,7 +17,15 @@ from waitress import wasyncore
 from waitress.trigger import trigger
 
 from mailer import db, schema
-from mailer.cli.context import Context, UserError, friendly, pass_ctx, setup_logging
+from mailer.cli.context import (
+    ALLOW_DEV_SECRET,
+    Context,
+    UserError,
+    friendly,
+    pass_ctx,
+    refuse_development_secret,
+    setup_logging,
+)
 from mailer.leader import DEFAULT_LEASE, LeaderLock, make_holder
 from mailer.runtime import Runtime
 from mailer.stopping import StopRequest
@@ -68,16 +76,25 @@ def _check_schema(runtime: Runtime) -> None:
         raise UserError(f"the database schema is at {current}, this version needs {head}; run `mailer init`")
 
 
+def make_web_server(app: Any, settings: Any, host: str, port: int, socket_map: dict) -> Any:
+    """waitress over the app. The body limit holds at the socket: waitress would otherwise buffer up to
+    1 GiB of a request before the app's own web.max_body_bytes check ever ran."""
+    return waitress.create_server(app, map=socket_map, host=host, port=port, threads=WEB_THREADS, ident="mailer",
+                                  max_request_body_size=settings.web.max_body_bytes)
+
+
 @click.command()
 @click.option("--host", default=None, help="Address to listen on (default: web.host in the config).")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port (default: web.port in the config).")
+@ALLOW_DEV_SECRET
 @pass_ctx
 @friendly
-def serve(ctx: Context, host: str | None, port: int | None) -> None:
+def serve(ctx: Context, host: str | None, port: int | None, allow_dev_secret: bool) -> None:
     """Web app and scheduler in one process; SIGTERM finishes the messages in flight and exits."""
     from mailer.scheduler import SchedulerService
     from mailer.web import create_app
 
+    refuse_development_secret(ctx.settings, allow_dev_secret)  # before anything starts
     stop_request = StopRequest()  # set by the signal handler, read by the loop below
     if threading.current_thread() is threading.main_thread():
         handler = stop_request.handler()
@@ -100,8 +117,7 @@ def serve(ctx: Context, host: str | None, port: int | None) -> None:
             raise UserError(f"web app: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from None
         socket_map: dict = {}
         try:
-            server = waitress.create_server(app, map=socket_map, host=host, port=port, threads=WEB_THREADS,
-                                            ident="mailer")
+            server = make_web_server(app, settings, host, port, socket_map)
         except OSError as exc:
             raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         # Our own wake-up pipe in the server's loop: how another thread closes it (see _close_server).

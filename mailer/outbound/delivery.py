@@ -28,14 +28,15 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailer import audience, db
+from mailer import audience, db, privacy
 from mailer.config import Settings, duration
 from mailer.links import Links
 from mailer.models import Campaign, Enrollment
+from mailer.names import greetable
 from mailer.outbound import notices, outbox
 from mailer.outbound.messages import make_message_id
 from mailer.outbound.transport import Envelope, SendResult, Transport
-from mailer.publishing.render import PreparedMessage, Recipient, Renderer, first_name
+from mailer.publishing.render import PreparedMessage, Recipient, Renderer
 from mailer.stopping import Stop, StopRequest
 
 log = logging.getLogger("mailer.delivery")
@@ -401,20 +402,18 @@ class Delivery:
             self.notice_to[row.id] = (notice.recipient, notice.recipient_hash)
             return notice.message
         if row.kind == "confirm":
-            return self.renderer.prepare(
-                "email/system/confirm",
-                subject=f"Please confirm your subscription to {self.settings.clinic.name}",
-                preheader="One click to confirm, and you are on the list.",
-                marketing=False,
-            )
+            subject = f"Please confirm your subscription to {self.settings.clinic.name}"
+            preheader = "One click to confirm, and you are on the list."
+            privacy.screen(self.settings, "confirmation", subject, preheader, automatic=False)
+            return self.renderer.prepare("email/system/confirm", subject=subject, preheader=preheader,
+                                         marketing=False)
         if row.kind == "welcome":
             archive_url = f"{self.settings.web.base_url}/archive" if self.settings.archive.enabled else None
-            return self.renderer.prepare(
-                "email/system/welcome",
-                subject=f"Welcome to {self.settings.clinic.name}",
-                preheader="You are on the list. Here is what to expect.",
-                archive_url=archive_url,
-            )
+            subject = f"Welcome to {self.settings.clinic.name}"
+            preheader = "You are on the list. Here is what to expect."
+            privacy.screen(self.settings, "welcome", subject, preheader, automatic=False)
+            return self.renderer.prepare("email/system/welcome", subject=subject, preheader=preheader,
+                                         archive_url=archive_url)
         raise LookupError(f"unknown message kind {row.kind!r}")
 
     def message_id(self, outbox_id: int) -> str:
@@ -428,15 +427,19 @@ class Delivery:
         prepared = self.prepared.get(self._key(row))
         if not isinstance(prepared, PreparedMessage):
             return _Job(row, None, None, None, reason=str(prepared or "not prepared"))
+        # Only a name that passes the rules greets the person or goes in To: (older rows may hold others).
+        name = greetable(row.name)
         values = {
-            "first_name": first_name(row.name or "") or "there",
+            "first_name": name.split()[0] if name else "there",
             "unsubscribe_url": self.links.unsubscribe(row.contact_id, row.link_key),
             "preferences_url": self.links.preferences(row.contact_id, row.link_key),
         }
         if row.kind == "confirm":
             values["confirm_url"] = self.links.confirm(row.contact_id, row.link_key, row.created_at)
+        elif row.kind == "followup" and not row.step:
+            values["not_me_url"] = self.links.not_me(row.contact_id, row.link_key)
         message_id = self.message_id(row.id)
-        data = prepared.build(Recipient(row.email, row.name or "", values, message_id), now)
+        data = prepared.build(Recipient(row.email, name, values, message_id), now)
         kind = recheck_kind(row.kind)
         params = {"contact_id": row.contact_id, "campaign_id": row.campaign_id or 0,
                   "enrollment_id": row.enrollment_id or 0}

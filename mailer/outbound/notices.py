@@ -109,7 +109,7 @@ class Notice:
 def _name(settings: Settings, *candidates: str | None) -> str:
     """The person's name as staff know it, or "someone"; a name holding a sensitive word is not shown."""
     name = next((one_line(c) for c in candidates if c and one_line(c)), "")
-    words = settings.followups.sensitive_words
+    words = settings.privacy.sensitive_words
     if not name or any(re.search(rf"\b{re.escape(w)}\b", name, re.I) for w in words):
         return "someone"
     return name[:80]

@@ -27,7 +27,9 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 import idna
 
+from mailer import files
 from mailer.config import SmtpUrl, parse_smtp_url
+from mailer.logs import redact_addresses
 
 if TYPE_CHECKING:
     from mailer.config import Dkim, Settings
@@ -462,7 +464,9 @@ class SMTPConnection:
             except _Failed as failed:  # raised only while one message is in flight
                 self._report(done, inflight.pop(0), failed.result)
             except Exception as exc:  # a bug or a surprise from a library: still never raise to the loop
-                log.exception("unexpected error sending %s", inflight[0][1].key or "a message")
+                # The exception's text may quote the recipient: its type and where it happened only.
+                log.error("unexpected %s sending %s", type(exc).__name__, inflight[0][1].key or "a message",
+                          exc_info=log.isEnabledFor(logging.DEBUG))
                 self._drop()
                 for index, item in enumerate(inflight):
                     dot = index == 0 and self._dot_sent
@@ -488,9 +492,10 @@ class SMTPConnection:
     def _report(done: Done, item: tuple[object, Envelope], result: SendResult) -> None:
         token, envelope = item
         if result.outcome == "sent":
-            log.debug("sent %s: %s", envelope.key, result.detail)
+            log.debug("sent %s: %s", envelope.key, redact_addresses(result.detail))
         else:
-            log.info("%s %s at %s: %s", result.outcome, envelope.key, result.stage or "-", result.detail)
+            log.info("%s %s at %s: %s", result.outcome, envelope.key, result.stage or "-",
+                     redact_addresses(result.detail))
         done(token, result)
 
     def _transaction(self, envelope: Envelope) -> _Tx | SendResult:
@@ -744,7 +749,7 @@ class SMTPConnection:
             detail = f"{where}: {_describe(exc, transport.timeout)}"
             if isinstance(exc, ssl.SSLCertVerificationError):
                 detail += " (nothing sent)"
-            log.warning("cannot open SMTP connection: %s", detail)
+            log.warning("cannot open SMTP connection: %s", redact_addresses(detail))
             raise _Failed(SendResult("temporary", None, detail, "connect")) from None
         if smtp.sock is not None:
             _kernel_timeouts(smtp.sock, transport.timeout)
@@ -765,7 +770,7 @@ class SMTPConnection:
         """Upgrade to TLS or give up: never fall back to sending in clear text."""
         if not smtp.has_extn("starttls"):
             detail = f"STARTTLS refused: {where} does not offer it (nothing sent in clear text)"
-            log.warning(detail)
+            log.warning(redact_addresses(detail))
             raise _Failed(SendResult("temporary", None, detail, "connect"))
         try:
             smtp.starttls(context=self._transport.tls_context)
@@ -774,7 +779,7 @@ class SMTPConnection:
             detail = (
                 f"STARTTLS refused by {where}: {code} {_text(exc.smtp_error)} (nothing sent in clear text)"
             )
-            log.warning(detail)
+            log.warning(redact_addresses(detail))
             raise _Failed(SendResult("temporary", code, detail, "connect")) from None
         self._hello(smtp, where)  # RFC 3207: forget what was said before TLS and ask again
 
@@ -789,7 +794,7 @@ class SMTPConnection:
             smtp.login(url.username, url.password or "")
         except smtplib.SMTPAuthenticationError as exc:
             detail = f"authentication failed for {url.username} at {where}: {exc.smtp_code} {_text(exc.smtp_error)}"
-            log.warning(detail)
+            log.warning(redact_addresses(detail))
             raise _Failed(SendResult("temporary", exc.smtp_code, detail, "connect")) from None
         except smtplib.SMTPNotSupportedError as exc:
             raise _Failed(SendResult("temporary", None, f"{where}: AUTH: {exc}", "connect")) from None
@@ -859,8 +864,8 @@ class FileConnection:
                 return SendResult("temporary", None, str(exc), "envelope")
         target = folder / _file_name(envelope.key, data)
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(dir=folder, prefix=".", suffix=".tmp")
+            files.private_dir(folder)
+            handle, temporary = tempfile.mkstemp(dir=folder, prefix=".", suffix=".tmp")  # 0600
             try:
                 with os.fdopen(handle, "wb") as file:
                     file.write(data)

@@ -10,6 +10,7 @@ from sqlalchemy import exists, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, object_session
 
+from mailer import access_log, privacy
 from mailer.config import Settings, hhmm
 from mailer.models import Campaign, OutboxMessage, Post
 from mailer.outbound import outbox
@@ -83,12 +84,17 @@ def make_newsletter(session: Session, settings: Settings, now: dt.datetime, *, g
     subject = settings.newsletter.subject.format(
         clinic=settings.clinic.name, first_title=posts[0].title, count=len(posts)
     )
+    # The preheader a digest would show: the first post's summary (Renderer.campaign_documents).
+    screened = privacy.screen(settings, "digest", one_line(subject), one_line(posts[0].summary or "")[:150],
+                              automatic=True, count=len(posts))
     campaign = Campaign(
         kind="newsletter",
         newsletter_date=local_date,
         topic=settings.newsletter.topic,
-        subject=one_line(subject)[:300],
-        preheader="",
+        subject=one_line(screened.subject)[:300],
+        preheader=one_line(screened.preheader)[:300] if screened.neutral else "",
+        note=(f"The subject and preheader made from the articles named {', '.join(screened.words)}, so the "
+              "neutral ones are used." if screened.neutral else ""),
         intro=settings.newsletter.intro,
         state="draft",
         created_at=now,
@@ -108,16 +114,18 @@ def make_newsletter(session: Session, settings: Settings, now: dt.datetime, *, g
 
 
 def create_oneoff(session: Session, settings: Settings, *, topic: str, subject: str, body_markdown: str,
-                  now: dt.datetime, preheader: str = "", intro: str = "") -> Campaign:
-    """A one-off draft to one topic: what the compose page and `mailer campaigns new` both make."""
+                  now: dt.datetime, preheader: str = "", intro: str = "", by: str | None = None) -> Campaign:
+    """A one-off draft to one topic: what the compose page and `mailer campaigns new` both make. `by` (who
+    wrote it) may not approve it when newsletter.four_eyes is on."""
     if topic not in settings.topics:
         raise CampaignError(f"unknown topic {topic!r} (topics: {', '.join(settings.topics)})")
     if not one_line(subject):
         raise CampaignError("a subject is required")
     if not body_markdown.strip():
         raise CampaignError("the body is empty")
+    privacy.screen(settings, "one-off", one_line(subject), one_line(preheader), automatic=False)
     campaign = Campaign(kind="oneoff", topic=topic, subject=one_line(subject)[:300], preheader=one_line(preheader)[:300],
-                        intro=intro, body_markdown=body_markdown, state="draft", created_at=now)
+                        intro=intro, body_markdown=body_markdown, state="draft", created_at=now, created_by=by)
     session.add(campaign)
     session.flush()
     return campaign
@@ -137,8 +145,10 @@ def is_scheduled(campaign: Campaign) -> bool:
 
 
 def edit(campaign: Campaign, *, subject: str | None = None, intro: str | None = None, preheader: str | None = None,
-         body_markdown: str | None = None) -> None:
-    """Change a draft, or a scheduled campaign until its time comes (it stays scheduled)."""
+         body_markdown: str | None = None, by: str | None = None, four_eyes: bool = False) -> None:
+    """Change a draft, or a scheduled campaign until its time comes (it stays scheduled). `by` is remembered
+    as its last editor (who then may not approve it under four-eyes); with `four_eyes`, an edited scheduled
+    one-off goes back to draft, since its approval was for other words."""
     if campaign.state == "approved" and campaign.send_after is not None:
         # The delivery run may be enqueuing it right now: wait for it, then look again.
         _lock(campaign)
@@ -155,21 +165,37 @@ def edit(campaign: Campaign, *, subject: str | None = None, intro: str | None = 
         campaign.preheader = one_line(preheader)[:300]
     if body_markdown is not None:
         campaign.body_markdown = body_markdown
+    if by is not None:
+        campaign.edited_by = by
+    if four_eyes and campaign.kind == "oneoff" and is_scheduled(campaign):
+        _back_to_draft(campaign)
 
 
-def approve(session: Session, campaign: Campaign, *, by: str, now: dt.datetime, send_after: dt.datetime | None = None) -> None:
-    """A draft becomes approved; it is enqueued at `send_after` (default: at once, on the next delivery run)."""
+def approve(session: Session, campaign: Campaign, *, by: str, now: dt.datetime, send_after: dt.datetime | None = None,
+            four_eyes: bool = False) -> None:
+    """A draft becomes approved; it is enqueued at `send_after` (default: at once, on the next delivery run).
+
+    With `four_eyes` (newsletter.four_eyes), a one-off is approved only by someone other than the person
+    who wrote it and the one who last edited it."""
     if campaign.state == "approved":
         return
     if campaign.state != "draft":
         raise CampaignError(f"campaign {campaign.id} is {campaign.state}; only drafts can be approved")
+    if four_eyes and campaign.kind == "oneoff":
+        writers = {who.casefold() for who in (campaign.created_by, campaign.edited_by) if who}
+        if by.casefold() in writers:
+            raise CampaignError("another staff member must approve it: whoever wrote or last edited a one-off "
+                                "cannot approve it too (newsletter.four_eyes)")
     campaign.state = "approved"
     campaign.approved_at = now
     campaign.approved_by = by
     campaign.send_after = send_after
+    access_log.record(session, actor=by if by != "auto" else access_log.SYSTEM, action=access_log.APPROVED,
+                      now=now, campaign_id=campaign.id)
 
 
-def schedule(session: Session, campaign: Campaign, *, by: str, now: dt.datetime, at: dt.datetime) -> None:
+def schedule(session: Session, campaign: Campaign, *, by: str, now: dt.datetime, at: dt.datetime,
+             four_eyes: bool = False) -> None:
     """Approve a draft for `at` (a future instant), or move a scheduled campaign to another time."""
     if at <= now:
         raise CampaignError("the send time is in the past")
@@ -178,7 +204,7 @@ def schedule(session: Session, campaign: Campaign, *, by: str, now: dt.datetime,
     if campaign.state == "approved":
         campaign.send_after = at
         return
-    approve(session, campaign, by=by, now=now, send_after=at)
+    approve(session, campaign, by=by, now=now, send_after=at, four_eyes=four_eyes)
 
 
 def unschedule(session: Session, campaign: Campaign) -> None:
@@ -188,6 +214,10 @@ def unschedule(session: Session, campaign: Campaign) -> None:
         raise CampaignError(f"campaign {campaign.id} is {campaign.state}"
                             + ("" if campaign.state != "approved" else " to go out at once")
                             + "; only a scheduled campaign can be unscheduled")
+    _back_to_draft(campaign)
+
+
+def _back_to_draft(campaign: Campaign) -> None:
     campaign.state = "draft"
     campaign.send_after = None
     campaign.approved_at = None

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailer import config
 from mailer.models import FeedState, Post
+from mailer.publishing import images
 
 log = logging.getLogger("mailer.feed")
 
@@ -54,11 +55,6 @@ ALLOWED_ATTRIBUTES: Mapping[str, frozenset[str]] = {
 CLEAN_CONTENT_TAGS = frozenset({"script", "style", "iframe", "object", "embed", "template"})
 URL_SCHEMES = frozenset({"http", "https", "mailto", "tel"})
 URL_ATTRIBUTES = frozenset({"href", "src"})
-# The text column of the email layout (600px less its padding): Outlook for Windows ignores max-width,
-# so a wider image would push the column open there.
-MAX_IMAGE_WIDTH = 536
-# Alt text for a post image that has none: screen readers and clients that block images show it.
-IMAGE_ALT = "Image from the article"
 LINK_REL = "noopener noreferrer"
 
 # Tags after which plain text needs a space, so "<p>a</p><p>b</p>" reads "a b", not "ab".
@@ -276,8 +272,9 @@ def _one_line(value: object) -> str:
 # --- parsing -------------------------------------------------------------------------------------
 
 
-def parse(body: bytes, base_url: str) -> list[ParsedPost]:
-    """Refuse hostile or broken XML, then read RSS or Atom into posts; base_url resolves relative links."""
+def parse(body: bytes, base_url: str, website: str = "") -> list[ParsedPost]:
+    """Refuse hostile or broken XML, then read RSS or Atom into posts; base_url resolves relative links.
+    Images are kept from the feed's site and `website` (clinic.website) only (publishing.images)."""
     shown = _redact(base_url)
     root_tag = _check_xml(body, shown)
     # A BytesIO, never the bytes themselves: feedparser treats a str/bytes argument as a possible
@@ -295,9 +292,10 @@ def parse(body: bytes, base_url: str) -> list[ParsedPost]:
     if not document.get("version"):
         raise FeedError(f"feed {shown}: not an RSS or Atom feed (the document is <{root_tag}>)")
     channel_link = _absolute_url(document.feed.get("link", ""), base_url if _is_http(base_url) else "")
+    sites = images.own_sites(channel_link, website)
     posts = []
     for number, entry in enumerate(document.entries, start=1):
-        post = _to_post(entry, number, channel_link or (base_url if _is_http(base_url) else ""), shown)
+        post = _to_post(entry, number, channel_link or (base_url if _is_http(base_url) else ""), shown, sites)
         if post is not None:
             posts.append(post)
     return posts
@@ -326,7 +324,7 @@ def _check_xml(body: bytes, shown: str) -> str:
     return root.tag.rpartition("}")[2]
 
 
-def _to_post(entry: Any, number: int, base: str, shown: str) -> ParsedPost | None:
+def _to_post(entry: Any, number: int, base: str, shown: str, sites: frozenset[str]) -> ParsedPost | None:
     """One feedparser entry as a ParsedPost, or None (logged) when it cannot be stored."""
     link = _absolute_url(entry.get("link", ""), base)
     guid = (entry.get("id") or "").strip() or link
@@ -342,7 +340,7 @@ def _to_post(entry: Any, number: int, base: str, shown: str) -> ParsedPost | Non
         link=link,
         title=_plain_field(entry, "title")[:TITLE_MAX],
         summary=_plain_field(entry, "summary"),
-        content_html=sanitise_html(_content_html(entry), link or base, _own_hosts(base, link)),
+        content_html=sanitise_html(_content_html(entry), link or base, sites),
         author=_plain_text(author_detail.get("name") or entry.get("author") or "")[:AUTHOR_MAX],
         published_at=_published_at(entry),
     )
@@ -392,11 +390,6 @@ def _is_http(url: str) -> bool:
     return urlsplit(url).scheme.lower() in ("http", "https")
 
 
-def _own_hosts(*urls: str) -> frozenset[str]:
-    """The blog's own hosts: those of the channel link (else the feed URL) and of the post link."""
-    return frozenset(host for url in urls if (host := urlsplit(url).hostname))
-
-
 class _TextExtractor(HTMLParser):
     """Collects the text of an HTML fragment, a space at block boundaries, no script/style content."""
 
@@ -433,15 +426,15 @@ def _plain_text(fragment: str) -> str:
 # --- sanitising ----------------------------------------------------------------------------------
 
 
-def sanitise_html(fragment: str, base_url: str, own_hosts: Iterable[str]) -> str:
+def sanitise_html(fragment: str, base_url: str, own_sites: Iterable[str]) -> str:
     """Post HTML made safe for email: allowlisted, URLs absolute, tracking and foreign images removed.
 
-    Images are kept only when their host is one of own_hosts (or a subdomain of one, "www." aside)
-    and they are not pixels (width and height both <= 2): a third-party image in an email tells its
-    host who opened the newsletter and when.
+    Images are kept only when their host's registrable domain is one of `own_sites` (hosts or site URLs,
+    see publishing.images) and they are not pixels (width and height both <= 2): a third-party image in
+    an email tells its host who opened the newsletter and when.
     """
     resolved = _clean(fragment, attribute_filter=functools.partial(_resolve_url, base_url))
-    filtered = _tidy_for_email(resolved, frozenset(own_hosts))
+    filtered = images.tidy_for_email(resolved, images.own_sites(*own_sites))
     # nh3 runs last, so nothing our own passes did can let markup through; it also re-checks the
     # schemes of the URLs made absolute (nh3 checks schemes before calling attribute_filter).
     return _clean(filtered)
@@ -473,99 +466,13 @@ def _resolve_url(base_url: str, tag: str, attribute: str, value: str) -> str | N
     return absolute if scheme in URL_SCHEMES else None
 
 
-class _EmailTidy(HTMLParser):
-    """Re-emits nh3's (well-formed) output verbatim, except what would misbehave in an email: images that
-    are not wanted are left out; a kept image gets alt text, loses its height (so it keeps its proportions
-    when a narrow screen shrinks it) and is at most MAX_IMAGE_WIDTH wide; a link whose href was removed
-    (an unsafe scheme) is unwrapped, so its text no longer looks like a link that goes nowhere."""
-
-    def __init__(self, own_hosts: frozenset[str]) -> None:
-        super().__init__(convert_charrefs=False)  # keep entities as they are: output == input elsewhere
-        self.own_hosts = own_hosts
-        self.parts: list[str] = []
-        self._links: list[bool] = []  # per open <a>: was its tag kept?
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "img":
-            if _is_wanted_image(dict(attrs), self.own_hosts):
-                self.parts.append(_email_image(attrs))
-            return
-        if tag == "a":
-            self._links.append(any(name == "href" and value for name, value in attrs))
-            if not self._links[-1]:
-                return
-        self.parts.append(self.get_starttag_text() or "")
-
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "a":  # <a/> has no text to keep
-            return
-        self.handle_starttag(tag, attrs)
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "a" and self._links and not self._links.pop():
-            return
-        self.parts.append(f"</{tag}>")
-
-    def handle_data(self, data: str) -> None:
-        self.parts.append(data)
-
-    def handle_entityref(self, name: str) -> None:
-        self.parts.append(f"&{name};")
-
-    def handle_charref(self, name: str) -> None:
-        self.parts.append(f"&#{name};")
-
-
-def _email_image(attrs: list[tuple[str, str | None]]) -> str:
-    """An <img> tag rebuilt for email (see _EmailTidy); nh3 checks it again afterwards."""
-    kept = {name: value or "" for name, value in attrs if name != "height"}
-    kept.setdefault("alt", IMAGE_ALT)
-    if not kept["alt"].strip() and "title" in kept:
-        kept["alt"] = kept["title"]
-    width = _pixels(kept.get("width"))
-    if width is not None and width > MAX_IMAGE_WIDTH:
-        kept["width"] = str(MAX_IMAGE_WIDTH)
-    return "<img " + " ".join(f'{name}="{html.escape(value, quote=True)}"' for name, value in kept.items()) + ">"
-
-
-def _tidy_for_email(fragment: str, own_hosts: frozenset[str]) -> str:
-    tidy = _EmailTidy(own_hosts)
-    tidy.feed(fragment)
-    tidy.close()
-    return "".join(tidy.parts)
-
-
-def _is_wanted_image(attrs: Mapping[str, str | None], own_hosts: frozenset[str]) -> bool:
-    """An image with a src on the blog's own host(s) that is not a tracking pixel."""
-    src = attrs.get("src") or ""
-    host = urlsplit(src).hostname or ""
-    if not host or not _is_own_host(host, own_hosts):
-        return False
-    width, height = _pixels(attrs.get("width")), _pixels(attrs.get("height"))
-    return not (width is not None and height is not None and width <= 2 and height <= 2)
-
-
-def _is_own_host(host: str, own_hosts: frozenset[str]) -> bool:
-    """host is one of own_hosts or a subdomain of one (so www.x, x and cdn.x all belong to x)."""
-    roots = {own.removeprefix("www.") for own in own_hosts}
-    return any(host == root or host.endswith("." + root) for root in roots)
-
-
-def _pixels(value: str | None) -> int | None:
-    """The number at the start of a width/height attribute ("1", "1px"), or None."""
-    digits = ""
-    for char in (value or "").strip():
-        if not char.isdigit():
-            break
-        digits += char
-    return int(digits) if digits else None
 
 
 # --- ingesting -----------------------------------------------------------------------------------
 
 
 def ingest(
-    session: Session, feed: config.Feed, now: dt.datetime, *, client: httpx.Client | None = None
+    session: Session, feed: config.Feed, now: dt.datetime, *, client: httpx.Client | None = None, website: str = ""
 ) -> IngestResult:
     """Fetch and parse the feed, then add the posts not stored yet; the caller commits.
 
@@ -578,11 +485,12 @@ def ingest(
     # of the same feed on PostgreSQL waits here instead of racing on the same guids.
     state = session.get(FeedState, feed.url, with_for_update=True)
     fetched = _fetch_for(feed, state, client)
-    return store(session, feed, fetched, now, state)
+    return store(session, feed, fetched, now, state, website=website)
 
 
 def ingest_with(
-    sessions: sessionmaker[Session], feed: config.Feed, now: dt.datetime, *, client: httpx.Client | None = None
+    sessions: sessionmaker[Session], feed: config.Feed, now: dt.datetime, *, client: httpx.Client | None = None,
+    website: str = "",
 ) -> IngestResult:
     """`ingest` for the scheduler and the CLI: the network fetch happens outside any transaction, so a
     slow blog never holds SQLite's write lock (an unsubscribe arriving meanwhile must not wait)."""
@@ -594,7 +502,8 @@ def ingest_with(
             session.expunge(state)
     fetched = _fetch_for(feed, state, client)
     with sessions.begin() as session:
-        return store(session, feed, fetched, now, session.get(FeedState, feed.url, with_for_update=True))
+        return store(session, feed, fetched, now, session.get(FeedState, feed.url, with_for_update=True),
+                     website=website)
 
 
 def _fetch_for(feed: config.Feed, state: FeedState | None, client: httpx.Client | None) -> Fetched:
@@ -608,9 +517,10 @@ def _fetch_for(feed: config.Feed, state: FeedState | None, client: httpx.Client 
     )
 
 
-def store(session: Session, feed: config.Feed, fetched: Fetched, now: dt.datetime, state: FeedState | None) -> IngestResult:
+def store(session: Session, feed: config.Feed, fetched: Fetched, now: dt.datetime, state: FeedState | None, *,
+          website: str = "") -> IngestResult:
     """Parse a fetched body and add the posts not stored yet (nothing is written if parsing fails)."""
-    parsed = [] if fetched.body is None else parse(fetched.body, feed.url)
+    parsed = [] if fetched.body is None else parse(fetched.body, feed.url, website)
     # Nothing is written before this point: a FeedError above leaves the session untouched, and the
     # validators of a body we could not read are never kept (a 304 would hide it from us for good).
     unseen = _unseen(session, parsed)

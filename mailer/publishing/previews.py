@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mailer import files
 from mailer.config import Settings
 from mailer.models import Campaign
 from mailer.outbound.transport import Envelope, SendResult
@@ -22,9 +23,8 @@ def write_preview(settings: Settings, campaign: Campaign) -> tuple[Path, str]:
     """Write var/previews/campaign-<id>.html; return its path and the text part."""
     _subject, html, text = render_parts(settings, campaign)
     folder = settings.var_dir / "previews"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"campaign-{campaign.id}.html"
-    path.write_text(html, encoding="utf-8")
+    files.private_dir(folder)
+    path = files.write_private(folder / f"campaign-{campaign.id}.html", html)
     return path, text
 
 

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("mailer.render")
 
 # The personal values of one recipient. Templates use them as {{ recipient.<name> }}.
-PERSONAL_FIELDS = ("first_name", "preferences_url", "unsubscribe_url", "confirm_url")
+PERSONAL_FIELDS = ("first_name", "preferences_url", "unsubscribe_url", "confirm_url", "not_me_url")
 _MARK = "%%MAILER-{}%%"
 _MARK_RE = re.compile(r"%%MAILER-([a-z_]+)%%")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
@@ -377,7 +377,12 @@ class Renderer:
         else:
             import markdown  # only staff-written campaigns need it
 
+            from mailer.publishing import images
+
             body_html = nh3.clean(markdown.markdown(campaign.body_markdown or "", extensions=["sane_lists"]))
+            # The feed's image rules: the clinic's own images only, no pixels (a one-off is no back door).
+            body_html = images.tidy_for_email(body_html, images.own_sites(self.settings.clinic.website,
+                                                                          self.settings.web.base_url))
         preheader = campaign.preheader or (views[0].summary if views else "")
         from mailer.publishing import archive  # archive builds on this module
 
@@ -401,8 +406,12 @@ def sample_values(base_url: str) -> dict[str, str]:
         "preferences_url": f"{base_url}/preferences/preview",
         "unsubscribe_url": f"{base_url}/unsubscribe/preview",
         "confirm_url": f"{base_url}/confirm/preview",
+        "not_me_url": f"{base_url}/not-me/preview",
     }
 
 
 def first_name(name: str) -> str:
-    return one_line(name).split(" ")[0] if name and name.strip() else ""
+    """The greeting's name: the first word of a name that passes mailer.names' rules, else ""."""
+    from mailer.names import first_name as checked_first_name
+
+    return checked_first_name(name)

@@ -15,7 +15,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from mailer import audience
+from mailer import audience, names, privacy
 from mailer.config import DEFAULT_SEQUENCE, FollowupStep, Settings, duration, hhmm
 from mailer.models import RUNNING, ConsentEvent, Contact, Enrollment, Inquiry, OutboxMessage
 from mailer.outbound import outbox
@@ -181,6 +181,15 @@ def _text(name: str, value: object, *, limit: int, required: bool = False, multi
     return text
 
 
+def _name(value: object) -> str:
+    """The inquirer's name by mailer.names' rules (it is shown to staff and greets the person)."""
+    text = _text("name", value, limit=MAX_NAME)
+    try:
+        return names.check(text)
+    except names.NotAName as exc:
+        raise InquiryError(f"name: {exc}") from None
+
+
 def _received_at(value: object, now: dt.datetime) -> dt.datetime:
     if not isinstance(value, dt.datetime):
         raise InquiryError("received_at: must be a date and time")
@@ -197,7 +206,7 @@ def _validate(*, email: object, name: object, consent: object, consent_text: obj
         raise InquiryError("consent: must be true or false")
     return _Fields(
         email=_address(email),
-        name=_text("name", name, limit=MAX_NAME),
+        name=_name(name),
         consent=consent,
         consent_text=_text("consent_text", consent_text, limit=MAX_CONSENT_TEXT, required=consent,
                            multiline=True),
@@ -238,6 +247,7 @@ def record_inquiry(
     - the address is suppressed (unsubscribed, bounced, erased): an inquiry form cannot undo that;
     - an enrollment of any sequence is running (active, or paused by a reply): one sequence at a time,
       the running one keeps its schedule;
+    - a sequence completed less than `followups.restart_after` (after its last step) ago;
     - an earlier enrollment was stopped for a reason outside RESTARTABLE (unsubscribe, withdrawal of
       follow-up consent, suppression, ...): a stopped sequence never restarts by itself. One that
       completed, or ended because the person booked, the inquiry was closed or the consent expired,
@@ -260,8 +270,10 @@ def record_inquiry(
 
     grant = None
     if fields.consent:
+        # The sent text is what the form says it showed; the clinic's published wording is kept beside it.
         grant = audience.grant_followups(session, contact, source=fields.source, wording=fields.consent_text,
-                                         now=fields.received_at, request=request)
+                                         now=fields.received_at, request=request,
+                                         published_wording=settings.followups.consent_wording or None)
     inquiry = Inquiry(
         contact_id=contact.id, name=fields.name, source=fields.source, consent=fields.consent,
         consent_text=fields.consent_text, consent_event_id=grant.id if grant else None, message=fields.message,
@@ -311,6 +323,9 @@ def _enrollment_decision(session: Session, settings: Settings, contact: Contact,
         return "already active"
     if any(e.status == "stopped" and e.stop_reason not in RESTARTABLE for e in enrollments):
         return "stopped earlier"
+    restart_after = duration(followups.restart_after)
+    if any(e.status == "completed" and (e.last_sent_at or e.created_at) > now - restart_after for e in enrollments):
+        return "completed within restart_after"
     if now - received_at > dt.timedelta(days=followups.consent_valid_days):
         return "consent expired"
     return "enroll"
@@ -494,9 +509,13 @@ def prepare_step(renderer: Renderer, settings: Settings, step_index: int, sequen
     if not 0 <= step_index < len(steps):
         raise LookupError(f"follow-up step {step_index} is not in the configured sequence {sequence!r}")
     step = steps[step_index]
+    privacy.screen(settings, f"follow-up step {step_index + 1} ({step.template})", step.subject, step.preheader,
+                   automatic=False)
+    # The first step says "Didn't contact us? Let us know": a form anyone can fill in with anyone's
+    # address must give that address a way to stop it all with one click.
     return renderer.prepare(f"email/followup/{step.template}", subject=step.subject, preheader=step.preheader,
                             marketing=True, step=step, why=why_text(settings), sequence=sequence,
-                            booking_url=settings.clinic.booking_url)
+                            booking_url=settings.clinic.booking_url, not_me=step_index == 0)
 
 
 # --- staff actions -------------------------------------------------------------------------------

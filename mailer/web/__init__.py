@@ -12,7 +12,7 @@ from markupsafe import Markup
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from mailer.runtime import Runtime
-from mailer.web import security
+from mailer.web import proxies, security
 
 log = logging.getLogger("mailer.web")
 
@@ -65,6 +65,9 @@ def create_app(runtime: Runtime, *, leader: Callable[[], bool] | None = None) ->
     app.jinja_options = {**app.jinja_options, "autoescape": True, "undefined": StrictUndefined}
     app.extensions["mailer"] = runtime
     app.extensions["mailer.leader"] = leader
+    # Every address and scheme below (rate limits, the consent ledger, same-origin checks) is the client's.
+    app.wsgi_app = proxies.TrustedProxies(app.wsgi_app,  # type: ignore[method-assign]
+                                          proxies.parse_networks(settings.web.trusted_proxies))
 
     css = settings.template_file(PAGE_CSS).read_text(encoding="utf-8")
     csp = security.content_security_policy(css)
@@ -90,11 +93,12 @@ def create_app(runtime: Runtime, *, leader: Callable[[], bool] | None = None) ->
 
     _register_error_handlers(app)
 
-    from mailer.web import api, archive, public
+    from mailer.web import api, archive, not_me, public
 
     app.register_blueprint(public.blueprint)
     app.register_blueprint(api.blueprint)
     app.register_blueprint(archive.blueprint)
+    app.register_blueprint(not_me.blueprint)
     if settings.web.metrics:  # off by default: without it, /metrics is a 404 like any unknown page
         from mailer.web import metrics
 

@@ -14,7 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from mailer.audience import AudienceError
 from mailer.models import JobRun
-from mailer.web import current_runtime, security
+from mailer.web import current_runtime, intake_guards, security
 
 log = logging.getLogger("mailer.web")
 
@@ -86,11 +86,28 @@ def intake() -> tuple[Response, int]:
         response, code = _json_error(401, "a valid bearer token is required")
         response.headers["WWW-Authenticate"] = 'Bearer realm="mailer"'
         return response, code
+    try:
+        key = intake_guards.idempotency_key(request)
+    except intake_guards.BadKey as exc:
+        return _json_error(400, str(exc))
+    hashed = intake_guards.key_hash(settings.secret_key, key) if key else None
+    if hashed is not None:
+        with runtime.sessions() as session:
+            first = intake_guards.replay(session, hashed, now)
+        if first is not None:
+            return jsonify(first[0]), first[1]
+    with runtime.sessions.begin() as session:
+        limited = intake_guards.over_client_limit(session, settings, request.remote_addr, now)
+    if limited:
+        log.warning("intake refused: a client went over %d requests an hour", settings.web.intake_per_client_per_hour)
+        return _json_error(429, "too many requests from this client; try again later")
     raw = request.get_data(cache=False)  # over web.max_body_bytes: 413, answered in JSON by error_response
     try:
         payload = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         return _json_error(400, "the body is not valid JSON")
+    except RecursionError:  # "[[[[...]]]]" thousands deep: the parser gives up before the body limit does
+        return _json_error(400, "the body is nested too deeply")
     try:
         fields = _intake_fields(payload)
     except _IntakeProblem as problem:
@@ -108,11 +125,20 @@ def intake() -> tuple[Response, int]:
             )
             if not outcome.duplicate:
                 notices.record(session, settings, "inquiry", now, inquiry_id=outcome.inquiry_id)
+            answer = {"inquiry_id": outcome.inquiry_id}
+            if hashed is not None:
+                intake_guards.remember(session, hashed, answer, 201, now)
     except (followups.InquiryError, AudienceError) as exc:
         return _json_error(400, str(exc), _problem_field(str(exc)))
+    except intake_guards.KeyTaken:  # the same key a moment ago: this request's inquiry was rolled back
+        with runtime.sessions() as session:
+            first = intake_guards.replay(session, hashed or "", now)
+        if first is None:  # cannot happen (the winner committed), but never answer without a body
+            return _json_error(409, "a request with this Idempotency-Key is in progress; try again")
+        return jsonify(first[0]), first[1]
     # Ids only: the address and the visitor's message never go into a log line.
     log.info("inquiry %s received through the intake API", outcome.inquiry_id)
-    return jsonify({"inquiry_id": outcome.inquiry_id}), 201
+    return jsonify(answer), 201
 
 
 # --- bookings ----------------------------------------------------------------------------------------

@@ -45,14 +45,13 @@ RATE_WINDOW = dt.timedelta(hours=1)
 DEFAULT_SIGNUP_WORDING = (
     "Yes, please email me the topics I ticked. I can unsubscribe at any time with the link in every email."
 )
-MAX_WORDING = 2000
 UNSUBSCRIBE_BODY = ("List-Unsubscribe", "One-Click")
 
 
 # --- helpers ------------------------------------------------------------------------------------
 
 
-def _contact_for(session: Session, settings: Settings, token: str, purpose: str) -> tuple[Contact, ParsedToken]:
+def contact_for(session: Session, settings: Settings, token: str, purpose: str) -> tuple[Contact, ParsedToken]:
     """The contact a link token names, or a 404 that reveals nothing."""
     parsed = parse_token(token)
     if parsed is None or parsed.contact_id > MAX_CONTACT_ID:
@@ -84,7 +83,7 @@ def unsubscribe_page(token: str) -> str:
     runtime = current_runtime()
     settings = runtime.settings
     with runtime.sessions.begin() as session:
-        contact, _ = _contact_for(session, settings, token, "unsubscribe")
+        contact, _ = contact_for(session, settings, token, "unsubscribe")
         suppression = audience.suppression_for(session, settings.secret_key, contact)
         active = [s for s in contact.subscriptions if s.status in ("active", "pending")]
         already = suppression is not None and not active and not contact.followups_consent
@@ -100,7 +99,7 @@ def unsubscribe(token: str) -> tuple[str, int]:
     settings = runtime.settings
     now = runtime.clock()
     with runtime.sessions.begin() as session:
-        contact, _ = _contact_for(session, settings, token, "unsubscribe")
+        contact, _ = contact_for(session, settings, token, "unsubscribe")
         # request.form reads both application/x-www-form-urlencoded and multipart/form-data bodies.
         if request.form.get(UNSUBSCRIBE_BODY[0]) != UNSUBSCRIBE_BODY[1]:
             return render_template("pages/unsubscribe.html", state="ask", token=token,
@@ -167,7 +166,7 @@ def preferences_page(token: str) -> str:
     runtime = current_runtime()
     settings = runtime.settings
     with runtime.sessions.begin() as session:
-        contact, _ = _contact_for(session, settings, token, "preferences")
+        contact, _ = contact_for(session, settings, token, "preferences")
         return _render_preferences(session, settings, contact, token, runtime.clock(),
                                    saved=request.args.get("saved") == "1")
 
@@ -181,7 +180,7 @@ def preferences_save(token: str) -> Response | tuple[str, int]:
     if security.is_cross_site(request, settings.web.base_url):
         abort(403)
     with runtime.sessions.begin() as session:
-        contact, _ = _contact_for(session, settings, token, "preferences")
+        contact, _ = contact_for(session, settings, token, "preferences")
         problem = security.check_form_token(settings.secret_key, f"preferences:{token}",
                                             request.form.get("csrf_token"), now)
         if problem is not None:
@@ -229,6 +228,11 @@ def _save_choices(session: Session, settings: Settings, contact: Contact, info: 
 # --- sign-up and double opt-in -----------------------------------------------------------------------
 
 
+def _is(reason: str) -> str:
+    """A reason from mailer.names as the end of a sentence about "that name"."""
+    return reason if reason.startswith(("looks", "has", "contains")) else f"is {reason}"
+
+
 @blueprint.get("/subscribe")
 def subscribe_page() -> str:
     """A plain sign-up form (the clinic's website may post its own form to POST /subscribe instead)."""
@@ -251,15 +255,17 @@ def subscribe() -> tuple[str, int] | Response:
                               "That does not look like a complete email address. Please go back and try again.")
     try:
         name = audience.clean_name(form.get("name", ""))
-    except AudienceError:
-        return error_response(400, "Please use a shorter name",
-                              f"The name can be at most {audience.MAX_NAME} characters long.")
+    except AudienceError as exc:
+        return error_response(400, "Please check the name",
+                              f"That name {_is(str(exc).removeprefix('name: '))}. Please use just your name, "
+                              "or leave it empty.")
     topics = [topic for topic in dict.fromkeys(form.getlist("topics")) if topic] or [settings.newsletter.topic]
     if any(topic not in settings.topics for topic in topics):
         return error_response(400, "Please choose from the topics offered",
                               "One of the topics in the form is not one we offer. Please go back and try again.")
-    # The wording the sign-up form showed is what the person agreed to: it goes on the ledger.
-    wording = (form.get("consent_text") or "").strip()[:MAX_WORDING] or DEFAULT_SIGNUP_WORDING
+    # The ledger records the wording the clinic's own sign-up page shows, never what the request claims
+    # was shown: a "consent_text" field is anyone's to write.
+    wording = DEFAULT_SIGNUP_WORDING
     key = security.client_key(settings.secret_key, "subscribe", request.remote_addr)
     with runtime.sessions.begin() as session:
         limited = security.over_limit(session, key, settings.web.subscribe_per_client_per_hour, RATE_WINDOW, now)
@@ -309,7 +315,7 @@ def _welcome(session: Session, contact: Contact, confirmed: list[str], now: dt.d
 
 def _confirm_contact(session: Session, settings: Settings, token: str, now: dt.datetime) -> Contact | None:
     """The contact of a confirmation link; None when the link has expired."""
-    contact, parsed = _contact_for(session, settings, token, "confirm")
+    contact, parsed = contact_for(session, settings, token, "confirm")
     if parsed.issued is None:
         abort(404)
     if now - parsed.issued > CONFIRM_VALID_FOR:

@@ -2,11 +2,16 @@
 
 Every page but the login needs a staff session: a signed Flask session cookie (HttpOnly, SameSite=Lax,
 Secure behind https) holding the account id, when it logged in, when it was last active, a fingerprint
-of its password hash (a new password ends old sessions) and a random CSRF scope. Every form carries a
-token signed for that scope (security.form_token), so a page of another site cannot submit our forms.
+of its password hash, the account's session version and a random CSRF scope. The version is checked
+against the database on every request: logging out, a new password and disabling the account raise it,
+which ends every session of that account at once, also one whose cookie was copied. Every form carries
+a token signed for the CSRF scope (security.form_token), so a page of another site cannot submit our forms.
 
 A GET without a session redirects to the login page; a POST without one is refused (403), never
 redirected, so a stale form never turns into a surprise action after logging in again.
+
+Which roles may use each page is the table PAGE_ROLES below, in one place; admins may use every page,
+and a page missing from the table is for admins only.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from urllib.parse import urlsplit
 from flask import (
     Blueprint,
     Response,
+    abort,
     current_app,
     flash,
     g,
@@ -54,6 +60,47 @@ ASSETS = "mailer.admin"
 
 # Session keys. The cookie is signed, not encrypted: nothing secret goes in it.
 STAFF_ID, STARTED, SEEN, PASSWORD_MARK, CSRF_SCOPE = "staff_id", "started", "seen", "password_mark", "csrf"
+VERSION = "version"
+
+# Who may use each staff page besides admins, who may use them all. Deny by default: a page (endpoint)
+# that is not listed here is for admins only, so a new page is never open to a role by accident.
+EVERY_ROLE = frozenset({"marketing", "frontdesk"})
+MARKETING = frozenset({"marketing"})
+FRONTDESK = frozenset({"frontdesk"})
+PAGE_ROLES: dict[str, frozenset[str]] = {
+    "admin.login": EVERY_ROLE,
+    "admin.logout": EVERY_ROLE,
+    "admin.home": EVERY_ROLE,
+    # Campaigns, compose and their figures: marketing.
+    "admin.campaigns": MARKETING,
+    "admin.campaign": MARKETING,
+    "admin.campaign_preview": MARKETING,
+    "admin.campaign_edit": MARKETING,
+    "admin.campaign_test": MARKETING,
+    "admin.campaign_approve": MARKETING,
+    "admin.campaign_cancel": MARKETING,
+    "admin.compose": MARKETING,
+    "admin.campaign_schedule": MARKETING,
+    "admin.campaign_unschedule": MARKETING,
+    "admin.campaign_archive": MARKETING,
+    # Lists come in through marketing.
+    "admin.subscriber_import": MARKETING,
+    "admin.subscriber_import_check": MARKETING,
+    "admin.subscriber_import_result": MARKETING,
+    "admin.subscriber_import_commit": MARKETING,
+    # Inquiries and the visitors' messages: the front desk.
+    "admin.inquiries": FRONTDESK,
+    "admin.inquiry": FRONTDESK,
+    "admin.inquiry_close": FRONTDESK,
+    "admin.inquiry_resume": FRONTDESK,
+    # How the follow-up sequences do (counts only, never a message): both.
+    "admin.inquiry_figures": EVERY_ROLE,
+    # People: both find them and may stop all email to them; only admins erase.
+    "admin.subscribers": EVERY_ROLE,
+    "admin.subscriber": EVERY_ROLE,
+    "admin.subscriber_suppress": EVERY_ROLE,
+    # Lifting a bounce suppression (admin.subscriber_lift) and erasure (admin.subscriber_erase): admins only.
+}
 # However active, a session ends after this long: a login left open on a shared computer does not live forever.
 MAX_SESSION = dt.timedelta(hours=12)
 # Login attempts per client address (all accounts together) before 429: slows a password-guessing run
@@ -84,6 +131,7 @@ STOP_REASONS = {
     "consent_expired": "stopped: consent expired",
     "consent_missing": "stopped: consent record missing",
     "sequence_removed": "stopped: its sequence was removed from the settings",
+    "not_me": "stopped: they said they never contacted us",
 }
 
 Model = TypeVar("Model", bound=Base)
@@ -95,6 +143,14 @@ class SignedIn:
 
     id: int
     email: str
+    role: str = "admin"
+
+
+def may_use(role: str | None, endpoint: str | None) -> bool:
+    """Whether a staff member with this role may use the page of this endpoint (PAGE_ROLES)."""
+    if role is None or endpoint is None:
+        return False
+    return role == "admin" or role in PAGE_ROLES.get(endpoint, frozenset())
 
 
 @dataclass(frozen=True)
@@ -158,9 +214,11 @@ def _csrf_token() -> str:
 @blueprint.context_processor
 def _admin_globals() -> dict[str, Any]:
     settings = current_settings()
+    staff = g.get("staff")
     return {
-        "staff": g.get("staff"),
-        "nav": NAV,
+        "staff": staff,
+        "nav": [(endpoint, label) for endpoint, label in NAV if staff is not None and may_use(staff.role, endpoint)],
+        "may_use": lambda endpoint: staff is not None and may_use(staff.role, endpoint),
         "section": None,
         "admin_css": current_app.extensions[ASSETS].admin_css,
         "idle_minutes": settings.web.session_idle_minutes,
@@ -242,9 +300,9 @@ def _signed_in(now: dt.datetime) -> tuple[SignedIn | None, str | None]:
     else:
         with current_runtime().sessions() as db:
             user = db.get(StaffUser, staff_id)
-            if user is not None and hmac.compare_digest(session.get(PASSWORD_MARK, ""),
-                                                        _password_mark(user.password_hash)):
-                return SignedIn(user.id, user.email), None
+            if (user is not None and user.disabled_at is None and session.get(VERSION) == user.session_version
+                    and hmac.compare_digest(session.get(PASSWORD_MARK, ""), _password_mark(user.password_hash))):
+                return SignedIn(user.id, user.email, user.role), None
         ended = "Your login is no longer valid. Please log in again."
     session.clear()
     return None, ended
@@ -255,15 +313,29 @@ def _here() -> str:
     return request.path + (f"?{query}" if query else "")
 
 
-def _safe_next(value: str | None) -> str:
-    """Where to go after logging in: only a page of ours under /admin/ (never another site)."""
-    default = url_for(".campaigns")
+def _safe_next(value: str | None) -> str | None:
+    """Where to go after logging in: only a page of ours under /admin/ (never another site); None for the
+    staff member's first page.
+
+    Control characters (a CR/LF smuggled in as %0D%0A) are refused with a 400: they could only be an
+    attempt to write a header of our answer, never a page of ours.
+    """
+    if value and any(ord(char) < 0x20 or ord(char) == 0x7F for char in value):
+        abort(400)
     if not value or "\\" in value or value.startswith("//"):
-        return default
+        return None
     parts = urlsplit(value)
     if parts.scheme or parts.netloc or not parts.path.startswith("/admin/") or parts.path == url_for(".login"):
-        return default
+        return None
     return value
+
+
+def landing(role: str) -> str:
+    """The first staff page of a role (campaigns for admins and marketing, inquiries for the front desk)."""
+    for endpoint, _label in NAV:
+        if may_use(role, endpoint):
+            return url_for(endpoint)
+    return url_for(".login")
 
 
 def _form_refusal(now: dt.datetime) -> str | None:
@@ -296,6 +368,11 @@ def _require_staff() -> Response | None:
         return problem_page(403, "Please log in", (ended or "You are not logged in.") + " Nothing was changed.",
                         login_link=True)
     g.staff = staff
+    if not may_use(staff.role, request.endpoint):
+        log.warning("staff account %s (%s) refused %s", staff.id, staff.role, request.endpoint)
+        return problem_page(403, "Not part of your role",
+                            f"This page is not part of the {staff.role} role, so nothing was shown or changed. "
+                            "If you need it, ask an administrator.")
     if request.method not in ("GET", "HEAD"):
         refusal = _form_refusal(now)
         if refusal is not None:
@@ -315,40 +392,45 @@ def login() -> Response:
     if request.method == "GET":
         staff, _ended = _signed_in(now)
         if staff is not None:  # e.g. the Back button after logging in
-            return redirect(next_url)
+            return redirect(next_url or landing(staff.role))
         _ensure_csrf_scope()
-        return page("admin/login.html", email="", next_url=next_url, problem=None)
+        return page("admin/login.html", email="", next_url=next_url or "", problem=None)
     email = (request.form.get("email") or "").strip()[:320]
     password = request.form.get("password") or ""
     if _form_refusal(now) is not None or not session.get(CSRF_SCOPE):
         _ensure_csrf_scope()
-        return page("admin/login.html", 400, email=email, next_url=next_url,
+        return page("admin/login.html", 400, email=email, next_url=next_url or "",
                      problem="This login page was open for too long (or cookies are turned off). Please try again.")
     key = security.client_key(settings.secret_key, "staff-login", request.remote_addr)
-    signed_in: tuple[int, str, str] | None = None
+    signed_in: tuple[int, str, str, int, str] | None = None
     with runtime.sessions.begin() as db:
         limited = security.over_limit(db, key, LOGIN_ATTEMPTS, LOGIN_WINDOW, now)
         if not limited:
             user = staff_accounts.authenticate(db, email, password, now)
             if user is not None:
-                signed_in = (user.id, user.email, user.password_hash)
+                signed_in = (user.id, user.email, user.password_hash, user.session_version, user.role)
     if limited:
         log.warning("staff login refused: a client went over %d attempts in %s", LOGIN_ATTEMPTS, LOGIN_WINDOW)
-        return page("admin/login.html", 429, email=email, next_url=next_url,
+        return page("admin/login.html", 429, email=email, next_url=next_url or "",
                      problem="Too many login attempts from this computer. Please wait 15 minutes and try again.")
     if signed_in is None:
-        return page("admin/login.html", 401, email=email, next_url=next_url, problem=LOGIN_REFUSED)
-    staff_id, _email, password_hash = signed_in
+        return page("admin/login.html", 401, email=email, next_url=next_url or "", problem=LOGIN_REFUSED)
+    staff_id, _email, password_hash, version, role = signed_in
     # A new session: nothing from before the login (a planted session or CSRF scope) survives it.
     session.clear()
     session.update({STAFF_ID: staff_id, STARTED: int(now.timestamp()), SEEN: int(now.timestamp()),
-                    PASSWORD_MARK: _password_mark(password_hash), CSRF_SCOPE: secrets.token_urlsafe(18)})
-    return redirect(next_url, code=303)
+                    PASSWORD_MARK: _password_mark(password_hash), VERSION: version,
+                    CSRF_SCOPE: secrets.token_urlsafe(18)})
+    return redirect(next_url or landing(role), code=303)
 
 
 @blueprint.post("/logout")
 def logout() -> Response:
-    """End the session (the cookie is emptied)."""
+    """End every session of this account on the server (a copied cookie stops working too), then the cookie."""
+    with current_runtime().sessions.begin() as db:
+        user = db.get(StaffUser, g.staff.id)
+        if user is not None:
+            staff_accounts.end_sessions(user)
     log.info("staff account %s logged out", g.staff.id)
     session.clear()
     return done(".login", "You are logged out.")
@@ -356,7 +438,8 @@ def logout() -> Response:
 
 @blueprint.get("/")
 def home() -> Response:
-    return redirect(url_for(".campaigns"))
+    """The first page of the staff member's role."""
+    return redirect(landing(g.staff.role))
 
 
 

@@ -8,7 +8,7 @@ import logging
 from flask import Response, g, request
 from sqlalchemy import select
 
-from mailer import audience
+from mailer import audience, privacy
 from mailer import staff as staff_accounts
 from mailer.config import Settings
 from mailer.inbound import evidence
@@ -78,6 +78,7 @@ def campaign(campaign_id: int) -> Response:
         except RenderError as exc:
             text, render_problem = "", str(exc)
         waiting = row.state in ("draft", "approved")
+        shown_preheader = row.preheader or (row.posts[0].summary if row.posts else "")
         return page(
             "admin/campaign.html", section="admin.campaigns", campaign=row, text=text,
             render_problem=render_problem, figures=figures.campaign_figures(db, [row.id])[row.id],
@@ -91,6 +92,9 @@ def campaign(campaign_id: int) -> Response:
             archive_topic=settings.archive.enabled and row.topic in settings.archive_topics,
             zone_now=f"{now.astimezone(settings.zone):%Z}",
             send_at_value=f"{row.send_after.astimezone(settings.zone):%Y-%m-%dT%H:%M}" if row.send_after else "",
+            sensitive=privacy.words_in(settings.privacy.sensitive_words, row.subject, shown_preheader),
+            four_eyes_blocked=(settings.newsletter.four_eyes and row.kind == "oneoff" and g.staff.email.casefold()
+                               in {who.casefold() for who in (row.created_by, row.edited_by) if who}),
         )
 
 
@@ -118,12 +122,20 @@ def campaign_edit(campaign_id: int) -> Response:
         try:
             campaigns.edit(row, subject=request.form.get("subject"), preheader=request.form.get("preheader"),
                            intro=text_field("intro"),
-                           body_markdown=text_field("body_markdown") if row.kind == "oneoff" else None)
+                           body_markdown=text_field("body_markdown") if row.kind == "oneoff" else None,
+                           by=g.staff.email)
+            # Staff may write any subject by hand; the guard warns (the page shows it too).
+            words = privacy.screen(current_settings(), f"campaign {campaign_id}", row.subject, row.preheader,
+                                   automatic=False).words
         except campaigns.CampaignError as exc:
             problem = str(exc)
     if problem is not None:
         return done(".campaign", f"Not saved: {problem}.", "problem", campaign_id=campaign_id)
     log.info("campaign %s edited by staff account %s", campaign_id, g.staff.id)
+    if words:
+        return done(".campaign", f"Saved, but the subject or preheader names {', '.join(words)}: inbox lists show "
+                    "them to anyone who glances at the screen. Please consider a neutral wording.", "problem",
+                    campaign_id=campaign_id)
     return done(".campaign", "Saved. The preview below shows the change.", campaign_id=campaign_id)
 
 
@@ -195,7 +207,8 @@ def campaign_approve(campaign_id: int) -> Response:
         if row.kind == "newsletter" and request.form.get("when") != "now":
             send_after = next_send_time(runtime.settings, now)
         try:
-            campaigns.approve(db, row, by=g.staff.email, now=now, send_after=send_after)
+            campaigns.approve(db, row, by=g.staff.email, now=now, send_after=send_after,
+                              four_eyes=runtime.settings.newsletter.four_eyes)
         except campaigns.CampaignError as exc:
             problem = str(exc)
         send_after = row.send_after
@@ -298,7 +311,7 @@ def compose() -> Response:
             with runtime.sessions.begin() as db:
                 row = campaigns.create_oneoff(db, settings, topic=form["topic"], subject=form["subject"],
                                               preheader=form["preheader"], body_markdown=form["body_markdown"],
-                                              now=runtime.clock())
+                                              now=runtime.clock(), by=g.staff.email)
                 campaign_id = row.id
         except campaigns.CampaignError as exc:
             problem = f"Not saved: {exc}."

@@ -7,7 +7,8 @@ import logging
 from flask import Response, g, request
 from sqlalchemy import select
 
-from mailer.models import Contact, Enrollment, Inquiry, Reply
+from mailer import access_log
+from mailer.models import ConsentEvent, Contact, Enrollment, Inquiry, Reply
 from mailer.sequences import figures as sequence_figures
 from mailer.sequences import followups, pausing
 from mailer.web import current_runtime
@@ -15,6 +16,7 @@ from mailer.web.admin.base import (
     INQUIRIES_SHOWN,
     STOP_REASONS,
     blueprint,
+    current_now,
     current_settings,
     done,
     get_or_404,
@@ -59,10 +61,18 @@ def inquiries() -> Response:
 
 @blueprint.get("/inquiries/<int:inquiry_id>")
 def inquiry(inquiry_id: int) -> Response:
-    """One inquiry, with the visitor's message (for staff only), consent and follow-up state."""
-    with current_runtime().sessions() as db:
+    """One inquiry, with the visitor's message (for staff only), consent and follow-up state.
+
+    Showing the message is written to the access log first, in the same transaction: if it cannot be
+    logged, it is not shown. The page lists everyone who has seen it.
+    """
+    with current_runtime().sessions.begin() as db:
         row = get_or_404(db, Inquiry, inquiry_id, "inquiry")
+        if row.message:
+            access_log.record(db, actor=g.staff.email, action=access_log.MESSAGE_VIEWED, now=current_now(),
+                              inquiry_id=row.id, contact_id=row.contact_id, staff_id=g.staff.id)
         contact = db.get(Contact, row.contact_id)
+        grant = db.get(ConsentEvent, row.consent_event_id) if row.consent_event_id else None
         enrollment = db.scalar(select(Enrollment).where(Enrollment.inquiry_id == row.id)
                                .order_by(Enrollment.id.desc()).limit(1))
         state = _sequence_state(enrollment.status if enrollment else None,
@@ -77,7 +87,9 @@ def inquiry(inquiry_id: int) -> Response:
         ).all()
         several = len(current_settings().followups.all_sequences) > 1
         return page("admin/inquiry.html", section="admin.inquiries", inquiry=row, contact=contact,
-                     enrollment=enrollment, sequence_state=state, replies=replies, show_sequence=several)
+                     enrollment=enrollment, sequence_state=state, replies=replies, show_sequence=several,
+                     published_wording=grant.published_wording if grant else None,
+                     views=access_log.message_views(db, row.id))
 
 
 @blueprint.post("/inquiries/<int:inquiry_id>/close")

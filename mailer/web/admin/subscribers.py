@@ -8,6 +8,7 @@ from flask import Response, g, redirect, request, url_for
 from sqlalchemy import func, select
 
 from mailer import audience
+from mailer import db as database
 from mailer.inbound import evidence
 from mailer.models import Campaign, ConsentEvent, Contact, Inquiry, OutboxMessage
 from mailer.publishing import figures
@@ -96,7 +97,7 @@ def subscriber_suppress(contact_id: int) -> Response:
         already = audience.suppression_for(db, settings.secret_key, contact) is not None
         if not already:
             audience.suppress(db, settings.secret_key, contact, "staff", runtime.clock(),
-                              detail=f"by staff account {g.staff.id}")
+                              detail=f"by staff account {g.staff.id}", actor=g.staff.email)
     if already:
         return done(".subscriber", "This address was already suppressed; nothing changed.", contact_id=contact_id)
     log.info("contact %s suppressed by staff account %s", contact_id, g.staff.id)
@@ -143,7 +144,8 @@ def subscriber_erase(contact_id: int) -> Response:
         if not matches:
             return _erase_page(contact, 400, "The address you typed is not this person’s address, so nothing was "
                                              "erased. Type it exactly as shown.")
-        audience.erase(db, settings.secret_key, contact, runtime.clock())
+        audience.erase(db, settings.secret_key, contact, runtime.clock(), actor=g.staff.email)
+    database.after_erasure(runtime.engine)
     log.info("contact %s erased by staff account %s", contact_id, g.staff.id)
     return done(".subscribers", "Erased. Everything about this person is deleted; only a keyed hash of the "
                  "address stays on the suppression list, so they are never emailed again.")
