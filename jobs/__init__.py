@@ -48,15 +48,28 @@ def registry() -> dict[str, JobFunction]:
 
 # Replies are read before the follow-ups advance: a reply that came in pauses the next step, never
 # after it was queued.
-TICK_ORDER = ("ingest_feed", "nightly_newsletter", "process_replies", "advance_followups", "deliver")
+# Bounces and replies before the follow-ups advance and delivery runs: a dead address or a reply read now
+# stops the next message.
+TICK_ORDER = ("ingest_feed", "nightly_newsletter", "process_bounces", "process_replies", "advance_followups",
+              "deliver", "housekeeping")
 # Jobs `mailer tick` runs only when their interval has passed since their last recorded run (the others
 # decide for themselves whether there is anything to do).
-TICK_WHEN_DUE = {"process_replies": dt.timedelta(minutes=5)}
+TICK_WHEN_DUE = {"process_bounces": dt.timedelta(minutes=15), "process_replies": dt.timedelta(minutes=5)}
+# Jobs that read a mailbox: nothing to do while it is not configured.
+MAILBOX_JOBS = {"process_bounces": "bounces", "process_replies": "replies"}
 
 
 def is_due(runtime: Runtime, job_id: str, now: dt.datetime) -> bool:
-    """Whether `mailer tick` at `now` runs this job: always, or for TICK_WHEN_DUE jobs, when no run is
-    recorded within their interval before `now`."""
+    """Whether `mailer tick` at `now` runs this job: housekeeping once a day; a mailbox job only when its
+    mailbox is configured; a TICK_WHEN_DUE job when no run is recorded within its interval before `now`;
+    the others always."""
+    if job_id == "housekeeping":
+        from mailer.jobs import housekeeping
+
+        return housekeeping.is_due(runtime, now)
+    mailbox = MAILBOX_JOBS.get(job_id)
+    if mailbox is not None and getattr(runtime.settings, mailbox).source == "none":
+        return False
     every = TICK_WHEN_DUE.get(job_id)
     if every is None:
         return True

@@ -113,8 +113,9 @@ def ingest(ctx: Context) -> None:
 @pass_ctx
 @friendly
 def tick(ctx: Context, at: str | None) -> None:
-    """Run every job that is due, once, as the scheduler would at that moment:
-    ingest, newsletter, replies (every 5 minutes), follow-ups, delivery."""
+    """Run every job that is due, once, as the scheduler would at that moment: ingest, newsletter,
+    bounces (every 15 minutes) and replies (every 5) when their mailbox is set, follow-ups, delivery, and
+    the daily housekeeping (03:30 clinic time) when it has not run since."""
     from mailer import jobs
 
     if at:
@@ -127,17 +128,6 @@ def tick(ctx: Context, at: str | None) -> None:
         counts = jobs.run_job(ctx.runtime, job_id, now)
         summary = ", ".join(f"{k} {v}" for k, v in counts.items())
         click.echo(f"{job_id}: {summary or 'done'}")
-    _tick_daily_housekeeping(ctx, now)
-
-
-def _tick_daily_housekeeping(ctx: Context, now: dt.datetime) -> None:
-    """Housekeeping runs once a day (03:30 clinic time); a tick runs it when the scheduler would have."""
-    import jobs
-    from jobs import housekeeping
-
-    if housekeeping.is_due(ctx.runtime, now):
-        counts = jobs.run_job(ctx.runtime, "housekeeping", now)
-        click.echo("housekeeping: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
 @main.command()
