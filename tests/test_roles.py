@@ -280,10 +280,11 @@ def cli(config_path: Path, environ: dict[str, str], *args: str, password: str | 
     return CliRunner().invoke(main, ["--config", str(config_path), *args], env=env)
 
 
-def test_staff_add_needs_a_role_and_list_shows_them(config_path: Path, environ: dict[str, str],
+def test_staff_add_takes_a_role_and_list_shows_them(config_path: Path, environ: dict[str, str],
                                                     runtime: Runtime) -> None:
-    missing = cli(config_path, environ, "staff", "add", "rosa@therapycentral.example", password="a long passphrase!")
-    assert missing.exit_code == 2 and "--role" in missing.output
+    # Without --role: the full login scripts made before roles existed made, said out loud.
+    plain = cli(config_path, environ, "staff", "add", "ida@therapycentral.example", password="a long passphrase!")
+    assert plain.exit_code == 0 and "with the role admin" in plain.output
     assert cli(config_path, environ, "staff", "add", "rosa@therapycentral.example", "--role", "boss",
                password="a long passphrase!").exit_code == 2
     for email, role in (("rosa@therapycentral.example", "frontdesk"), ("ada@therapycentral.example", "marketing")):
@@ -292,8 +293,9 @@ def test_staff_add_needs_a_role_and_list_shows_them(config_path: Path, environ: 
     cli(config_path, environ, "staff", "disable", "ada@therapycentral.example")
     listed = cli(config_path, environ, "staff", "list").output.splitlines()
     assert listed[1].split() == ["ada@therapycentral.example", "marketing", "disabled", "never"]
-    assert listed[2].split() == ["rosa@therapycentral.example", "frontdesk", "active", "never"]
+    assert listed[2].split() == ["ida@therapycentral.example", "admin", "active", "never"]
+    assert listed[3].split() == ["rosa@therapycentral.example", "frontdesk", "active", "never"]
     unknown = cli(config_path, environ, "staff", "disable", "nobody@therapycentral.example")
     assert unknown.exit_code == 1 and unknown.output == "mailer: error: no staff account for nobody@therapycentral.example\n"
     with runtime.sessions() as session:
-        assert session.scalar(select(func.count()).select_from(StaffUser)) == 2
+        assert session.scalar(select(func.count()).select_from(StaffUser)) == 3

@@ -31,18 +31,19 @@ def _password() -> str:
 
 ROLE_HELP = ("admin: everything, staff accounts, erasure; marketing: campaigns, compose, subscribers' figures, "
              "no inquiry messages; frontdesk: inquiries and their messages, no campaigns.")
-# Required, never defaulted: a login created without saying what it is for must not become an admin.
 ROLE_OPTION = click.option("--role", required=True, type=click.Choice(STAFF_ROLES), help=ROLE_HELP)
 
 
 @staff.command("add")
 @click.argument("email")
-@ROLE_OPTION
+# `mailer staff add EMAIL` without a role is what scripts written before roles run: it keeps making the
+# full login it always made (and says so), rather than breaking them.
+@click.option("--role", default="admin", show_default=True, type=click.Choice(STAFF_ROLES), help=ROLE_HELP)
 @pass_ctx
 @friendly
 def add(ctx: Context, email: str, role: str) -> None:
-    """Create a staff login with a role. The password (at least 12 characters) is asked for on a
-    terminal, otherwise read from $MAILER_STAFF_PASSWORD."""
+    """Create a staff login with a role (admin unless --role says otherwise). The password (at least 12
+    characters) is asked for on a terminal, otherwise read from $MAILER_STAFF_PASSWORD."""
     password = _password()
     try:
         # Checked before opening the database, so a typo costs nothing and says only what is wrong.
