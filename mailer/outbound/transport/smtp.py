@@ -1,172 +1,25 @@
-"""SMTP (TLS, auth, reused connections, DKIM) and the file transport; every failure classified.
-
-A Transport makes Connections; the delivery loop opens one Connection per worker thread and sends many
-messages through it. A Connection never raises for a delivery problem: it returns a SendResult whose
-outcome says what the outbox should do with the message.
-"""
+"""SMTP: TLS, auth, reused and pipelined connections to one relay; every failure classified."""
 
 from __future__ import annotations
 
 import dataclasses
-import email.parser
-import email.policy
-import hashlib
 import io
 import logging
-import os
 import re
 import smtplib
 import socket
 import ssl
 import struct
 import sys
-import tempfile
-from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import Literal
 
 import idna
 
-from mailer.config import SmtpUrl, parse_smtp_url
-
-if TYPE_CHECKING:
-    from mailer.config import Dkim, Settings
+from mailer.config import SmtpUrl
+from mailer.outbound.transport import Done, Envelope, Outcome, SendResult, Take
+from mailer.outbound.transport.dkim import DkimSigner
 
 log = logging.getLogger("mailer.smtp")
-
-Outcome = Literal["sent", "temporary", "permanent", "unknown", "skipped"]  # "skipped": never handed over (delivery)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Envelope:
-    mail_from: str
-    rcpt: str
-    data: bytes  # the complete message, CRLF line endings
-    key: str = ""  # a name for the message (the outbox id): the file transport names its file after it
-    # The data is known to end every line with CRLF (the renderer builds it so, and its tests check it):
-    # the transport need not scan 10-50 KB per recipient to make sure.
-    crlf: bool = False
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class SendResult:
-    outcome: Outcome
-    code: int | None = None
-    detail: str = ""
-    # Where it happened: "connect" (TCP, TLS, EHLO, AUTH), "envelope" (checked here, nothing sent),
-    # "mail", "rcpt", "data" (DATA command, message, final reply) or "" (sent / file transport).
-    # Only a "permanent" at "rcpt" (or "data") says something about the recipient's address.
-    stage: str = ""
-
-
-# stream(): take(wait) gives the next (token, envelope) or None; done(token, result) reports one.
-Take = Callable[[bool], "tuple[object, Envelope] | None"]
-Done = Callable[[object, SendResult], None]
-
-
-class Connection(Protocol):
-    def send(self, envelope: Envelope) -> SendResult: ...
-
-    def stream(self, take: Take, done: Done) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class Transport(Protocol):
-    def connect(self) -> Connection: ...
-
-
-# --- DKIM ----------------------------------------------------------------------------------------
-
-# The headers a signature covers when the message has them (RFC 6376 §5.4.1's list, trimmed to ours).
-DKIM_HEADERS = (
-    "From",
-    "Subject",
-    "Date",
-    "To",
-    "Message-ID",
-    "List-Unsubscribe",
-    "List-Unsubscribe-Post",
-    "Reply-To",
-    "MIME-Version",
-    "Content-Type",
-)
-
-
-class DkimSigner:
-    """Signs finished messages with one DKIM key (rsa-sha256, relaxed/relaxed)."""
-
-    def __init__(self, selector: str, domain: str, private_key: bytes) -> None:
-        import dkim.crypto  # dkimpy pulls in dnspython: only for installations that sign
-
-        key = private_key.replace(b"\r\n", b"\n").strip() + b"\n"
-        try:
-            dkim.crypto.parse_pem_private_key(key)
-        except Exception as exc:  # dkimpy raises several types for a bad key; one message is enough
-            raise ValueError(
-                f"the DKIM private key is not a PEM RSA key ({exc.__class__.__name__})"
-            ) from None
-        self.selector = selector
-        self.domain = domain
-        self._key = key
-
-    def sign(self, data: bytes) -> bytes:
-        """The message with a DKIM-Signature header prepended; ValueError if it cannot be signed."""
-        import dkim
-
-        present = {name.lower() for name in _header_names(data)}
-        include = [name.encode() for name in DKIM_HEADERS if name.lower() in present]
-        try:
-            signature = dkim.sign(
-                data,
-                self.selector.encode("ascii"),
-                self.domain.encode("ascii"),
-                self._key,
-                canonicalize=(b"relaxed", b"relaxed"),
-                include_headers=include,
-            )
-        except dkim.DKIMException as exc:
-            raise ValueError(f"DKIM signing failed: {exc}") from None
-        return signature + data
-
-
-def _header_names(data: bytes) -> list[str]:
-    """Names of the header fields in a message (continuation lines skipped)."""
-    head = data.split(b"\r\n\r\n", 1)[0]
-    names = []
-    for line in head.split(b"\r\n"):
-        if line[:1] in (b" ", b"\t") or b":" not in line:
-            continue
-        names.append(line.split(b":", 1)[0].strip().decode("ascii", "replace"))
-    return names
-
-
-def load_dkim(dkim_config: Dkim, private_key_pem: str = "") -> DkimSigner | None:
-    """The signer the config asks for, or None when selector, domain or key is missing."""
-    key: bytes | None = None
-    if private_key_pem:
-        # Environment variables are often set with literal "\n" instead of newlines.
-        text = private_key_pem if "\n" in private_key_pem else private_key_pem.replace("\\n", "\n")
-        key = text.encode("ascii", "replace")
-    elif dkim_config.private_key_path:
-        try:
-            key = Path(dkim_config.private_key_path).read_bytes()
-        except OSError as exc:
-            raise ValueError(
-                f"delivery.dkim.private_key_path: cannot read {dkim_config.private_key_path}: {exc.strerror}"
-            ) from None
-    if not (dkim_config.selector and dkim_config.domain and key):
-        if dkim_config.selector or dkim_config.domain or key:
-            log.warning("DKIM is partly configured (selector, domain and key are all needed); not signing")
-        return None
-    try:
-        return DkimSigner(dkim_config.selector, dkim_config.domain, key)
-    except ValueError as exc:
-        source = "MAILER_DKIM_PRIVATE_KEY" if private_key_pem else dkim_config.private_key_path
-        raise ValueError(f"delivery.dkim: {source}: {exc}") from None
-
-
-# --- SMTP ----------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(slots=True)
@@ -803,103 +656,3 @@ class SMTPConnection:
         self._needs_rset = False
         if smtp is not None:
             smtp.close()
-
-
-# --- files ---------------------------------------------------------------------------------------
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-
-
-def _file_name(key: str, data: bytes) -> str:
-    """A file name from the key (or the Message-ID): no separators, no leading dots, bounded length."""
-    base = key
-    if not base:
-        headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(data)
-        base = str(headers.get("Message-ID", "")).strip().strip("<>")
-    if not base:
-        return hashlib.sha256(data).hexdigest()[:32] + ".eml"
-    safe = _UNSAFE.sub("_", base).lstrip(".")[:120]
-    if safe != base:
-        # Two keys that clean up to the same text must still get different files.
-        safe = f"{safe}-{hashlib.sha256(base.encode()).hexdigest()[:12]}"
-    return safe + ".eml"
-
-
-class FileTransport:
-    """Writes each message as an .eml file: for the demo, development and relays that pick up files."""
-
-    def __init__(self, outbox_dir: Path, *, dkim: DkimSigner | None = None) -> None:
-        self.outbox_dir = Path(outbox_dir)
-        self.dkim = dkim
-
-    def connect(self) -> FileConnection:
-        """A connection; files need no session, so it is cheap."""
-        return FileConnection(self)
-
-
-class FileConnection:
-    """Writes messages atomically: a reader never sees half a file."""
-
-    def __init__(self, transport: FileTransport) -> None:
-        self._transport = transport
-
-    def send(self, envelope: Envelope) -> SendResult:
-        """Write the message to outbox_dir/<name>.eml (replacing an earlier copy of the same message)."""
-        folder = self._transport.outbox_dir
-        data = envelope.data if envelope.crlf else _normalise_line_endings(envelope.data)
-        if self._transport.dkim is not None:
-            try:
-                data = self._transport.dkim.sign(data)
-            except ValueError as exc:
-                return SendResult("temporary", None, str(exc), "envelope")
-        target = folder / _file_name(envelope.key, data)
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(dir=folder, prefix=".", suffix=".tmp")
-            try:
-                with os.fdopen(handle, "wb") as file:
-                    file.write(data)
-                    file.flush()
-                    os.fsync(file.fileno())
-                os.replace(temporary, target)
-            except BaseException:
-                Path(temporary).unlink(missing_ok=True)
-                raise
-            _fsync_dir(folder)
-        except OSError as exc:
-            return SendResult("temporary", None, f"cannot write {target}: {exc.strerror or exc}", "data")
-        return SendResult("sent", None, str(target))
-
-    def stream(self, take: Take, done: Done) -> None:
-        """Write every message take() hands out, one after the other."""
-        while (item := take(True)) is not None:
-            done(item[0], self.send(item[1]))
-
-    def close(self) -> None:
-        """Nothing to close."""
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable; not every platform can open a directory."""
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
-
-
-# --- wiring --------------------------------------------------------------------------------------
-
-
-def make_transport(settings: Settings) -> Transport:
-    """The transport the config asks for, with DKIM when a key is configured."""
-    delivery = settings.delivery
-    signer = load_dkim(delivery.dkim, settings.dkim_private_key)
-    if delivery.transport == "smtp":
-        return SMTPTransport(parse_smtp_url(delivery.smtp_url), timeout=delivery.timeout_seconds, dkim=signer)
-    return FileTransport(Path(delivery.outbox_dir), dkim=signer)
