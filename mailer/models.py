@@ -101,7 +101,7 @@ class Campaign(Base):
 
     __tablename__ = "campaigns"
     __table_args__ = (
-        CheckConstraint("state IN ('draft','approved','sending','sent','cancelled','skipped')", name="state"),
+        CheckConstraint("state IN ('draft','approved','sending','halted','sent','cancelled','skipped')", name="state"),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
@@ -126,6 +126,9 @@ class Campaign(Base):
     # placeholders where the personal values go. Every process and every night of the send uses these.
     frozen_html: Mapped[str | None] = mapped_column(Text)
     frozen_text: Mapped[str | None] = mapped_column(Text)
+    # Why and when the send stopped by itself ("halted": the relay kept refusing us); staff resume it.
+    halted_reason: Mapped[str | None] = mapped_column(Text)
+    halted_at: Mapped[dt.datetime | None]
 
     posts: Mapped[list[Post]] = relationship(order_by="Post.published_at.desc()", lazy="selectin")
 

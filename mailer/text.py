@@ -1,4 +1,4 @@
-"""Text helpers every wing uses: one line of text, safe in a header or a log line."""
+"""One line of text, for a header, a log line or a stored reason: the one helper every wing uses."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import re
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 
-def one_line(value: str) -> str:
-    """Header-safe text: no CR, LF or other control characters (no header injection)."""
-    return _CONTROL.sub(" ", value).strip()
+def one_line(value: object) -> str:
+    """The value as one printable line: bytes decoded (bad UTF-8 replaced), control characters (CR, LF:
+    header injection) out, runs of whitespace (folded lines, multi-line replies) made one space."""
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes | bytearray) else str(value)
+    return " ".join(_CONTROL.sub(" ", text).split())

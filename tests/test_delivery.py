@@ -12,7 +12,10 @@ from sqlalchemy import func, select
 from mailer import audience, config
 from mailer.models import Campaign, OutboxMessage, Suppression
 from mailer.outbound import outbox
-from mailer.outbound.delivery import Delivery, backoff
+from mailer.message_kinds import registry
+from mailer.outbound import store
+from mailer.outbound.delivery import Delivery
+from mailer.outbound.retry import Policy, backoff
 from mailer.outbound.transport import SMTPTransport
 from mailer.publishing import campaigns
 from mailer.publishing.render import Renderer
@@ -43,7 +46,7 @@ def smtp(server: SMTPServer, timeout: float = 2.0) -> SMTPTransport:
 
 
 def deliver(settings: config.Settings, engine, server: SMTPServer, at: dt.datetime, **kwargs):  # noqa: ANN001, ANN201
-    return Delivery(settings, engine, smtp(server, **kwargs), fixed_clock(at)).run()
+    return Delivery(settings, engine, smtp(server, **kwargs), fixed_clock(at), registry(settings)).run()
 
 
 def rows(sessions) -> dict[str, OutboxMessage]:  # noqa: ANN001
@@ -248,7 +251,7 @@ def test_a_stop_request_releases_unsent_claims(settings, sessions, engine, smtp_
     stop = threading.Event()
     smtp_server.faults.data_script = lambda count: stop.set() if count == 3 else None
     smtp_server.faults.data_delay = 0.05
-    report = Delivery(settings, engine, smtp(smtp_server), fixed_clock(T0)).run(stop=stop)
+    report = Delivery(settings, engine, smtp(smtp_server), fixed_clock(T0), registry(settings)).run(stop=stop)
     with sessions() as session:
         counts = outbox.counts(session)
     assert counts["sending"] == 0
@@ -262,12 +265,12 @@ def test_sent_results_are_recorded_exactly(settings, sessions, engine) -> None: 
     add_subscribers(sessions, settings, [f"w{n}@example.com" for n in range(4)])
     start_campaign(sessions, settings)
     with sessions.begin() as session:
-        claimed = outbox.claim(session, "worker-1", T0, dt.timedelta(minutes=5), 10)
+        claimed = store.claim(session, "worker-1", T0, dt.timedelta(minutes=5), 10)
     ids = [row.id for row in claimed]
     written = [(row_id, T0 + dt.timedelta(seconds=n, microseconds=123), f"<{row_id}.tag{n}@example.org>",
                 None if n == 3 else 250) for n, row_id in enumerate(ids[:3])] + [(ids[3], T0, "<x@y>", None)]
     with engine.connect() as connection, connection.begin():
-        outbox.record_sent(connection, written)
+        store.record_sent(connection, written)
     with sessions() as session:
         stored = {row.id: row for row in session.scalars(select(OutboxMessage))}
     for row_id, at, mid, code in written:
@@ -291,7 +294,7 @@ def test_backoff_grows_and_is_capped(settings) -> None:  # noqa: ANN001
     import random
 
     rng = random.Random(1)
-    delays = [backoff(settings, attempt, rng) for attempt in range(1, 12)]
+    delays = [backoff(Policy.of(settings), attempt, rng.uniform(0.8, 1.2)) for attempt in range(1, 12)]
     cap = config.duration(settings.delivery.retry_max)
     assert delays[0] < delays[2] < delays[4]
     assert all(d <= cap * 1.2 for d in delays) and delays[-1] >= cap * 0.8
@@ -318,7 +321,7 @@ def test_a_live_worker_keeps_its_leases(settings, sessions, engine, smtp_server)
     smtp_server.faults.data_delay = 0.25  # 16 messages: about 4 s, twice the lease
     reports = []
     worker = threading.Thread(target=lambda: reports.append(
-        Delivery(settings, engine, smtp(smtp_server), system_clock).run()))
+        Delivery(settings, engine, smtp(smtp_server), system_clock, registry(settings)).run()))
     worker.start()
     try:
         time.sleep(2.6)  # past the first lease, while the worker is still sending
@@ -363,7 +366,7 @@ def test_sixteen_connections_share_one_process(settings, sessions, smtp_server, 
     start_campaign(sessions, settings)
     settings = settings.model_copy(update={"delivery": settings.delivery.model_copy(update={"connections": 16})})
     with pytest.raises(ValueError, match="needs 18"):
-        Delivery(settings, db.make_engine(database_url, pool_size=5), smtp(smtp_server), fixed_clock(T0))
+        Delivery(settings, db.make_engine(database_url, pool_size=5), smtp(smtp_server), fixed_clock(T0), registry(settings))
     engine = db.make_engine(database_url, pool_size=settings.delivery.connections + 4)  # what Runtime makes
     try:
         assert deliver(settings, engine, smtp_server, T0).sent == 40

@@ -148,6 +148,22 @@ def approve(session: Session, campaign: Campaign, *, by: str, now: dt.datetime, 
     campaign.send_after = send_after
 
 
+def resume(session: Session, campaign: Campaign, now: dt.datetime) -> int:
+    """A halted campaign (the relay kept refusing us) sends again: its waiting messages are due now, on
+    the next delivery run. Returns how many messages wait."""
+    if campaign.state != "halted":
+        raise CampaignError(f"campaign {campaign.id} is {campaign.state}; only a halted campaign can be resumed")
+    campaign.state = "sending"
+    campaign.halted_reason = None
+    campaign.halted_at = None
+    result = session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.campaign_id == campaign.id, OutboxMessage.state.in_(outbox.WAITING))
+        .values(due_at=now)
+    )
+    return result.rowcount or 0
+
+
 def cancel(session: Session, campaign: Campaign, now: dt.datetime) -> int:
     """Stop a campaign: messages not yet handed over are skipped. Returns how many were skipped."""
     if campaign.state in ("sent", "cancelled"):

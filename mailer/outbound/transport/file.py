@@ -10,8 +10,8 @@ import re
 import tempfile
 from pathlib import Path
 
+from mailer.config import Settings
 from mailer.outbound.transport import Done, Envelope, SendResult, Take
-from mailer.outbound.transport.dkim import DkimSigner
 from mailer.outbound.transport.smtp import _normalise_line_endings
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -35,9 +35,8 @@ def _file_name(key: str, data: bytes) -> str:
 class FileTransport:
     """Writes each message as an .eml file: for the demo, development and relays that pick up files."""
 
-    def __init__(self, outbox_dir: Path, *, dkim: DkimSigner | None = None) -> None:
+    def __init__(self, outbox_dir: Path) -> None:
         self.outbox_dir = Path(outbox_dir)
-        self.dkim = dkim
 
     def connect(self) -> FileConnection:
         """A connection; files need no session, so it is cheap."""
@@ -54,11 +53,6 @@ class FileConnection:
         """Write the message to outbox_dir/<name>.eml (replacing an earlier copy of the same message)."""
         folder = self._transport.outbox_dir
         data = envelope.data if envelope.crlf else _normalise_line_endings(envelope.data)
-        if self._transport.dkim is not None:
-            try:
-                data = self._transport.dkim.sign(data)
-            except ValueError as exc:
-                return SendResult("temporary", None, str(exc), "envelope")
         target = folder / _file_name(envelope.key, data)
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -98,3 +92,8 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(descriptor)
+
+
+def from_settings(settings: Settings) -> FileTransport:
+    """.eml files under `delivery.outbox_dir`."""
+    return FileTransport(Path(settings.delivery.outbox_dir))

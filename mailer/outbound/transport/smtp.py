@@ -15,9 +15,9 @@ from typing import Literal
 
 import idna
 
-from mailer.config import SmtpUrl
+from mailer.config import Settings, SmtpUrl, parse_smtp_url
 from mailer.outbound.transport import Done, Envelope, Outcome, SendResult, Take
-from mailer.outbound.transport.dkim import DkimSigner
+from mailer.text import one_line as _text
 
 log = logging.getLogger("mailer.smtp")
 
@@ -56,12 +56,6 @@ class _Failed(Exception):
         self.result = result
 
 
-def _text(reply: bytes | str) -> str:
-    """A server reply as one printable line."""
-    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
-    return " ".join(text.split())
-
-
 def _describe(exc: BaseException, timeout: float) -> str:
     """What went wrong with the network, in words staff can act on."""
     # smtplib wraps socket errors in SMTPServerDisconnected; the interesting part is the original.
@@ -81,6 +75,7 @@ def _describe(exc: BaseException, timeout: float) -> str:
     return str(cause) or cause.__class__.__name__
 
 
+_MAILBOX_STATUS = re.compile(r"\b5\.1\.\d{1,3}\b")  # RFC 3463: a bad destination mailbox address
 _UNUSABLE_IN_ADDRESS = re.compile(r"[<>\r\n\t ]")
 
 
@@ -223,11 +218,9 @@ class SMTPTransport:
         *,
         timeout: float,
         local_hostname: str | None = None,
-        dkim: DkimSigner | None = None,
     ) -> None:
         self.smtp = smtp
         self.timeout = timeout
-        self.dkim = dkim
         # getfqdn() may do a slow DNS lookup; smtplib would repeat it for every connection.
         self.local_hostname = local_hostname or smtp.helo or socket.getfqdn()
         self.tls_context: ssl.SSLContext | None = None
@@ -342,7 +335,7 @@ class SMTPConnection:
         done(token, result)
 
     def _transaction(self, envelope: Envelope) -> _Tx | SendResult:
-        """The envelope checked and the bytes made final (CRLF, DKIM); or why it cannot be sent."""
+        """The envelope checked and the bytes made final (CRLF); or why it cannot be sent."""
         try:
             if self._sender is None or self._sender[0] != envelope.mail_from:  # the same for a whole send
                 self._sender = (envelope.mail_from, _smtp_address(envelope.mail_from))
@@ -355,11 +348,6 @@ class SMTPConnection:
         except ValueError as exc:
             return SendResult("permanent", None, str(exc), "envelope")
         data = envelope.data if envelope.crlf else _normalise_line_endings(envelope.data)
-        if self._transport.dkim is not None:
-            try:
-                data = self._transport.dkim.sign(data)
-            except ValueError as exc:
-                return SendResult("temporary", None, str(exc), "envelope")
         return _Tx(mail_from, rcpt, data, sender_utf8, rcpt_utf8 or sender_utf8)
 
     def _mail_command(self, smtp: smtplib.SMTP, tx: _Tx) -> str | SendResult:
@@ -431,9 +419,10 @@ class SMTPConnection:
     def _mail_refused(self, code: int, reply: bytes) -> SendResult:
         if code == 421:
             self._drop()
-        # 5xx here is about our sender or the relay's policy, not the recipient: never "permanent",
-        # which would suppress an address that did nothing wrong.
-        return SendResult("temporary", code if code > 0 else None, f"MAIL FROM: {code} {_text(reply)}", "mail")
+        # 5xx here is about our sender or the relay's policy, not the recipient: never "permanent" (the
+        # message could go once staff fix the sender); a 5xx refuses us, which the engine's breaker counts.
+        return SendResult("temporary", code if code > 0 else None, f"MAIL FROM: {code} {_text(reply)}", "mail",
+                          sender_refused=500 <= code < 600)
 
     def _envelope_replies(self, smtp: smtplib.SMTP, code: int, reply: bytes) -> SendResult | None:
         """Given the reply to a pipelined MAIL, read the RCPT and DATA replies: None if all agreed (the
@@ -543,7 +532,10 @@ class SMTPConnection:
         if code == 421:
             self._drop()  # the relay is closing this session; the next send opens a new one
         if 500 <= code < 600:
-            return SendResult("permanent", code, detail, stage)
+            # 5xx to RCPT refuses the address. 5xx after DATA is usually about the content (spam, size,
+            # policy): only its enhanced status 5.1.x says the mailbox is bad.
+            rejected = stage == "rcpt" or (stage == "data" and bool(_MAILBOX_STATUS.search(detail)))
+            return SendResult("permanent", code, detail, stage, address_rejected=rejected)
         return SendResult("temporary", code if code > 0 else None, detail, stage)
 
     def _mail_options(self, smtp: smtplib.SMTP, data: bytes, *, utf8: bool) -> list[str]:
@@ -638,7 +630,8 @@ class SMTPConnection:
         except smtplib.SMTPAuthenticationError as exc:
             detail = f"authentication failed for {url.username} at {where}: {exc.smtp_code} {_text(exc.smtp_error)}"
             log.warning(detail)
-            raise _Failed(SendResult("temporary", exc.smtp_code, detail, "connect")) from None
+            raise _Failed(SendResult("temporary", exc.smtp_code, detail, "connect",
+                                     sender_refused=500 <= exc.smtp_code < 600)) from None
         except smtplib.SMTPNotSupportedError as exc:
             raise _Failed(SendResult("temporary", None, f"{where}: AUTH: {exc}", "connect")) from None
         except smtplib.SMTPException as exc:
@@ -656,3 +649,9 @@ class SMTPConnection:
         self._needs_rset = False
         if smtp is not None:
             smtp.close()
+
+
+def from_settings(settings: Settings) -> SMTPTransport:
+    """The relay in `delivery.smtp_url` (MAILER_SMTP_URL)."""
+    delivery = settings.delivery
+    return SMTPTransport(parse_smtp_url(delivery.smtp_url), timeout=delivery.timeout_seconds)

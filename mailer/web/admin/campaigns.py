@@ -1,4 +1,4 @@
-"""Staff pages for campaigns: the list, one campaign, preview, edit, test, approve, cancel, compose."""
+"""Staff pages for campaigns: the list, one campaign, preview, edit, test, approve, resume, cancel, compose."""
 
 from __future__ import annotations
 
@@ -171,6 +171,24 @@ def campaign_approve(campaign_id: int) -> Response:
     log.info("campaign %s approved by staff account %s", campaign_id, g.staff.id)
     moment = f"at {when(send_after)}" if send_after else "on the next delivery run, within a few minutes"
     return done(".campaign", f"Approved. It goes out {moment}.", campaign_id=campaign_id)
+
+
+@blueprint.post("/campaigns/<int:campaign_id>/resume")
+def campaign_resume(campaign_id: int) -> Response:
+    """Send a halted campaign again, once the relay settings are fixed."""
+    problem = None
+    waiting = 0
+    with current_runtime().sessions.begin() as db:
+        row = get_or_404(db, Campaign, campaign_id, "campaign")
+        try:
+            waiting = campaigns.resume(db, row, current_now())
+        except campaigns.CampaignError as exc:
+            problem = str(exc)
+    if problem is not None:
+        return done(".campaign", f"Not resumed: {problem}.", "problem", campaign_id=campaign_id)
+    log.info("campaign %s resumed by staff account %s (%d waiting)", campaign_id, g.staff.id, waiting)
+    return done(".campaign", f"Resumed. {waiting} message(s) go out on the next delivery run, within a few minutes.",
+                campaign_id=campaign_id)
 
 
 @blueprint.post("/campaigns/<int:campaign_id>/cancel")
