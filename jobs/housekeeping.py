@@ -11,8 +11,6 @@ from mailer.outbound import outbox
 from mailer.runtime import Runtime
 from mailer.sequences import followups
 
-TRIGGER = "cron"  # daily at 03:30 clinic time
-
 
 def run(runtime: Runtime, now: dt.datetime) -> dict[str, int]:
     with runtime.sessions.begin() as session:

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from mailer.links import email_hash
 from mailer.models import ConsentEvent, Contact, Enrollment, OutboxMessage, Subscription, Suppression
-from mailer.publishing.render import one_line
+from mailer.text import one_line
 
 log = logging.getLogger("mailer.audience")
 
@@ -375,18 +375,18 @@ def import_subscribers(session: Session, secret: str, topics: dict[str, str], st
 
     A row without consent (no source or no time) is rejected, never imported; so is a suppressed address.
     """
-    import csv
+    from mailer.spreadsheets import Sheet, SheetError
 
-    reader = csv.DictReader(stream)
-    if reader.fieldnames is None or [name.strip() for name in reader.fieldnames] != list(SUBSCRIBER_COLUMNS):
-        found = ",".join(reader.fieldnames or [])
+    try:
+        sheet = Sheet(stream)
+    except SheetError:
+        sheet = None
+    if sheet is None or sheet.names != list(SUBSCRIBER_COLUMNS):
+        found = ",".join(sheet.names if sheet else [])
         raise AudienceError(f"expected the columns {','.join(SUBSCRIBER_COLUMNS)}, found {found or 'nothing'}")
     report = ImportReport()
-    for row in reader:
-        line = reader.line_num
+    for line, row in sheet.records(report.rejected):
         try:
-            if None in row or any(value is None for value in row.values()):
-                raise AudienceError("wrong number of fields")
             source = (row["consent_source"] or "").strip()
             when = (row["consented_at"] or "").strip()
             if not source or not when:

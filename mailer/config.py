@@ -192,7 +192,7 @@ class Delivery(_Section):
     connections: int = Field(ge=1, le=64)
     processes: Processes = "auto"
     max_per_second: float = Field(ge=0)
-    smtp_url: str = ""
+    smtp_url: str = Field(default="", repr=False)  # it may hold the relay's password
     timeout_seconds: float = Field(default=30.0, gt=0)
     batch_size: int = Field(default=200, ge=1, le=5000)
     lease: Duration = "PT5M"

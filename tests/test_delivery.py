@@ -10,10 +10,9 @@ import pytest
 from sqlalchemy import func, select
 
 from mailer import audience, config
-from mailer.models import Campaign, OutboxMessage, Suppression
-from mailer.outbound import outbox
 from mailer.message_kinds import registry
-from mailer.outbound import store
+from mailer.models import Campaign, OutboxMessage, Suppression
+from mailer.outbound import outbox, store
 from mailer.outbound.delivery import Delivery
 from mailer.outbound.retry import Policy, backoff
 from mailer.outbound.transport import SMTPTransport

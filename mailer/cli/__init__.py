@@ -110,13 +110,12 @@ def tick(ctx: Context, at: str | None) -> None:
 @friendly
 def send(ctx: Context, dry_run: bool, processes: int | None) -> None:
     """Hand every due outbox message to the transport now (SMTP or .eml files)."""
-    import contextlib
     import gc
     import signal
 
     from jobs import deliver
     from mailer.outbound import runner, workers
-    from mailer.stopping import StopRequest
+    from mailer.stopping import StopRequest, announce
 
     runtime = ctx.runtime
     now = ctx.now()
@@ -140,15 +139,8 @@ def send(ctx: Context, dry_run: bool, processes: int | None) -> None:
         total += sum(outbox.audience_size(session, c.topic) for c in campaigns.ready(session, now))
     processes = processes or runner.processes_for(runtime, now, total)
     stop = StopRequest()
-
-    def on_signal(name: str) -> None:
-        """The first SIGTERM or SIGINT (repeats are ignored; the runner passes it on to the helpers).
-        Runs in a signal handler: it takes no lock, so the line goes straight to the file descriptor."""
-        with contextlib.suppress(OSError):
-            os.write(2, f"mailer: {name}: finishing the messages in flight...\n".encode())
-
-    if threading.current_thread() is threading.main_thread():
-        handler = stop.handler(on_signal)
+    if threading.current_thread() is threading.main_thread():  # the runner passes the stop on to the helpers
+        handler = stop.handler(announce)
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
 

@@ -8,13 +8,13 @@ import signal
 import sys
 
 from mailer.outbound import workers
-from mailer.stopping import StopRequest
+from mailer.stopping import StopRequest, announce
 
 
 def main(argv: list[str]) -> int:
     fd, parent = int(argv[1]), int(argv[2])
     stop = StopRequest()
-    signal.signal(signal.SIGTERM, stop.handler())
+    signal.signal(signal.SIGTERM, stop.handler(announce))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent relays it
     workers.stop_with(parent)
     spec = pickle.loads(sys.stdin.buffer.read())

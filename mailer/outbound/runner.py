@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from mailer.outbound import outbox, workers
 from mailer.outbound.delivery import Delivery, Progress
 from mailer.runtime import Runtime
-from mailer.stopping import Stop, StopRequest
+from mailer.stopping import Stop, StopRequest, announce
 
 log = logging.getLogger("mailer.delivery")
 
@@ -91,7 +91,7 @@ def send(
 
                 def work(report: Progress) -> dict[str, int]:
                     child_stop = StopRequest()  # SIGTERM (the parent relays its stop) ends it cleanly
-                    signal.signal(signal.SIGTERM, child_stop.handler())
+                    signal.signal(signal.SIGTERM, child_stop.handler(announce))
                     return _delivery(runtime, settings).run(stop=child_stop, progress=report).as_dict()
 
                 for _ in range(processes - 1):  # a helper signals no sibling

@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session
 from mailer.config import Settings, hhmm
 from mailer.models import Campaign, OutboxMessage, Post
 from mailer.outbound import outbox
-from mailer.publishing.render import Renderer, RenderError, one_line
+from mailer.publishing.render import Renderer, RenderError
+from mailer.text import one_line
 
 log = logging.getLogger("mailer.campaigns")
 
