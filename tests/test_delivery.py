@@ -15,37 +15,9 @@ from mailer.models import Campaign, OutboxMessage, Suppression
 from mailer.outbound import outbox, store
 from mailer.outbound.delivery import Delivery
 from mailer.outbound.retry import Policy, backoff
-from mailer.outbound.transport import SMTPTransport
 from mailer.publishing import campaigns
-from mailer.publishing.render import Renderer
 from mailer.runtime import fixed_clock
-from tests.smtp_server import SMTPServer
-
-T0 = dt.datetime(2026, 11, 23, 18, 0, tzinfo=dt.UTC)
-
-
-def add_subscribers(sessions, settings: config.Settings, addresses: list[str]) -> None:  # noqa: ANN001
-    with sessions.begin() as session:
-        for address in addresses:
-            audience.staff_subscribe(session, settings.secret_key, settings.topics, email=address, name="",
-                                     topic_names=["newsletter"], source="test-fixture", now=T0)
-
-
-def start_campaign(sessions, settings: config.Settings, now: dt.datetime = T0) -> int:  # noqa: ANN001
-    with sessions.begin() as session:
-        campaign = campaigns.create_oneoff(session, settings, topic="newsletter", subject="Open evening",
-                                           body_markdown="Join us **Thursday**.", now=now)
-        campaigns.approve(session, campaign, by="test", now=now)
-        campaigns.dispatch(session, now, Renderer(settings))
-        return campaign.id
-
-
-def smtp(server: SMTPServer, timeout: float = 2.0) -> SMTPTransport:
-    return SMTPTransport(config.parse_smtp_url(server.url), timeout=timeout, local_hostname="mailer.test")
-
-
-def deliver(settings: config.Settings, engine, server: SMTPServer, at: dt.datetime, **kwargs):  # noqa: ANN001, ANN201
-    return Delivery(settings, engine, smtp(server, **kwargs), fixed_clock(at), registry(settings)).run()
+from tests.builders import T0, add_subscribers, deliver, smtp, start_campaign, wait_until
 
 
 def rows(sessions) -> dict[str, OutboxMessage]:  # noqa: ANN001
@@ -322,9 +294,15 @@ def test_a_live_worker_keeps_its_leases(settings, sessions, engine, smtp_server)
     worker = threading.Thread(target=lambda: reports.append(
         Delivery(settings, engine, smtp(smtp_server), system_clock, registry(settings)).run()))
     worker.start()
+
+    def first_lease() -> dt.datetime | None:
+        with sessions() as session:
+            return session.scalar(select(func.min(OutboxMessage.lease_until)).where(OutboxMessage.state == "sending"))
+
     try:
-        time.sleep(2.6)  # past the first lease, while the worker is still sending
-        assert worker.is_alive()
+        lease_end = wait_until(first_lease)
+        wait_until(lambda: system_clock() > lease_end + dt.timedelta(seconds=0.2))  # past the first lease...
+        assert worker.is_alive()  # ...while the worker is still sending
         with sessions.begin() as session:
             assert outbox.reclaim_expired(session, system_clock()) == 0
     finally:
@@ -419,9 +397,7 @@ def test_a_recorder_that_cannot_write_holds_the_connections_back(settings, sessi
     outcome: list[object] = []
     sending = threading.Thread(target=lambda: outcome.append(deliver(settings, engine, smtp_server, T0)))
     sending.start()
-    deadline = time.monotonic() + 20
-    while len(smtp_server.received) < 8 and time.monotonic() < deadline:
-        time.sleep(0.005)
+    wait_until(lambda: len(smtp_server.received) >= 8, timeout=20, every=0.005)
     lock = _OutboxLock(engine)
     try:
         time.sleep(1.5)

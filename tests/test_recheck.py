@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from mailer import db
 from mailer.models import Campaign, Contact, Enrollment, Subscription, Suppression
-from mailer.outbound.delivery import group_size
+from mailer.outbound.pacing import group_size
 from mailer.outbound.store import GROUP_RECHECK_SQL, RECHECK_SQL, open_store
 
 NOW = dt.datetime(2026, 11, 24, 0, 30, tzinfo=dt.UTC)

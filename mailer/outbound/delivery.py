@@ -31,6 +31,7 @@ from sqlalchemy import Engine
 from mailer.config import Settings, duration
 from mailer.outbound.kinds import Kinds
 from mailer.outbound.messages import PreparedMessage, Recipient, make_message_id
+from mailer.outbound.pacing import Pace, Permits, RateLimiter, group_size
 from mailer.outbound.retry import Policy, next_state
 from mailer.outbound.store import Claimed, Recheck, SendStore, SentRow, Suppression, Update, open_store
 from mailer.outbound.transport import Envelope, SendResult, Transport
@@ -50,7 +51,6 @@ BUILD_STEP = 16  # messages the claiming thread builds between offers of the GIL
 # After the first result of a write arrives, the recorder waits this long for others to join it:
 # fewer, larger writes; a crash can send again only what was answered in that half millisecond.
 RECORD_GATHER_SECONDS = 0.0005
-GROUP_SPAN = 0.02  # seconds of one connection's sending that one group consent check may cover
 # The relay refusing us (authentication, the sender) this many times in a row for one campaign, with
 # nothing sent in between, halts that campaign: its remaining messages wait for staff.
 HALT_AFTER_REFUSALS = 5
@@ -73,68 +73,6 @@ class Report:
 
     def as_dict(self) -> dict[str, int]:
         return {k: getattr(self, k) for k in ("sent", "deferred", "failed", "skipped", "unknown")}
-
-
-class RateLimiter:
-    """At most `rate` sends per second across the threads of this process (0: no limit)."""
-
-    def __init__(self, rate: float) -> None:
-        self.interval = 1.0 / rate if rate > 0 else 0.0
-        self.next_at = time.monotonic()
-        self.lock = threading.Lock()
-
-    def wait(self) -> None:
-        if not self.interval:
-            return
-        with self.lock:
-            now = time.monotonic()
-            at = max(self.next_at, now)
-            self.next_at = at + self.interval
-        if at > now:
-            time.sleep(at - now)
-
-
-def group_size(largest: int, waiting: int, connections: int, seconds_per_message: float) -> int:
-    """How many queued messages a connection takes (and checks consent for) at once: no more than its
-    share of what is waiting, and about GROUP_SPAN of its sending: up to `largest` for a fast relay, one
-    at a time for a slow one, so that every connection keeps busy."""
-    return max(1, min(largest, 1 + waiting // connections, int(GROUP_SPAN / seconds_per_message)))
-
-
-class _Pace:
-    """Seconds per message on one connection, smoothed; slow (one message a second) until measured."""
-
-    def __init__(self) -> None:
-        self.seconds = 1.0
-        self._last: float | None = None
-
-    def tick(self) -> None:
-        now = time.monotonic()
-        if self._last is not None:
-            self.seconds = 0.8 * self.seconds + 0.2 * (now - self._last)
-        self._last = now
-
-
-class Permits:
-    """A counting semaphore on queue.SimpleQueue, whose put and get are single C calls (it is taken and
-    given back for every message; threading.Semaphore's Python-level Condition costs more)."""
-
-    __slots__ = ("_tokens",)
-
-    def __init__(self, count: int) -> None:
-        self._tokens: queue.SimpleQueue[None] = queue.SimpleQueue()
-        for _ in range(count):
-            self._tokens.put(None)
-
-    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
-        try:
-            self._tokens.get(blocking, timeout)
-        except queue.Empty:
-            return False
-        return True
-
-    def release(self) -> None:
-        self._tokens.put(None)
 
 
 @dataclass(slots=True)
@@ -357,7 +295,7 @@ class _Sender:
         self.stop = stop
         self.released = released
         self.connections = delivery.settings.delivery.connections
-        self.pace = _Pace()
+        self.pace = Pace()
         # One per message taken and not yet recorded; the next message's envelope goes with this one's
         # content, so that one is taken too.
         self.permits = Permits(UNRECORDED_PER_CONNECTION + 1)
