@@ -90,12 +90,16 @@ def ingest(ctx: Context) -> None:
 def tick(ctx: Context, at: str | None) -> None:
     """Run every job that is due, once, as the scheduler would at that moment:
     ingest, newsletter, follow-ups, delivery."""
+    import gc
+
     import jobs
 
     if at:
         settings = config.load(ctx.config_path)
         ctx.at = parse_instant(at, settings.zone)
     now = ctx.now()
+    # What is loaded by now lives as long as the command: frozen, a long send's garbage collections skip it.
+    gc.freeze()
     for job_id in jobs.TICK_ORDER:
         counts = jobs.run_job(ctx.runtime, job_id, now)
         summary = ", ".join(f"{k} {v}" for k, v in counts.items())
