@@ -201,3 +201,18 @@ def test_refusals_of_single_recipients_never_halt(settings, sessions, engine, sm
     smtp_server.faults.rcpt["*"] = "550 5.1.1 no such user"
     assert deliver(settings, engine, smtp_server, T0).failed == 12
     assert _halted(sessions, campaign_id).state == "sending"
+
+
+def test_a_staff_test_send_is_signed_too(settings, sessions, engine, smtp_server, dkim_key) -> None:  # noqa: ANN001, F811
+    from mailer.publishing import previews
+
+    private, record = dkim_key
+    settings = settings.model_copy(update={
+        "dkim_private_key": private.decode(),
+        "delivery": settings.delivery.model_copy(update={"dkim": config.Dkim(selector="mail2026",
+                                                                             domain="therapycentral.example")})})
+    campaign_id = start_campaign(sessions, settings)
+    runtime = Runtime(settings, clock=fixed_clock(T0), engine_override=engine, transport_override=smtp(smtp_server))
+    with sessions() as session:
+        assert previews.send_test(runtime, session.get(Campaign, campaign_id), "staff@example.org").outcome == "sent"
+    assert dkim.verify(smtp_server.received[0].data, dnsfunc=dns_for(record))
