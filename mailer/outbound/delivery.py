@@ -489,17 +489,20 @@ class _Recorder:
         sent: list[SentRow] = []
         others: list[Update] = []
         suppress: list[Suppression] = []
+        breaker = delivery.breaker
         for item in batch:
             row, result = item.row, item.result
             if result.outcome == "sent":
                 sent.append((row.id, item.finished_at, item.message_id, result.code))
-            else:
-                after = next_state(row, result, item.finished_at, delivery.policy, delivery.rng.uniform(0.8, 1.2))
-                others.append((row.id, after.changes))
-                self.report.add(after.state)
-                if after.suppress and row.contact_id is not None:
-                    suppress.append((row.contact_id, f"{result.code} {result.detail}"))
-            if delivery.breaker.trips(row.campaign_id, result):
+                if breaker.refusals:  # (the common case costs nothing more)
+                    breaker.trips(row.campaign_id, result)
+                continue
+            after = next_state(row, result, item.finished_at, delivery.policy, delivery.rng.uniform(0.8, 1.2))
+            others.append((row.id, after.changes))
+            self.report.add(after.state)
+            if after.suppress and row.contact_id is not None:
+                suppress.append((row.contact_id, f"{result.code} {result.detail}"))
+            if breaker.trips(row.campaign_id, result):
                 delivery.halt(row.campaign_id, result, item.finished_at)  # type: ignore[arg-type]
         try:
             self.writer.write(sent, others, suppress, batch[-1].finished_at)

@@ -12,14 +12,13 @@ import time
 from collections.abc import Iterable, Mapping
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 from urllib.request import url2pathname
 
 import defusedxml
 import defusedxml.ElementTree
 import feedparser
-import httpx
 import nh3
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -27,6 +26,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from mailer import config
 from mailer.models import FeedState, Post
 from mailer.text import one_line
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("mailer.feed")
 
@@ -137,6 +139,8 @@ def _fetch_http(
     client: httpx.Client | None,
 ) -> Fetched:
     """GET with validators, following at most MAX_REDIRECTS redirects, streaming at most max_bytes."""
+    import httpx  # only feeds on the web need it (a tenth of a second to import, asyncio included)
+
     shown = _redact(url)
     headers = {"User-Agent": USER_AGENT, "Accept": ACCEPT}
     if etag:
