@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mailer.config import Settings
 from mailer.outbound.transport import Done, Envelope, SendResult, Take
-from mailer.outbound.transport.smtp import _normalise_line_endings
+from mailer.outbound.transport.wire import _normalise_line_endings
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
