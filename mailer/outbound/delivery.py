@@ -102,12 +102,12 @@ class Breaker:
         self.refusals: dict[int, int] = {}
 
     def trips(self, campaign_id: int | None, result: SendResult) -> bool:
-        """Note one result; True the moment the campaign's refusals reach the limit."""
+        """Note one result (from any sender thread); True once the campaign's refusals reach the limit."""
         if campaign_id is None:
             return False
         if result.sender_refused:
             self.refusals[campaign_id] = self.refusals.get(campaign_id, 0) + 1
-            return self.refusals[campaign_id] == self.limit
+            return self.refusals[campaign_id] >= self.limit
         if result.outcome == "sent":
             self.refusals.pop(campaign_id, None)
         return False
@@ -265,6 +265,8 @@ class Delivery:
 
     def halt(self, campaign_id: int, result: SendResult, now: dt.datetime) -> None:
         """The relay keeps refusing us: stop the campaign, its remaining messages wait for staff."""
+        if campaign_id in self.halted:
+            return
         self.halted.add(campaign_id)  # first: the senders give its messages back from now on
         reason = f"the relay refused the sender {self.breaker.limit} times in a row: {result.detail}"
         assert self.store is not None
@@ -336,7 +338,12 @@ class _Sender:
         return taken
 
     def done(self, job: _Job, result: SendResult) -> None:
-        self.recorder.add(_Result(job.row, job.message_id, result, self.delivery.clock(), self.permits))
+        delivery = self.delivery
+        now = delivery.clock()
+        # Counted here, as the replies come, not when they are written: a relay refuses us in a millisecond.
+        if (result.sender_refused or delivery.breaker.refusals) and delivery.breaker.trips(job.row.campaign_id, result):
+            delivery.halt(job.row.campaign_id, result, now)  # type: ignore[arg-type]
+        self.recorder.add(_Result(job.row, job.message_id, result, now, self.permits))
 
     def _next(self, wait: bool) -> tuple[_Job, Envelope] | None:
         """The next message allowed to go now: re-checked just now, or checked earlier with no change
@@ -489,21 +496,16 @@ class _Recorder:
         sent: list[SentRow] = []
         others: list[Update] = []
         suppress: list[Suppression] = []
-        breaker = delivery.breaker
         for item in batch:
             row, result = item.row, item.result
             if result.outcome == "sent":
                 sent.append((row.id, item.finished_at, item.message_id, result.code))
-                if breaker.refusals:  # (the common case costs nothing more)
-                    breaker.trips(row.campaign_id, result)
                 continue
             after = next_state(row, result, item.finished_at, delivery.policy, delivery.rng.uniform(0.8, 1.2))
             others.append((row.id, after.changes))
             self.report.add(after.state)
             if after.suppress and row.contact_id is not None:
                 suppress.append((row.contact_id, f"{result.code} {result.detail}"))
-            if breaker.trips(row.campaign_id, result):
-                delivery.halt(row.campaign_id, result, item.finished_at)  # type: ignore[arg-type]
         try:
             self.writer.write(sent, others, suppress, batch[-1].finished_at)
         except BaseException as exc:
