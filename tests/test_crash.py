@@ -347,3 +347,32 @@ def test_a_campaign_whose_template_is_broken_waits_approved(config_path: Path, s
         stored = session.get(Campaign, campaign.id)
         assert stored.state == "approved" and stored.frozen_html is None
         assert outbox.counts(session)["queued"] == 0
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_tick_and_its_forked_helpers_cleanly(config_path: Path, send_env: dict[str, str],
+                                                             smtp_server: SMTPServer, engine) -> None:  # noqa: ANN001
+    """`mailer tick` sends from several processes too (the scheduler's path): SIGTERM reaches every one of
+    them, each finishes its message in flight, and the command exits 0 with every result recorded."""
+    recipients = 1200
+    settings = campaign_to(recipients, config_path, send_env, engine)
+    smtp_server.faults.data_delay = 0.02
+    process = subprocess.Popen([MAILER, "tick", "--at", NOW.isoformat()], env=send_env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        wait_until(lambda: smtp_server.data_commands >= 40, timeout=30, every=0.02)
+        helpers = helper_pids(process.pid)
+        assert len(helpers) == 1, helpers  # delivery.processes = "auto": one per core on this 2-core machine
+        process.send_signal(signal.SIGTERM)
+        out, err = settle(process, timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 0, err
+    assert err.count("finishing the messages in flight") == 2, err  # the command and its helper
+    counts = outbox_counts(settings)
+    received = collections.Counter(r.rcpt_tos[0] for r in smtp_server.received)
+    assert counts["sending"] == 0 and max(received.values()) == 1
+    assert counts["sent"] == len(received) < recipients
+    assert counts["queued"] == recipients - counts["sent"]
+    assert f"sent {counts['sent']}," in out

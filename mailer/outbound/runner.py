@@ -129,7 +129,7 @@ def _stopping(stop: Stop | None) -> Iterator[Stop]:
         yield stop or StopRequest()
         return
     request = StopRequest()
-    handler = request.handler()
+    handler = request.handler(announce)
     previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield request
