@@ -7,8 +7,6 @@ import datetime as dt
 from mailer.runtime import Runtime
 from mailer.sequences import followups
 
-TRIGGER = "interval"  # minutes = 5
-
 
 def run(runtime: Runtime, now: dt.datetime) -> dict[str, int]:
     with runtime.sessions.begin() as session:

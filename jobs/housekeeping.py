@@ -13,7 +13,7 @@ from mailer.outbound import outbox
 from mailer.runtime import Runtime
 from mailer.sequences import followups
 
-TRIGGER = "cron"  # daily at 03:30 clinic time
+# Daily at 03:30 clinic time (mailer.scheduler runs it then; `mailer tick` when it has not run since).
 AT = dt.time(3, 30)
 # Idempotency keys of the intake API are answered for 24 hours (mailer.web.intake_guards).
 INTAKE_KEY_LIFETIME = dt.timedelta(hours=24)

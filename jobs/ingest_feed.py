@@ -7,8 +7,6 @@ import datetime as dt
 from mailer.publishing import feeds
 from mailer.runtime import Runtime
 
-TRIGGER = "interval"  # minutes = settings.feed.poll_minutes
-
 
 def run(runtime: Runtime, now: dt.datetime) -> dict[str, int]:
     result = feeds.ingest_with(runtime.sessions, runtime.settings.feed, now, website=runtime.settings.clinic.website)

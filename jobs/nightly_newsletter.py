@@ -11,7 +11,6 @@ from mailer.runtime import Runtime
 
 log = logging.getLogger("mailer.newsletter")
 
-TRIGGER = "daily"  # mailer.scheduler.DailyAt(send_time, clinic zone): once per local date, DST nights included
 
 
 def run(runtime: Runtime, now: dt.datetime) -> dict[str, object]:

@@ -7,8 +7,6 @@ import datetime as dt
 from mailer.inbound import bounces
 from mailer.runtime import Runtime
 
-TRIGGER = "interval"  # minutes = 15
-
 
 def run(runtime: Runtime, now: dt.datetime) -> dict[str, object]:
     settings = runtime.settings

@@ -7,7 +7,6 @@ import datetime as dt
 from mailer.inbound import replies
 from mailer.runtime import Runtime
 
-TRIGGER = "interval"  # minutes = 5
 EVERY = dt.timedelta(minutes=5)
 
 

@@ -27,7 +27,7 @@ from mailer.models import (
     Subscription,
     Suppression,
 )
-from mailer.publishing.render import one_line
+from mailer.text import one_line
 
 log = logging.getLogger("mailer.audience")
 

@@ -301,12 +301,13 @@ class Dkim(_Section):
 
 
 class Delivery(_Section):
-    transport: Literal["smtp", "file"]
+    # A transport's registered name (outbound.transport.names(): "smtp", "file", and any registered).
+    transport: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,39}$")
     outbox_dir: str
     connections: int = Field(ge=1, le=64)
     processes: Processes = "auto"
     max_per_second: float = Field(ge=0)
-    smtp_url: str = ""
+    smtp_url: str = Field(default="", repr=False)  # it may hold the relay's password
     timeout_seconds: float = Field(default=30.0, gt=0)
     batch_size: int = Field(default=200, ge=1, le=5000)
     lease: Duration = "PT5M"
@@ -602,6 +603,11 @@ def load(path: Path | str | None = None, environ: dict[str, str] | None = None) 
         first = exc.errors()[0]
         raise ConfigError(f"{path}: {_describe(first)}") from None
 
+    from mailer.outbound import transport  # the registry only: no transport module is imported here
+
+    if settings.delivery.transport not in transport.names():
+        raise ConfigError(f"{path}: delivery.transport: no transport named {settings.delivery.transport!r} "
+                          f"(known: {', '.join(transport.names())})")
     if settings.delivery.transport == "smtp":
         try:
             parse_smtp_url(settings.delivery.smtp_url)

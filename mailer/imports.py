@@ -24,7 +24,7 @@ from mailer import audience
 from mailer.audience import AudienceError
 from mailer.links import email_hash
 from mailer.models import ConsentEvent, Contact, Subscription, Suppression
-from mailer.publishing.render import one_line
+from mailer.text import one_line
 
 COLUMNS = audience.SUBSCRIBER_COLUMNS
 LOOKUP_CHUNK = 500  # addresses per lookup query (well inside every database's parameter limit)

@@ -101,7 +101,7 @@ class Campaign(Base):
 
     __tablename__ = "campaigns"
     __table_args__ = (
-        CheckConstraint("state IN ('draft','approved','sending','sent','cancelled','skipped')", name="state"),
+        CheckConstraint("state IN ('draft','approved','sending','halted','sent','cancelled','skipped')", name="state"),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
@@ -131,6 +131,9 @@ class Campaign(Base):
     frozen_text: Mapped[str | None] = mapped_column(Text)
     # A one-off that staff chose to show in the public archive (newsletters always are).
     archived: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    # Why and when the send stopped by itself ("halted": the relay kept refusing us); staff resume it.
+    halted_reason: Mapped[str | None] = mapped_column(Text)
+    halted_at: Mapped[dt.datetime | None]
 
     posts: Mapped[list[Post]] = relationship(order_by="Post.published_at.desc()", lazy="selectin")
 

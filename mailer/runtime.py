@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailer import db
 from mailer.config import Settings
+from mailer.outbound.kinds import Kinds
 from mailer.outbound.transport import Transport
 
 
@@ -19,9 +20,19 @@ def system_clock() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+@dataclass(frozen=True)
+class FixedClock:
+    """A clock that always says `at` (an object, not a lambda, so a freshly started helper can get it)."""
+
+    at: dt.datetime
+
+    def __call__(self) -> dt.datetime:
+        return self.at
+
+
 def fixed_clock(at: dt.datetime) -> Callable[[], dt.datetime]:
     """A clock that always says `at`: `mailer tick --at` and tests run the whole day at one instant."""
-    return lambda: at
+    return FixedClock(at)
 
 
 @dataclass
@@ -49,6 +60,13 @@ class Runtime:
         from mailer.outbound.transport import make_transport
 
         return make_transport(self.settings)
+
+    @cached_property
+    def kinds(self) -> Kinds:
+        """The message kinds the send engine knows, wired here so the engine imports no wing above it."""
+        from mailer.message_kinds import registry
+
+        return registry(self.settings)
 
     def close(self) -> None:
         if "engine" in self.__dict__ and self.engine_override is None:

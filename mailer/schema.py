@@ -22,10 +22,27 @@ def alembic_config() -> Config:
 def upgrade(engine: Engine) -> tuple[str | None, str]:
     """Bring the schema to the newest revision; return (revision before, revision after)."""
     config = alembic_config()
-    with engine.begin() as connection:
-        before = MigrationContext.configure(connection).get_current_revision()
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+    sqlite = engine.dialect.name == "sqlite"
+    with engine.connect() as connection:
+        if sqlite:
+            # A migration that changes a constraint rebuilds the table on SQLite (copy, drop, rename). With
+            # foreign keys enforced, dropping the old table would run every ON DELETE action that points at
+            # it (a campaign's outbox rows deleted, ledger links set to NULL): off for the upgrade, outside
+            # any transaction (SQLite ignores the pragma inside one), and the keys checked before commit.
+            connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
+        try:
+            with connection.begin():
+                before = MigrationContext.configure(connection).get_current_revision()
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+                if sqlite:
+                    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+                    if broken:
+                        raise RuntimeError(f"the upgrade left {len(broken)} broken references, e.g. in table "
+                                           f"{broken[0][0]}; nothing was changed")
+        finally:
+            if sqlite:
+                connection.connection.driver_connection.execute("PRAGMA foreign_keys=ON")
     return before, head_revision()
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -54,3 +56,10 @@ class StopRequest:
 
 # What a stoppable loop accepts: a StopRequest, or the Event another component (the scheduler) shares.
 Stop = StopRequest | threading.Event
+
+
+def announce(name: str) -> None:
+    """Say on stderr that a signal is being acted on. Safe in a signal handler: it takes no lock, so the
+    line goes straight to the file descriptor (a buffered stream may be mid-write)."""
+    with contextlib.suppress(OSError):
+        os.write(2, f"mailer: {name}: finishing the messages in flight...\n".encode())

@@ -18,13 +18,14 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import func, select
 
 from mailer import config, db
-from mailer.models import Campaign, ConsentEvent, Contact, OutboxMessage, Subscription
+from mailer.models import Campaign, OutboxMessage
 from mailer.outbound import outbox
 from mailer.publishing import campaigns
 from mailer.publishing.render import Renderer
+from tests.builders import bulk_subscribers, start_campaign, wait_until
 from tests.smtp_server import SMTPServer
 
 MAILER = str(Path(sys.executable).with_name("mailer"))
@@ -32,40 +33,11 @@ NOW = dt.datetime(2026, 11, 23, 18, 0, tzinfo=dt.UTC)
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def bulk_subscribers(engine, n: int, topic: str = "newsletter") -> None:  # noqa: ANN001
-    """n active subscribers with their consent records, in a few set-based statements."""
-    with engine.begin() as connection:
-        connection.execute(insert(Contact), [
-            {"email": f"r{i:06d}@example.com", "name": f"Reader {i}", "created_at": NOW, "link_key": f"key{i:06d}",
-             "followups_consent": False, "soft_bounces": 0} for i in range(n)])
-        ids = connection.execute(select(Contact.id).order_by(Contact.id)).scalars().all()
-        connection.execute(insert(ConsentEvent), [
-            {"contact_id": cid, "purpose": f"topic:{topic}", "action": "granted", "source": "bulk-test",
-             "wording": "", "created_at": NOW} for cid in ids])
-        events = dict(connection.execute(select(ConsentEvent.contact_id, ConsentEvent.id)).all())
-        connection.execute(insert(Subscription), [
-            {"contact_id": cid, "topic": topic, "status": "active", "updated_at": NOW, "consent_event_id": events[cid]}
-            for cid in ids])
-
-
-def start_campaign(settings: config.Settings) -> int:
-    engine = db.make_engine(settings.database.url)
-    try:
-        with db.session_factory(engine).begin() as session:
-            campaign = campaigns.create_oneoff(session, settings, topic="newsletter", subject="Open evening",
-                                               body_markdown="Join us.", now=NOW)
-            campaigns.approve(session, campaign, by="test", now=NOW)
-            campaigns.dispatch(session, NOW, Renderer(settings))
-            return campaign.id
-    finally:
-        engine.dispose()
-
-
 def campaign_to(recipients: int, config_path: Path, send_env: dict[str, str], engine) -> config.Settings:  # noqa: ANN001
     """The send's settings, after a campaign to `recipients` new subscribers was approved and enqueued."""
     settings = config.load(config_path, send_env)
-    bulk_subscribers(engine, recipients)
-    start_campaign(settings)
+    bulk_subscribers(engine, recipients, now=NOW)
+    start_campaign(db.session_factory(engine), settings, NOW, body="Join us.")
     return settings
 
 
@@ -96,6 +68,18 @@ def settle(process: subprocess.Popen, timeout: float = 30) -> tuple[str, str]:
         raise
 
 
+def leases_ended(settings: config.Settings) -> bool:
+    """Whether every claim of the outbox has run out (a killed worker's rows may be reclaimed)."""
+    engine = db.make_engine(settings.database.url)
+    try:
+        with engine.connect() as connection:
+            latest = connection.scalar(select(func.max(OutboxMessage.lease_until))
+                                       .where(OutboxMessage.state == "sending"))
+    finally:
+        engine.dispose()
+    return latest is None or latest < dt.datetime.now(dt.UTC)
+
+
 def outbox_counts(settings: config.Settings) -> dict[str, int]:
     engine = db.make_engine(settings.database.url)
     try:
@@ -122,15 +106,14 @@ def test_sigkill_during_a_campaign_loses_nothing(config_path: Path, send_env: di
         target = smtp_server.data_commands + rng.randint(20, 250)
         process = spawn(send_env, *args)
         try:
-            deadline = time.monotonic() + 30
-            while smtp_server.data_commands < target and process.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.005)
+            wait_until(lambda target=target, process=process: smtp_server.data_commands >= target
+                       or process.poll() is not None, every=0.005)
             if process.poll() is None:
                 process.send_signal(signal.SIGKILL)
                 kills += 1
         finally:
             settle(process)
-    time.sleep(2.2)  # the killed workers' leases run out
+    wait_until(lambda: leases_ended(settings), timeout=30, every=0.1)  # the killed workers' leases ran out
     final = subprocess.run([MAILER, "send"], env=send_env, capture_output=True, text=True, timeout=120)
     assert final.returncode == 0, final.stderr
 
@@ -200,9 +183,7 @@ def test_sigterm_stops_every_process_of_a_send_cleanly(config_path: Path, send_e
     smtp_server.faults.data_delay = 0.02  # slow enough to be stopped half-way
     process = subprocess.Popen([MAILER, "send", "--processes", "2"], env=send_env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while smtp_server.data_commands < 40 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: smtp_server.data_commands >= 40, timeout=30, every=0.02)
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
@@ -237,9 +218,7 @@ def test_repeated_signals_stop_every_process_of_a_send_cleanly(config_path: Path
     settings = campaign_to(recipients, config_path, send_env, engine)
     smtp_server.faults.data_delay = 0.01
     process = spawn(send_env, "--processes", "3")
-    deadline = time.monotonic() + 30
-    while smtp_server.data_commands < 40 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: smtp_server.data_commands >= 40, timeout=30, every=0.02)
     helpers = helper_pids(process.pid)
     assert len(helpers) == 2, helpers
     end = time.monotonic() + 1.0
@@ -306,14 +285,15 @@ def test_a_killed_send_stops_its_helpers_cleanly(config_path: Path, send_env: di
     smtp_server.faults.data_delay = 0.01
     process = subprocess.Popen([MAILER, "send", "--processes", "2"], env=send_env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while smtp_server.data_commands < 60 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: smtp_server.data_commands >= 60, timeout=30, every=0.02)
+    helpers = helper_pids(process.pid)
+    assert len(helpers) == 1, helpers
     process.kill()
     process.wait(timeout=10)
-    time.sleep(1.5)  # the helper's clean stop
+    wait_until(lambda: not Path(f"/proc/{helpers[0]}/cmdline").exists()
+               or not Path(f"/proc/{helpers[0]}/cmdline").read_bytes(), timeout=30)  # the helper's clean stop
     settled = smtp_server.data_commands
-    time.sleep(1.0)
+    time.sleep(0.5)
     assert smtp_server.data_commands == settled  # nobody is sending any more
     engine_now = db.make_engine(settings.database.url)
     try:
@@ -367,3 +347,32 @@ def test_a_campaign_whose_template_is_broken_waits_approved(config_path: Path, s
         stored = session.get(Campaign, campaign.id)
         assert stored.state == "approved" and stored.frozen_html is None
         assert outbox.counts(session)["queued"] == 0
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_tick_and_its_forked_helpers_cleanly(config_path: Path, send_env: dict[str, str],
+                                                             smtp_server: SMTPServer, engine) -> None:  # noqa: ANN001
+    """`mailer tick` sends from several processes too (the scheduler's path): SIGTERM reaches every one of
+    them, each finishes its message in flight, and the command exits 0 with every result recorded."""
+    recipients = 1200
+    settings = campaign_to(recipients, config_path, send_env, engine)
+    smtp_server.faults.data_delay = 0.02
+    process = subprocess.Popen([MAILER, "tick", "--at", NOW.isoformat()], env=send_env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        wait_until(lambda: smtp_server.data_commands >= 40, timeout=30, every=0.02)
+        helpers = helper_pids(process.pid)
+        assert len(helpers) == 1, helpers  # delivery.processes = "auto": one per core on this 2-core machine
+        process.send_signal(signal.SIGTERM)
+        out, err = settle(process, timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 0, err
+    assert err.count("finishing the messages in flight") == 2, err  # the command and its helper
+    counts = outbox_counts(settings)
+    received = collections.Counter(r.rcpt_tos[0] for r in smtp_server.received)
+    assert counts["sending"] == 0 and max(received.values()) == 1
+    assert counts["sent"] == len(received) < recipients
+    assert counts["queued"] == recipients - counts["sent"]
+    assert f"sent {counts['sent']}," in out

@@ -10,40 +10,14 @@ import pytest
 from sqlalchemy import func, select
 
 from mailer import audience, config
+from mailer.message_kinds import registry
 from mailer.models import Campaign, OutboxMessage, Suppression
-from mailer.outbound import outbox
-from mailer.outbound.delivery import Delivery, backoff
-from mailer.outbound.transport import SMTPTransport
+from mailer.outbound import outbox, store
+from mailer.outbound.delivery import Delivery
+from mailer.outbound.retry import Policy, backoff
 from mailer.publishing import campaigns
-from mailer.publishing.render import Renderer
 from mailer.runtime import fixed_clock
-from tests.smtp_server import SMTPServer
-
-T0 = dt.datetime(2026, 11, 23, 18, 0, tzinfo=dt.UTC)
-
-
-def add_subscribers(sessions, settings: config.Settings, addresses: list[str]) -> None:  # noqa: ANN001
-    with sessions.begin() as session:
-        for address in addresses:
-            audience.staff_subscribe(session, settings.secret_key, settings.topics, email=address, name="",
-                                     topic_names=["newsletter"], source="test-fixture", now=T0)
-
-
-def start_campaign(sessions, settings: config.Settings, now: dt.datetime = T0) -> int:  # noqa: ANN001
-    with sessions.begin() as session:
-        campaign = campaigns.create_oneoff(session, settings, topic="newsletter", subject="Open evening",
-                                           body_markdown="Join us **Thursday**.", now=now)
-        campaigns.approve(session, campaign, by="test", now=now)
-        campaigns.dispatch(session, now, Renderer(settings))
-        return campaign.id
-
-
-def smtp(server: SMTPServer, timeout: float = 2.0) -> SMTPTransport:
-    return SMTPTransport(config.parse_smtp_url(server.url), timeout=timeout, local_hostname="mailer.test")
-
-
-def deliver(settings: config.Settings, engine, server: SMTPServer, at: dt.datetime, **kwargs):  # noqa: ANN001, ANN201
-    return Delivery(settings, engine, smtp(server, **kwargs), fixed_clock(at)).run()
+from tests.builders import T0, add_subscribers, deliver, smtp, start_campaign, wait_until
 
 
 def rows(sessions) -> dict[str, OutboxMessage]:  # noqa: ANN001
@@ -248,7 +222,7 @@ def test_a_stop_request_releases_unsent_claims(settings, sessions, engine, smtp_
     stop = threading.Event()
     smtp_server.faults.data_script = lambda count: stop.set() if count == 3 else None
     smtp_server.faults.data_delay = 0.05
-    report = Delivery(settings, engine, smtp(smtp_server), fixed_clock(T0)).run(stop=stop)
+    report = Delivery(settings, engine, smtp(smtp_server), fixed_clock(T0), registry(settings)).run(stop=stop)
     with sessions() as session:
         counts = outbox.counts(session)
     assert counts["sending"] == 0
@@ -262,12 +236,12 @@ def test_sent_results_are_recorded_exactly(settings, sessions, engine) -> None: 
     add_subscribers(sessions, settings, [f"w{n}@example.com" for n in range(4)])
     start_campaign(sessions, settings)
     with sessions.begin() as session:
-        claimed = outbox.claim(session, "worker-1", T0, dt.timedelta(minutes=5), 10)
+        claimed = store.claim(session, "worker-1", T0, dt.timedelta(minutes=5), 10)
     ids = [row.id for row in claimed]
     written = [(row_id, T0 + dt.timedelta(seconds=n, microseconds=123), f"<{row_id}.tag{n}@example.org>",
                 None if n == 3 else 250) for n, row_id in enumerate(ids[:3])] + [(ids[3], T0, "<x@y>", None)]
     with engine.connect() as connection, connection.begin():
-        outbox.record_sent(connection, written)
+        store.record_sent(connection, written)
     with sessions() as session:
         stored = {row.id: row for row in session.scalars(select(OutboxMessage))}
     for row_id, at, mid, code in written:
@@ -291,7 +265,7 @@ def test_backoff_grows_and_is_capped(settings) -> None:  # noqa: ANN001
     import random
 
     rng = random.Random(1)
-    delays = [backoff(settings, attempt, rng) for attempt in range(1, 12)]
+    delays = [backoff(Policy.of(settings), attempt, rng.uniform(0.8, 1.2)) for attempt in range(1, 12)]
     cap = config.duration(settings.delivery.retry_max)
     assert delays[0] < delays[2] < delays[4]
     assert all(d <= cap * 1.2 for d in delays) and delays[-1] >= cap * 0.8
@@ -318,11 +292,17 @@ def test_a_live_worker_keeps_its_leases(settings, sessions, engine, smtp_server)
     smtp_server.faults.data_delay = 0.25  # 16 messages: about 4 s, twice the lease
     reports = []
     worker = threading.Thread(target=lambda: reports.append(
-        Delivery(settings, engine, smtp(smtp_server), system_clock).run()))
+        Delivery(settings, engine, smtp(smtp_server), system_clock, registry(settings)).run()))
     worker.start()
+
+    def first_lease() -> dt.datetime | None:
+        with sessions() as session:
+            return session.scalar(select(func.min(OutboxMessage.lease_until)).where(OutboxMessage.state == "sending"))
+
     try:
-        time.sleep(2.6)  # past the first lease, while the worker is still sending
-        assert worker.is_alive()
+        lease_end = wait_until(first_lease)
+        wait_until(lambda: system_clock() > lease_end + dt.timedelta(seconds=0.2))  # past the first lease...
+        assert worker.is_alive()  # ...while the worker is still sending
         with sessions.begin() as session:
             assert outbox.reclaim_expired(session, system_clock()) == 0
     finally:
@@ -363,7 +343,7 @@ def test_sixteen_connections_share_one_process(settings, sessions, smtp_server, 
     start_campaign(sessions, settings)
     settings = settings.model_copy(update={"delivery": settings.delivery.model_copy(update={"connections": 16})})
     with pytest.raises(ValueError, match="needs 18"):
-        Delivery(settings, db.make_engine(database_url, pool_size=5), smtp(smtp_server), fixed_clock(T0))
+        Delivery(settings, db.make_engine(database_url, pool_size=5), smtp(smtp_server), fixed_clock(T0), registry(settings))
     engine = db.make_engine(database_url, pool_size=settings.delivery.connections + 4)  # what Runtime makes
     try:
         assert deliver(settings, engine, smtp_server, T0).sent == 40
@@ -417,9 +397,7 @@ def test_a_recorder_that_cannot_write_holds_the_connections_back(settings, sessi
     outcome: list[object] = []
     sending = threading.Thread(target=lambda: outcome.append(deliver(settings, engine, smtp_server, T0)))
     sending.start()
-    deadline = time.monotonic() + 20
-    while len(smtp_server.received) < 8 and time.monotonic() < deadline:
-        time.sleep(0.005)
+    wait_until(lambda: len(smtp_server.received) >= 8, timeout=20, every=0.005)
     lock = _OutboxLock(engine)
     try:
         time.sleep(1.5)

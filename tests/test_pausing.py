@@ -15,8 +15,7 @@ from mailer import jobs
 from mailer.cli import main
 from mailer.config import Settings
 from mailer.models import Enrollment, OutboxMessage
-from mailer.outbound import outbox
-from mailer.outbound.delivery import ConsentCheck
+from mailer.outbound import store
 from mailer.outbound.transport import make_transport
 from mailer.runtime import Runtime, fixed_clock
 from mailer.sequences import followups, pausing
@@ -163,17 +162,17 @@ def test_a_step_being_handed_over_when_the_pause_came_is_skipped_then_sent_after
     thursday = local("2027-01-14T10:00")
     clinic.advance(thursday)
     with clinic.sessions.begin() as session:  # a delivery run has claimed step 2 (state "sending")
-        (claimed,) = outbox.claim(session, "other-worker", thursday, dt.timedelta(minutes=5), 10)
+        (claimed,) = store.claim(session, "other-worker", thursday, dt.timedelta(minutes=5), 10)
     assert clinic.pause(thursday + dt.timedelta(seconds=1))
     assert clinic.rows()[1][2] == "sending"  # left to delivery...
-    check = ConsentCheck(engine)
+    check = store.open_store(engine).consent_check()
     try:  # ...whose re-check, right before the envelope, refuses it
         assert not check.allows("followup", {"contact_id": claimed.contact_id, "enrollment_id": claimed.enrollment_id})
     finally:
         check.close()
     with clinic.sessions.begin() as session:
-        outbox.record(session, [{"id": claimed.id, "state": "skipped", "lease_until": None, "claimed_by": None,
-                                 "last_error": "no consent or suppressed at send time"}])
+        store.record(session, [(claimed.id, {"state": "skipped", "lease_until": None, "claimed_by": None,
+                                             "last_error": "no consent or suppressed at send time"})])
     monday = local("2027-01-18T11:00")
     clinic.resume(monday)
     for now in [monday, *days(monday + dt.timedelta(days=1), 10)]:

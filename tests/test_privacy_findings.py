@@ -39,7 +39,7 @@ def newsletter_to(runtime: Runtime, smtp_server: SMTPServer, address: str):  # n
                                            body_markdown="Join us.", now=T0)
         campaigns.approve(session, campaign, by="test", now=T0)
         campaigns.dispatch(session, T0, Renderer(runtime.settings))
-    Delivery(runtime.settings, runtime.engine, smtp(smtp_server), fixed_clock(T0)).run()
+    Delivery(runtime.settings, runtime.engine, smtp(smtp_server), fixed_clock(T0), runtime.kinds).run()
     (message,) = smtp_server.messages_to(address)
     return message
 

@@ -13,7 +13,8 @@ from sqlalchemy import text
 
 from mailer import db
 from mailer.models import Campaign, Contact, Enrollment, Subscription, Suppression
-from mailer.outbound.delivery import GROUP_RECHECK_SQL, RECHECK_SQL, ConsentCheck, group_size
+from mailer.outbound.pacing import group_size
+from mailer.outbound.store import GROUP_RECHECK_SQL, RECHECK_SQL, open_store
 
 NOW = dt.datetime(2026, 11, 24, 0, 30, tzinfo=dt.UTC)
 
@@ -35,7 +36,7 @@ def people(sessions) -> dict[str, int]:  # noqa: ANN001
 
 
 def _allows(engine, kind: str, contact_id: int, campaign_id: int = 0, enrollment_id: int = 0) -> bool:  # noqa: ANN001
-    check = ConsentCheck(engine)
+    check = open_store(engine).consent_check()
     try:
         return check.allows(kind, {"contact_id": contact_id, "campaign_id": campaign_id,
                                    "enrollment_id": enrollment_id})
@@ -134,7 +135,7 @@ def test_the_group_recheck_plan_is_a_primary_key_lookup(unanalyzed) -> None:  # 
 def test_a_check_hears_a_change_committed_elsewhere_and_stops_listening_when_closed(postgres_database) -> None:  # noqa: ANN001
     engine = db.make_engine(postgres_database)
     try:
-        check = ConsentCheck(engine)
+        check = open_store(engine).consent_check()
         assert check.group > 1
         check.allowed([])  # a check was made: nothing heard since
         assert not check.changed()
@@ -177,7 +178,7 @@ def test_a_prepared_statement_runs_on_libpq_and_fails_loudly(postgres_database) 
 def test_on_sqlite_every_message_is_looked_up_on_its_own(sqlite_url) -> None:  # noqa: ANN001
     engine = db.make_engine(sqlite_url)
     try:
-        check = ConsentCheck(engine)
+        check = open_store(engine).consent_check()
         assert check.group == 1 and check.changed()
         check.close()
     finally:

@@ -545,6 +545,60 @@ def test_sigterm_during_a_send_finishes_in_flight_and_leaves_nothing_sending(
 
 
 @pytest.mark.slow
+def test_sigterm_stops_the_services_send_helpers_too(start_server, settings: config.Settings, config_path: Path,
+                                                      smtp_server: SMTPServer) -> None:  # noqa: ANN001
+    """The service runs threads, so its send helpers are started fresh, not forked: SIGTERM still reaches
+    them, each finishes its message in flight, and the service exits within its documented 30 s."""
+    from tests.builders import bulk_subscribers, wait_until
+
+    now = dt.datetime.now(dt.UTC)
+    config_path.write_text(config_path.read_text().replace('processes = "auto"', "processes = 2"))
+    engine = db.make_engine(settings.database.url)
+    sessions = db.session_factory(engine)
+    try:
+        bulk_subscribers(engine, 1200, now=now)
+        with sessions.begin() as session:
+            campaign = campaigns.create_oneoff(session, settings, topic="newsletter", subject="Open evening",
+                                               body_markdown="Join us on Thursday.", now=now)
+            campaigns.approve(session, campaign, by="test", now=now)
+        smtp_server.faults.data_delay = 0.05
+        server = start_server(env={"MAILER_SMTP_URL": smtp_server.url})
+        server.wait_healthy()
+        helpers = wait_until(lambda: [pid for pid in _children(server.process.pid)
+                                      if b"mailer.outbound.helper" in _cmdline(pid)], timeout=30)
+        wait_until(lambda: len(smtp_server.received) >= 40, timeout=30)
+        code, took = server.stop()
+        assert code == 0, server.log()
+        assert took < 30, f"stopping took {took:.1f} s"
+        assert not [pid for pid in helpers if Path(f"/proc/{pid}").exists() and _cmdline(pid)], server.log()
+        with sessions() as session:
+            states = dict(session.execute(select(OutboxMessage.state, func.count()).group_by(OutboxMessage.state)).all())
+        assert "sending" not in states, states
+        received = [r.rcpt_tos[0] for r in smtp_server.received]
+        assert len(set(received)) == len(received) == states.get("sent"), states
+        assert states.get("queued", 0) + states["sent"] == 1200 and states.get("queued", 0) > 0, states
+    finally:
+        engine.dispose()
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found += [int(child) for child in children.read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+@pytest.mark.slow
 def test_of_two_servers_one_leads_and_the_other_takes_over(start_server) -> None:  # noqa: ANN001
     first = start_server()
     assert first.wait_healthy()["leader"] is True

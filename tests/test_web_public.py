@@ -809,7 +809,7 @@ def test_healthz_is_503_with_an_unusable_sqlite_file(settings: Settings, tmp_pat
 
 def _deliver(runtime: Runtime, server: SMTPServer) -> None:
     transport = SMTPTransport(parse_smtp_url(server.url), timeout=5.0, local_hostname="mailer.test")
-    Delivery(runtime.settings, runtime.engine, transport, runtime.clock).run()
+    Delivery(runtime.settings, runtime.engine, transport, runtime.clock, runtime.kinds).run()
 
 
 def _path_of(url: str) -> str:

@@ -22,7 +22,7 @@ BASE = "https://mail.therapycentral.example"
 
 def deliver(runtime: Runtime, server: SMTPServer) -> None:
     transport = SMTPTransport(parse_smtp_url(server.url), timeout=5.0, local_hostname="mailer.test")
-    Delivery(runtime.settings, runtime.engine, transport, runtime.clock).run()
+    Delivery(runtime.settings, runtime.engine, transport, runtime.clock, runtime.kinds).run()
 
 
 def sign_up_and_confirm(client: FlaskClient, runtime: Runtime, server: SMTPServer, email: str) -> str:

@@ -116,12 +116,16 @@ def tick(ctx: Context, at: str | None) -> None:
     """Run every job that is due, once, as the scheduler would at that moment: ingest, newsletter,
     bounces (every 15 minutes) and replies (every 5) when their mailbox is set, follow-ups, delivery, and
     the daily housekeeping (03:30 clinic time) when it has not run since."""
+    import gc
+
     from mailer import jobs
 
     if at:
         settings = config.load(ctx.config_path)
         ctx.at = parse_instant(at, settings.zone)
     now = ctx.now()
+    # What is loaded by now lives as long as the command: frozen, a long send's garbage collections skip it.
+    gc.freeze()
     for job_id in jobs.TICK_ORDER:
         if not jobs.is_due(ctx.runtime, job_id, now):
             continue
@@ -139,15 +143,12 @@ def tick(ctx: Context, at: str | None) -> None:
 @friendly
 def send(ctx: Context, dry_run: bool, processes: int | None, allow_dev_secret: bool) -> None:
     """Hand every due outbox message to the transport now (SMTP or .eml files)."""
-    import contextlib
     import gc
     import signal
 
     from mailer.jobs import deliver
-    from mailer.outbound import workers as workers_module
-    from mailer.outbound.delivery import Delivery
-    from mailer.runtime import Runtime
-    from mailer.stopping import StopRequest
+    from mailer.outbound import runner, workers
+    from mailer.stopping import StopRequest, announce
 
     runtime = ctx.runtime
     if not dry_run:
@@ -164,47 +165,22 @@ def send(ctx: Context, dry_run: bool, processes: int | None, allow_dev_secret: b
             click.echo(f"would enqueue and send {count} message(s) of approved campaign {campaign_id}")
         click.echo(f"{total} message(s) due; nothing sent (dry run).")
         return
-    settings = runtime.settings
     # What is loaded by now (modules, config, the prepared engine) lives as long as the command: frozen,
-    # the garbage collector stops walking it again and again during a long send (about 5% of the CPU).
+    # the garbage collector stops walking it again and again during a long send.
     gc.freeze()
     show_bar = sys.stdout.isatty()  # the bar needs the whole count; choosing the processes does not
     with runtime.sessions() as session:
-        total = outbox.due_count(session, now, at_most=None if show_bar else workers_module.AUTO_MINIMUM)
+        total = outbox.due_count(session, now, at_most=None if show_bar else workers.AUTO_MINIMUM)
         total += sum(outbox.audience_size(session, c.topic) for c in campaigns.ready(session, now))
-    processes = processes or workers_module.count(settings.delivery.processes, settings.delivery.connections, total)
-    if processes > 1:
-        runtime.engine.dispose()  # replaced by the shared-out runtime's own engine
-        runtime = Runtime(workers_module.share_out(settings, processes), clock=runtime.clock)
+    processes = processes or runner.processes_for(runtime, now, total)
     stop = StopRequest()
-    workers: list[workers_module.Worker] = []
-
-    def on_signal(name: str) -> None:
-        """The first SIGTERM or SIGINT (repeats are ignored). Runs in a signal handler: it takes no lock,
-        so the line goes straight to the file descriptor (a buffered stream may be mid-write)."""
-        with contextlib.suppress(OSError):
-            os.write(2, f"mailer: {name}: finishing the messages in flight...\n".encode())
-        for helper in workers:
-            helper.send_signal(signal.SIGTERM)
-
-    if threading.current_thread() is threading.main_thread():
-        handler = stop.handler(on_signal)
+    if threading.current_thread() is threading.main_thread():  # the runner passes the stop on to the helpers
+        handler = stop.handler(announce)
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
 
     def sending(progress: Callable[[int], None] | None) -> dict[str, int]:
-        def helpers() -> list[workers_module.Worker]:
-            runtime.engine.dispose()  # no pooled connection may cross the fork
-
-            def work(report: Callable[[int], None]) -> dict[str, int]:
-                delivery = Delivery(runtime.settings, runtime.engine, runtime.transport, runtime.clock)
-                return delivery.run(stop=stop, progress=report).as_dict()
-
-            for _ in range(processes - 1):  # a helper signals no sibling
-                workers.append(workers_module.fork(work, on_progress=progress, in_child=workers.clear))
-            return workers
-
-        return deliver.run(runtime, now, stop=stop, progress=progress, helpers=helpers if processes > 1 else None)
+        return deliver.run(runtime, now, stop=stop, progress=progress, processes=processes)
 
     if show_bar and total:
         with click.progressbar(length=total, label="Sending", show_pos=True) as bar:
@@ -246,6 +222,10 @@ def status(ctx: Context) -> None:
             click.echo(f"Warning: the sending setup has a problem: campaign {problem.campaign_id}: "
                        f"{problem.reports} refusals say {problem.explanation} ({problem.reason}); "
                        f"for example: {problem.example}")
+        for campaign in rows:
+            if campaign.state == "halted":
+                click.echo(f"\nCampaign {campaign.id} is halted: {campaign.halted_reason} Its messages wait; fix the "
+                           f"relay settings, then `mailer campaigns resume {campaign.id}`.")
 
 
 # --- campaigns ------------------------------------------------------------------------------------
@@ -387,6 +367,17 @@ def campaigns_cancel(ctx: Context, campaign_id: int) -> None:
     with ctx.runtime.sessions.begin() as session:
         skipped = campaigns.cancel(session, campaigns.get(session, campaign_id), ctx.now())
     click.echo(f"Campaign {campaign_id} cancelled; {skipped} message(s) will not be sent.")
+
+
+@campaigns_group.command("resume")
+@click.argument("campaign_id", type=int)
+@pass_ctx
+@friendly
+def campaigns_resume(ctx: Context, campaign_id: int) -> None:
+    """Send a halted campaign again (once the relay settings are fixed)."""
+    with ctx.runtime.sessions.begin() as session:
+        waiting = campaigns.resume(session, campaigns.get(session, campaign_id), ctx.now())
+    click.echo(f"Campaign {campaign_id} resumed; {waiting} message(s) go out on the next delivery run.")
 
 
 @campaigns_group.command("test")

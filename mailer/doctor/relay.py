@@ -9,6 +9,7 @@ import ssl
 
 from mailer.config import Settings, SmtpUrl, parse_smtp_url
 from mailer.doctor import Result, fail, ok, warn
+from mailer.text import one_line as _text
 
 # A certificate closer than this to its end gets a "!" line: renewals that failed need time to fix.
 CERTIFICATE_WARNING_DAYS = 21
@@ -241,8 +242,3 @@ def sender(smtp: smtplib.SMTP, from_email: str, url: SmtpUrl) -> Result:
     advice = ("the relay wants AUTH: put USER:PASSWORD@ in MAILER_SMTP_URL" if code == 530 else
               "allow this sender at the relay (or set sender.from_email to an address it allows)")
     return fail("smtp_sender", f"{_where(url)} refused MAIL FROM:<{from_email}>: {code} {_text(reply)}", advice)
-
-
-def _text(reply: bytes | str) -> str:
-    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
-    return " ".join(text.split())

@@ -8,6 +8,7 @@ import secrets
 from mailer.config import Settings
 from mailer.doctor import Result, fail, ok, warn
 from mailer.outbound.transport import Envelope, make_transport
+from mailer.outbound.transport.dkim import load_dkim
 from mailer.publishing.render import Recipient, Renderer, RenderError, sample_values
 
 TEMPLATE = "email/system/test"
@@ -26,6 +27,11 @@ def send_test(settings: Settings, address: str, now: dt.datetime) -> Result:
     key = f"doctor{int(now.timestamp())}{secrets.token_hex(4)}"
     message_id = f"<{key}@{sender.from_email.rpartition('@')[2]}>"
     data = prepared.build(Recipient(address, "", sample_values(settings.web.base_url), message_id), now)
+    try:  # signed as the send engine signs every message (transports never sign)
+        signer = load_dkim(settings.delivery.dkim, settings.dkim_private_key)
+        data = signer.sign(data) if signer is not None else data
+    except ValueError as exc:
+        return fail("send_test", str(exc).splitlines()[0], "fix the DKIM settings named, then try again")
     connection = transport.connect()
     try:
         result = connection.send(Envelope(sender.from_email, address, data, key=key, crlf=True))

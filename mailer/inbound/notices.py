@@ -22,7 +22,7 @@ from mailer.inbound import remotes
 from mailer.inbound.classify import Refusal
 from mailer.inbound.families import command_in, ezweb_reason, family, gmail_state, hint_in
 from mailer.inbound.reading import DAEMON_NAMES, header, own_parts, part_text
-from mailer.publishing.render import one_line as _header_safe
+from mailer.text import one_line
 
 if TYPE_CHECKING:
     from mailer.inbound.reports import Finding
@@ -94,11 +94,6 @@ _FAILURE_WORDS = re.compile(
     re.I,
 )
 _AUTO_REPLY_SUBJECT = re.compile(r"^(?:auto:|auto response:|automatic reply:|out of (?:the )?office:)", re.I)
-
-
-def one_line(text: str) -> str:
-    """Control characters out and runs of whitespace (folded lines) made one space."""
-    return " ".join(_header_safe(text).split())
 
 
 def is_notice(message: Message) -> bool:

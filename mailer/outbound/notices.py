@@ -14,6 +14,7 @@ import logging
 import re
 from collections import Counter
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -23,7 +24,11 @@ from mailer.config import Settings
 from mailer.links import email_hash
 from mailer.models import Campaign, Contact, Inquiry, OutboxMessage, StaffNotice
 from mailer.outbound import outbox
-from mailer.publishing.render import PreparedMessage, Renderer, one_line
+from mailer.outbound.messages import PreparedMessage
+from mailer.text import one_line
+
+if TYPE_CHECKING:
+    from mailer.publishing.render import Renderer
 
 log = logging.getLogger("mailer.notify")
 

@@ -1,16 +1,15 @@
-"""The outbox: idempotent set-based enqueue, claims with a lease, and batched result updates."""
+"""The outbox: idempotent set-based enqueue, and what it holds (counts, what is due, what did not go out).
+
+Claiming, re-checking and recording, the send path's own statements, live in the send store (store.py).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
 
-from sqlalchemy import Connection, String, and_, cast, func, literal, not_, select, text, update
+from sqlalchemy import String, and_, cast, func, literal, not_, select, text, update
 from sqlalchemy.orm import Session
 
-from mailer.db import PgStatement
 from mailer.models import WAITING_SQL, Campaign, Contact, OutboxMessage, Subscription, Suppression
 
 # States a message waits in until it is due; "unknown" waits for its one retry.
@@ -91,135 +90,6 @@ def reclaim_expired(session: Session, now: dt.datetime) -> int:
     result = session.execute(
         update(OutboxMessage)
         .where(OutboxMessage.state == "sending", OutboxMessage.lease_until < now)
-        .values(state="queued", lease_until=None, claimed_by=None)
-    )
-    return result.rowcount or 0
-
-
-def renew(connection: Connection, worker: str, until: dt.datetime) -> int:
-    """Extend this worker's leases: a live worker's rows never look abandoned to another process."""
-    result = connection.execute(
-        update(_T).where(_T.c.claimed_by == worker, _T.c.state == "sending").values(lease_until=until)
-    )
-    return result.rowcount or 0
-
-
-@dataclass(frozen=True, slots=True)
-class Claimed:
-    """A claimed row with what the send needs about its recipient."""
-
-    id: int
-    kind: str
-    campaign_id: int | None
-    enrollment_id: int | None
-    step: int | None
-    contact_id: int | None
-    email: str | None
-    name: str | None
-    link_key: str | None
-    attempts: int
-    was_unknown: bool
-    created_at: dt.datetime
-
-
-_K = Contact.__table__
-
-
-def _contact_column(column: Any) -> Any:
-    return select(column).where(_K.c.id == _T.c.contact_id).scalar_subquery()
-
-
-def claim(session: Session, worker: str, now: dt.datetime, lease: dt.timedelta, limit: int) -> list[Claimed]:
-    """Take up to `limit` due rows for this worker, in id order. On PostgreSQL, rows locked by another
-    worker are skipped (FOR UPDATE SKIP LOCKED), so several processes drain one campaign without overlap.
-
-    One statement: the UPDATE returns what the send needs, the recipient's columns through primary-key
-    subqueries (a second query with hundreds of ids cost more than the claim itself).
-    """
-    due = (
-        select(_T.c.id)
-        .where(text(WAITING_SQL), _T.c.due_at <= now)
-        .order_by(_T.c.due_at, _T.c.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
-    rows = session.execute(
-        update(_T)
-        .where(_T.c.id.in_(due.scalar_subquery()))
-        .values(state="sending", lease_until=now + lease, claimed_by=worker)
-        .returning(
-            _T.c.id, _T.c.kind, _T.c.campaign_id, _T.c.enrollment_id, _T.c.step, _T.c.contact_id,
-            _contact_column(_K.c.email), _contact_column(_K.c.name), _contact_column(_K.c.link_key),
-            _T.c.attempts, _T.c.was_unknown, _T.c.created_at,
-        )
-    ).all()
-    return sorted((Claimed(*row) for row in rows), key=lambda claimed: claimed.id)
-
-
-def record(session: Session, updates: Sequence[Mapping[str, Any]]) -> None:
-    """Write results for many rows at once (an executemany of UPDATE ... WHERE id = ?)."""
-    if updates:
-        session.execute(update(OutboxMessage), [dict(item) for item in updates])
-
-
-# PostgreSQL: one statement for the whole batch, the columns passed as delimited text (an array
-# parameter would be built in Python, element by element, which cost more than the statement).
-# Message-IDs never contain a space; '' stands for NULL. Run as a db.PgStatement.
-SENT_PG = (
-    "UPDATE outbox AS o SET state = 'sent', attempts = o.attempts + 1, sent_at = v.at, message_id = v.mid, "
-    "smtp_code = v.code, last_error = NULL, lease_until = NULL, claimed_by = NULL "
-    "FROM unnest(string_to_array($1, ',')::bigint[], string_to_array($2, ',')::timestamptz[], "
-    "string_to_array($3, ' ', ''), string_to_array($4, ',', '')::int[]) AS v(id, at, mid, code) "
-    "WHERE o.id = v.id"
-)
-
-SentRow = tuple[int, dt.datetime, str | None, int | None]
-
-
-# SQLite: run with the driver's own executemany (its loop over the rows is in C; SQLAlchemy's per-row
-# parameter processing cost more than the update). The times are stored as the ORM stores them.
-SENT_SQLITE = (
-    "UPDATE outbox SET state = 'sent', attempts = attempts + 1, lease_until = NULL, claimed_by = NULL, "
-    "sent_at = ?, message_id = ?, last_error = NULL, smtp_code = ? WHERE id = ?"
-)
-
-
-def record_sent(connection: Connection, rows: Sequence[SentRow], statement: PgStatement | None = None) -> None:
-    """Mark many rows sent at once (id, sent at, Message-ID, SMTP code): the hot path of a send.
-
-    On PostgreSQL `statement` is SENT_PG prepared on this connection (a send keeps one for its
-    recorder); without it, the statement is prepared for this call only. On SQLite the rows go through
-    the driver's executemany, in the connection's current transaction."""
-    dialect = connection.dialect
-    if dialect.name == "sqlite":
-        stored = _T.c.sent_at.type.dialect_impl(dialect).bind_processor(dialect)  # aware UTC → the column's text
-        cursor = connection.connection.driver_connection.cursor()
-        try:
-            cursor.executemany(SENT_SQLITE, [(stored(at), mid, code, i) for i, at, mid, code in rows])
-        finally:
-            cursor.close()
-        return
-    once = statement is None
-    if statement is None:
-        statement = PgStatement(connection.connection.driver_connection, SENT_PG)
-    try:
-        statement.run(",".join(str(row_id) for row_id, *_ in rows),
-                      ",".join(at.isoformat() for _, at, *_ in rows),
-                      " ".join(mid or "" for *_, mid, _ in rows),
-                      ",".join("" if code is None else str(code) for *_, code in rows))
-    finally:
-        if once:
-            statement.close()
-
-
-def release(session: Session, ids: Iterable[int]) -> int:
-    """Give claimed rows back without a result (a clean shutdown before they were handed to SMTP)."""
-    ids = list(ids)
-    if not ids:
-        return 0
-    result = session.execute(
-        update(OutboxMessage)
-        .where(OutboxMessage.id.in_(ids), OutboxMessage.state == "sending")
         .values(state="queued", lease_until=None, claimed_by=None)
     )
     return result.rowcount or 0

@@ -1,9 +1,10 @@
-"""Helper processes forked from a running command: they share its imports, config and transport,
-report progress as they go and hand back their counts.
+"""Helper processes of one send: they report progress as they go and hand back their counts.
 
-Forking (instead of starting `python -m mailer` again) spares each helper the interpreter start and the
-imports, about half a second. The caller disposes of its database pool first, so no connection is
-shared across the fork.
+Forked from a single-threaded command (`mailer send`, `mailer tick`), a helper shares its imports,
+config and transport, which spares it the interpreter start and the imports (about half a second); the
+caller disposes of its database pool first, so no connection is shared across the fork. A process
+running other threads (`mailer serve`: the web server, the scheduler) is never forked, since a lock
+another thread holds would be copied held: its helpers are started fresh (`spawn`).
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import pickle
 import signal
+import subprocess
 import sys
 import threading
 import traceback
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mailer.config import Settings
@@ -56,8 +59,10 @@ def share_out(settings: Settings, processes: int) -> Settings:
 class Worker:
     """A forked helper: progress lines ("+N") and finally one JSON line of counts come up its pipe."""
 
-    def __init__(self, pid: int, output: int, on_progress: Progress | None) -> None:
+    def __init__(self, pid: int, output: int, on_progress: Progress | None,
+                 wait_status: Callable[[], int] | None = None) -> None:
         self.pid = pid
+        self._wait_status = wait_status or (lambda: os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
         self.returncode: int | None = None
         self.result: dict[str, int] | None = None
         self._on_progress = on_progress
@@ -82,8 +87,7 @@ class Worker:
 
     def wait(self) -> dict[str, int]:
         """Wait for the helper to end; its counts (RuntimeError if it failed)."""
-        _, status = os.waitpid(self.pid, 0)
-        self.returncode = os.waitstatus_to_exitcode(status)
+        self.returncode = self._wait_status()
         self._reader.join()
         if self.returncode != 0 or self.result is None:
             raise RuntimeError(f"a send helper process exited with {self.returncode}")
@@ -104,7 +108,7 @@ def wait_all(workers: list[Worker]) -> list[dict[str, int]]:
     return results
 
 
-def _stop_with(parent: int) -> None:
+def stop_with(parent: int) -> None:
     """Ask Linux for SIGTERM when the parent dies, so a killed send stops its helpers the clean way (what
     they have in flight finishes and is recorded, the rest is given back) instead of leaving them running."""
     try:
@@ -134,18 +138,9 @@ def fork(
     try:  # the child: never returns into the parent's code
         os.close(read_end)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent relays it
-        _stop_with(parent)
+        stop_with(parent)
         in_child()
-        with os.fdopen(write_end, "wb", buffering=0) as pipe:
-
-            def tell(line: bytes) -> None:
-                try:
-                    pipe.write(line)
-                except OSError:  # the parent is gone: the work still ends cleanly, its results recorded
-                    pass
-
-            result = work(lambda count: tell(b"+%d\n" % count))
-            tell((json.dumps(result) + "\n").encode())
+        report_on(write_end, work)
         code = 0
     except BaseException:  # the parent reports the exit code; the reason goes to stderr
         traceback.print_exc()
@@ -153,3 +148,34 @@ def fork(
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+def spawn(spec: Any, *, on_progress: Progress | None = None) -> Worker:
+    """Start a fresh interpreter running `python -m mailer.outbound.helper`, which reads `spec` (pickled)
+    from its standard input and reports on a pipe like a forked helper."""
+    read_end, write_end = os.pipe()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mailer.outbound.helper", str(write_end), str(os.getpid())],
+        stdin=subprocess.PIPE, pass_fds=(write_end,), close_fds=True,
+    )
+    os.close(write_end)
+    assert process.stdin is not None
+    try:
+        process.stdin.write(pickle.dumps(spec))
+    finally:
+        process.stdin.close()
+    return Worker(process.pid, read_end, on_progress, wait_status=process.wait)
+
+
+def report_on(fd: int, work: Callable[[Progress], dict[str, int]]) -> None:
+    """Run work(progress) in a helper, telling progress and the counts on the pipe `fd`."""
+    with os.fdopen(fd, "wb", buffering=0) as pipe:
+
+        def tell(line: bytes) -> None:
+            try:
+                pipe.write(line)
+            except OSError:  # the parent is gone: the work still ends cleanly, its results recorded
+                pass
+
+        result = work(lambda count: tell(b"+%d\n" % count))
+        tell((json.dumps(result) + "\n").encode())

@@ -14,7 +14,8 @@ from mailer import access_log, privacy
 from mailer.config import Settings, hhmm
 from mailer.models import Campaign, OutboxMessage, Post
 from mailer.outbound import outbox
-from mailer.publishing.render import Renderer, RenderError, one_line
+from mailer.publishing.render import Renderer, RenderError
+from mailer.text import one_line
 
 log = logging.getLogger("mailer.campaigns")
 
@@ -222,6 +223,22 @@ def _back_to_draft(campaign: Campaign) -> None:
     campaign.send_after = None
     campaign.approved_at = None
     campaign.approved_by = None
+
+
+def resume(session: Session, campaign: Campaign, now: dt.datetime) -> int:
+    """A halted campaign (the relay kept refusing us) sends again: its waiting messages are due now, on
+    the next delivery run. Returns how many messages wait."""
+    if campaign.state != "halted":
+        raise CampaignError(f"campaign {campaign.id} is {campaign.state}; only a halted campaign can be resumed")
+    campaign.state = "sending"
+    campaign.halted_reason = None
+    campaign.halted_at = None
+    result = session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.campaign_id == campaign.id, OutboxMessage.state.in_(outbox.WAITING))
+        .values(due_at=now)
+    )
+    return result.rowcount or 0
 
 
 def cancel(session: Session, campaign: Campaign, now: dt.datetime) -> int:

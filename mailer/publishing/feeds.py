@@ -12,14 +12,13 @@ import time
 from collections.abc import Iterable, Mapping
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 from urllib.request import url2pathname
 
 import defusedxml
 import defusedxml.ElementTree
 import feedparser
-import httpx
 import nh3
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -27,6 +26,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from mailer import config
 from mailer.models import FeedState, Post
 from mailer.publishing import images
+from mailer.text import one_line
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("mailer.feed")
 
@@ -138,6 +141,8 @@ def _fetch_http(
     client: httpx.Client | None,
 ) -> Fetched:
     """GET with validators, following at most MAX_REDIRECTS redirects, streaming at most max_bytes."""
+    import httpx  # only feeds on the web need it (a tenth of a second to import, asyncio included)
+
     shown = _redact(url)
     headers = {"User-Agent": USER_AGENT, "Accept": ACCEPT}
     if etag:
@@ -158,9 +163,9 @@ def _fetch_http(
     except httpx.TimeoutException:
         raise FeedError(f"feed {shown}: no answer within {timeout:g} s") from None
     except httpx.ConnectError as exc:
-        raise FeedError(f"feed {shown}: cannot connect: {_one_line(exc)}") from None
+        raise FeedError(f"feed {shown}: cannot connect: {one_line(exc)}") from None
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        raise FeedError(f"feed {shown}: request failed: {_one_line(exc)}") from None
+        raise FeedError(f"feed {shown}: request failed: {one_line(exc)}") from None
     finally:
         if own_client:
             client.close()
@@ -246,7 +251,7 @@ def _read_file(url: str, path: Path, max_bytes: int) -> Fetched:
     except FileNotFoundError:
         raise FeedError(f"feed {url}: file not found") from None
     except OSError as exc:
-        raise FeedError(f"feed {url}: cannot read the file: {exc.strerror or _one_line(exc)}") from None
+        raise FeedError(f"feed {url}: cannot read the file: {exc.strerror or one_line(exc)}") from None
     if len(body) > max_bytes:
         raise _too_large(url, max_bytes)
     return Fetched(body=body, etag=None, last_modified=None, status=200)
@@ -263,10 +268,6 @@ def _redact(url: str) -> str:
         return url
     netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit(parts._replace(netloc=netloc))
-
-
-def _one_line(value: object) -> str:
-    return " ".join(str(value).split())
 
 
 # --- parsing -------------------------------------------------------------------------------------
@@ -288,7 +289,7 @@ def parse(body: bytes, base_url: str, website: str = "") -> list[ParsedPost]:
     )
     problem = document.get("bozo_exception")
     if document.get("bozo") and not isinstance(problem, BENIGN_BOZO):
-        raise FeedError(f"feed {shown}: malformed feed: {_one_line(problem)}")
+        raise FeedError(f"feed {shown}: malformed feed: {one_line(problem)}")
     if not document.get("version"):
         raise FeedError(f"feed {shown}: not an RSS or Atom feed (the document is <{root_tag}>)")
     channel_link = _absolute_url(document.feed.get("link", ""), base_url if _is_http(base_url) else "")
@@ -320,7 +321,7 @@ def _check_xml(body: bytes, shown: str) -> str:
         raise FeedError(f"feed {shown}: refused: the feed references external resources (XXE)") from None
     except (defusedxml.ElementTree.ParseError, LookupError, ValueError) as exc:
         # LookupError: an unknown encoding in the XML declaration.
-        raise FeedError(f"feed {shown}: not XML: {_one_line(exc)}") from None
+        raise FeedError(f"feed {shown}: not XML: {one_line(exc)}") from None
     return root.tag.rpartition("}")[2]
 
 
@@ -350,7 +351,7 @@ def _plain_field(entry: Any, key: str) -> str:
     """A title or summary as plain text, whether the feed marked it up or not."""
     value = entry.get(key) or ""
     if (entry.get(f"{key}_detail") or {}).get("type") == "text/plain":
-        return _one_line(value)
+        return one_line(value)
     return _plain_text(value)
 
 
@@ -420,7 +421,7 @@ def _plain_text(fragment: str) -> str:
     extractor = _TextExtractor()
     extractor.feed(fragment)
     extractor.close()
-    return _one_line("".join(extractor.parts))
+    return one_line("".join(extractor.parts))
 
 
 # --- sanitising ----------------------------------------------------------------------------------

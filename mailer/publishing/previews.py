@@ -8,6 +8,7 @@ from mailer import files
 from mailer.config import Settings
 from mailer.models import Campaign
 from mailer.outbound.transport import Envelope, SendResult
+from mailer.outbound.transport.dkim import load_dkim
 from mailer.publishing.render import Recipient, Renderer, sample_values
 from mailer.runtime import Runtime
 
@@ -37,6 +38,12 @@ def send_test(runtime: Runtime, campaign: Campaign, address: str) -> SendResult:
     stamp = f"test{campaign.id}x{int(now.timestamp())}"
     message_id = f"<{stamp}@{settings.sender.from_email.rpartition('@')[2]}>"
     data = prepared.build(Recipient(address, "", sample_values(settings.web.base_url), message_id), now)
+    signer = load_dkim(settings.delivery.dkim, settings.dkim_private_key)  # signed as the campaign will be
+    if signer is not None:
+        try:
+            data = signer.sign(data)
+        except ValueError as exc:
+            return SendResult("temporary", None, str(exc), "envelope")
     connection = runtime.transport.connect()
     try:
         return connection.send(Envelope(settings.sender.from_email, address, data, key=stamp))

@@ -9,18 +9,14 @@ joins ready-made bytes for each recipient. tests/test_render.py checks the resul
 
 from __future__ import annotations
 
-import binascii
-import datetime as dt
-import email.utils
 import html
 import logging
 import re
 import secrets
 import textwrap
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.header import Header
-from email.headerregistry import Address
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,27 +24,26 @@ from typing import TYPE_CHECKING
 import nh3
 
 from mailer.config import Settings
+from mailer.outbound.messages import (  # noqa: F401  (the message shape publishing builds)
+    _MARK,
+    _MARK_RE,
+    PERSONAL_FIELDS,
+    Part,
+    PreparedMessage,
+    Recipient,
+    _qp,
+    format_address,
+)
+from mailer.text import one_line
 
 if TYPE_CHECKING:
     from jinja2 import Environment
 
 log = logging.getLogger("mailer.render")
 
-# The personal values of one recipient. Templates use them as {{ recipient.<name> }}.
-PERSONAL_FIELDS = ("first_name", "preferences_url", "unsubscribe_url", "confirm_url", "not_me_url")
-_MARK = "%%MAILER-{}%%"
-_MARK_RE = re.compile(r"%%MAILER-([a-z_]+)%%")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
-_HTML_SPECIAL = re.compile(r"[&<>\"']")  # what html.escape changes; most values (the links) have none
-
 
 class RenderError(Exception):
     """A template could not be rendered (a typo in a template fails here, never sends a blank)."""
-
-
-def one_line(value: str) -> str:
-    """Header-safe text: no CR, LF or other control characters (no header injection)."""
-    return _CONTROL.sub(" ", value).strip()
 
 
 def make_environment(templates_dir: Path | list[Path]) -> Environment:
@@ -97,32 +92,6 @@ def inline_css(document: str) -> str:
     ).transform(pretty_print=False)
 
 
-def _segments(rendered: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Split a rendering into literal text and the names of the placeholders between them."""
-    pieces = _MARK_RE.split(rendered)
-    return tuple(pieces[0::2]), tuple(pieces[1::2])
-
-
-def _qp(text: str) -> bytes:
-    """Quoted-printable body with CRLF line ends and lines of at most 76 characters."""
-    encoded = binascii.b2a_qp(text.replace("\r\n", "\n").encode("utf-8"), istext=True)
-    return encoded.replace(b"\n", b"\r\n")
-
-
-def format_address(name: str, address: str) -> str:
-    """`Name <addr>` with RFC 2047 encoding where the name is not ASCII; CR/LF can never get through."""
-    name = one_line(name)
-    local, _, domain = address.rpartition("@")
-    if not local.isascii():
-        # An SMTPUTF8 address: the header is UTF-8 too (RFC 6532); the transport checks the relay offers it.
-        return str(Address(display_name=name, addr_spec=address)) if name else address
-    try:
-        domain = domain.encode("idna").decode("ascii") if not domain.isascii() else domain
-    except UnicodeError:
-        pass
-    return email.utils.formataddr((name, f"{local}@{domain}"), charset="utf-8").replace("\n", "\r\n")
-
-
 def _fold_header(name: str, value: str) -> bytes:
     """One header folded at spaces to 78 columns; RFC 2047 encoded words when it is not ASCII.
 
@@ -132,123 +101,6 @@ def _fold_header(name: str, value: str) -> bytes:
     charset = "us-ascii" if value.isascii() else "utf-8"
     folded = Header(value, charset, header_name=name, maxlinelen=78).encode(linesep="\r\n")
     return f"{name}: {folded}\r\n".encode("ascii")
-
-
-@dataclass(frozen=True)
-class Part:
-    """A body rendering split at its placeholders; `escape` says how values are made safe in it.
-
-    Quoted-printable encodes each line on its own, so the lines without a placeholder (nearly all of
-    a newsletter) are encoded once here; per recipient only the few personal lines are (`encoded`).
-    """
-
-    literals: tuple[str, ...]
-    names: tuple[str, ...]
-    escape: bool
-    # Encoded runs of static lines (bytes) and, between them, the lines that hold placeholders (Parts).
-    chunks: tuple[bytes | Part, ...] = ()
-
-    @classmethod
-    def of(cls, rendered: str, *, escape: bool) -> Part:
-        literals, names = _segments(rendered)
-        unknown = set(names) - set(PERSONAL_FIELDS)
-        if unknown:
-            raise RenderError(f"unknown placeholder {sorted(unknown)[0]!r}")
-        chunks: list[bytes | Part] = []
-        static: list[str] = []
-        lines = rendered.split("\n")
-        for number, line in enumerate(lines):
-            line = line if number == len(lines) - 1 else line + "\n"
-            if not _MARK_RE.search(line):
-                static.append(line)
-                continue
-            if static:
-                chunks.append(_qp("".join(static)))
-                static = []
-            chunks.append(cls(*_segments(line), escape))
-        if static:
-            chunks.append(_qp("".join(static)))
-        return cls(literals, names, escape, tuple(chunks))
-
-    def fill(self, values: Mapping[str, str]) -> str:
-        if len(self.names) == 1:  # the usual line: one placeholder
-            value = values.get(self.names[0], "")
-            if self.escape and _HTML_SPECIAL.search(value):
-                value = html.escape(value)
-            return self.literals[0] + value + self.literals[1]
-        out = [self.literals[0]]
-        for name, literal in zip(self.names, self.literals[1:], strict=True):
-            value = values.get(name, "")
-            out.append(html.escape(value) if self.escape and _HTML_SPECIAL.search(value) else value)
-            out.append(literal)
-        return "".join(out)
-
-    def encoded(self, values: Mapping[str, str]) -> bytes:
-        """The filled part, quoted-printable with CRLF: the same bytes as _qp(self.fill(values))."""
-        return b"".join([chunk if chunk.__class__ is bytes else _qp(chunk.fill(values)) for chunk in self.chunks])
-
-
-@dataclass(frozen=True)
-class Recipient:
-    """What `build` needs to know about one person."""
-
-    email: str
-    name: str
-    values: Mapping[str, str]
-    message_id: str
-
-
-@dataclass
-class PreparedMessage:
-    """A campaign's message with everything per-campaign done; `build` makes one recipient's bytes."""
-
-    subject: str
-    static_headers: bytes
-    text: Part
-    html: Part
-    boundary: str
-    list_unsubscribe_mailto: str | None  # mailto: URL, or None when no unsubscribe mailbox / not marketing
-    marketing: bool
-    _frame: tuple[bytes, bytes, bytes] = field(init=False, repr=False)
-    _last_date: tuple[dt.datetime | None, bytes] = field(init=False, repr=False, default=(None, b""))
-
-    def __post_init__(self) -> None:
-        b = self.boundary.encode()
-        self._frame = (
-            b"\r\n--" + b + b'\r\nContent-Type: text/plain; charset="utf-8"\r\n'
-            b"Content-Transfer-Encoding: quoted-printable\r\n\r\n",
-            b"\r\n--" + b + b'\r\nContent-Type: text/html; charset="utf-8"\r\n'
-            b"Content-Transfer-Encoding: quoted-printable\r\n\r\n",
-            b"\r\n--" + b + b"--\r\n",
-        )
-
-    def _date(self, date: dt.datetime) -> bytes:
-        """The Date header's value; a batch of recipients shares one date, so it is formatted once."""
-        cached = self._last_date  # read once: another thread may replace it meanwhile
-        if cached[0] != date:
-            cached = self._last_date = (date, email.utils.format_datetime(date).encode())
-        return cached[1]
-
-    def build(self, recipient: Recipient, date: dt.datetime) -> bytes:
-        """The complete message for one recipient, CRLF line ends, ready for SMTP or a file."""
-        values = dict(recipient.values)
-        values.setdefault("first_name", "")
-        head = [
-            b"To: ", format_address(recipient.name, recipient.email).encode("utf-8"), b"\r\n",
-            b"Date: ", self._date(date), b"\r\n",
-            b"Message-ID: ", recipient.message_id.encode(), b"\r\n",
-        ]
-        if self.marketing:
-            head += [b"List-Unsubscribe: <", values["unsubscribe_url"].encode(), b">"]
-            if self.list_unsubscribe_mailto:
-                head += [b",\r\n <", self.list_unsubscribe_mailto.encode(), b">"]
-            head.append(b"\r\n")
-        head.append(self.static_headers)
-        plain, rich, end = self._frame
-        return b"".join(
-            [*head, b"\r\nThis is a multi-part message in MIME format.\r\n", plain, self.text.encoded(values),
-             rich, self.html.encoded(values), end]
-        )
 
 
 @dataclass(frozen=True)
@@ -333,8 +185,8 @@ class Renderer:
         return PreparedMessage(
             subject=subject,
             static_headers=static,
-            text=Part.of(text_doc, escape=False),
-            html=Part.of(html_doc, escape=True),
+            text=_part(text_doc, escape=False),
+            html=_part(html_doc, escape=True),
             boundary=boundary,
             list_unsubscribe_mailto=f"mailto:{mailbox}?subject=unsubscribe" if (marketing and mailbox) else None,
             marketing=marketing,
@@ -397,6 +249,13 @@ class Renderer:
             # "View in your browser": the same for every recipient, so it is rendered once with the rest.
             archive_url=archive.page_url(self.settings, campaign),
         )
+
+
+def _part(rendered: str, *, escape: bool) -> Part:
+    try:
+        return Part.of(rendered, escape=escape)
+    except ValueError as exc:  # a placeholder no recipient has: the template is broken
+        raise RenderError(str(exc)) from None
 
 
 def sample_values(base_url: str) -> dict[str, str]:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import logging
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TextIO
@@ -20,6 +18,7 @@ from mailer.config import DEFAULT_SEQUENCE, FollowupStep, Settings, duration, hh
 from mailer.models import RUNNING, ConsentEvent, Contact, Enrollment, Inquiry, OutboxMessage
 from mailer.outbound import outbox
 from mailer.publishing.render import PreparedMessage, Renderer
+from mailer.spreadsheets import Sheet, SheetError
 
 log = logging.getLogger("mailer.followups")
 
@@ -629,22 +628,6 @@ def _check_columns(names: list[str]) -> None:
         raise InquiryError("; ".join(problems) + f" (expected {','.join(CSV_COLUMNS)})")
 
 
-def _rows(reader: Iterator[list[str]], report: ImportReport) -> Iterator[tuple[int, list[str]]]:
-    """(first line number, fields) of each record; quoted fields may span lines. Unreadable CSV ends
-    the import at that line, reported, with the lines before it kept."""
-    while True:
-        line = reader.line_num + 1
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            report.rejected.append((line, f"not valid CSV ({exc}); the rest of the file was not read"))
-            return
-        if any(cell.strip() for cell in row):
-            yield line, row
-
-
 def _parse_consent(value: str) -> bool:
     word = value.strip().lower()
     if word in _TRUE:
@@ -668,21 +651,13 @@ def _parse_time(value: str) -> dt.datetime:
 
 
 def _import_stream(session: Session, settings: Settings, stream: TextIO, now: dt.datetime) -> ImportReport:
-    reader = csv.reader(stream)
     try:
-        header = next(reader)
-    except StopIteration:
-        raise InquiryError(f"the file is empty (expected columns {','.join(CSV_COLUMNS)})") from None
-    except csv.Error as exc:
-        raise InquiryError(f"line 1: not valid CSV ({exc})") from None
-    names = [name.strip().lstrip("\ufeff").lower() for name in header]
-    _check_columns(names)
+        sheet = Sheet(stream)
+    except SheetError as exc:
+        raise InquiryError(f"{exc} (expected columns {','.join(CSV_COLUMNS)})") from None
+    _check_columns(sheet.names)
     report = ImportReport()
-    for line, row in _rows(reader, report):
-        if len(row) != len(names):
-            report.rejected.append((line, f"expected {len(names)} fields, found {len(row)}"))
-            continue
-        values = dict(zip(names, row, strict=True))
+    for line, values in sheet.records(report.rejected):
         try:
             with session.begin_nested():
                 outcome = record_inquiry(

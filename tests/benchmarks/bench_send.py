@@ -8,9 +8,12 @@ Run from the repository root (not collected by pytest):
 It installs Debian's postfix package if smtp-sink is missing (it never starts the postfix daemon),
 builds a database of N subscribers (SQLite, and PostgreSQL when --pg-url or MAILER_TEST_POSTGRES_URL is
 set), makes one newsletter campaign from the sample feed, and measures in one run, alternating rounds:
-the ceiling (smtp-source → smtp-sink, same message size and sessions), a naive Python baseline, and
-`mailer send` on each database; then `mailer send` against `smtp-sink -w 1` (one second per reply) at 1,
-4 and 16 connections. It prints messages/s, ratios, enqueue time and peak RSS, and writes JSON.
+the ceiling (smtp-source → smtp-sink, same message size and sessions), a naive Python baseline,
+`mailer send` on each database, and `mailer tick` (the scheduler's path: every due job, the send among
+them); then `mailer send` against `smtp-sink -w 1` (one second per reply) at 1, 4 and 16 connections.
+With `--old-tree DIR` (a checkout of an earlier commit), `mailer send` of that code runs in the same
+rounds, for a before/after ratio. It prints messages/s, ratios, enqueue time and peak RSS, and writes
+JSON.
 """
 
 from __future__ import annotations
@@ -92,6 +95,7 @@ def write_config(folder: Path, connections: int) -> Path:
     text_ = text_.replace("connections = 4", f"connections = {connections}")
     text_ = text_.replace("first_run_posts = 1", "first_run_posts = 3")
     text_ = text_.replace("batch_size = 200", "batch_size = 500")
+    text_ = text_.replace('url = "mailer/sample/blog-feed.xml"', f'url = "{SAMPLE_FEED}"')  # for `mailer tick`
     path = folder / f"config-{connections}.toml"
     path.write_text(text_)
     return path
@@ -146,16 +150,26 @@ def reset_outbox(url: str) -> None:
     engine.dispose()
 
 
-def run_mailer_send(url: str, config_path: Path, port: int, expected: int, processes: str = "1") -> dict[str, float]:
+def run_mailer_send(url: str, config_path: Path, port: int, expected: int, processes: str = "1",
+                    command: str = "send", tree: Path | None = None) -> dict[str, float]:
+    """`mailer send` (or `mailer tick` at the benchmark's moment) as a command; `tree`: the code of an
+    earlier commit instead of this checkout's."""
     env = {**os.environ, "MAILER_DATABASE_URL": url, "MAILER_SMTP_URL": f"smtp://127.0.0.1:{port}",
            "MAILER_SECRET_KEY": "benchmark-secret", "MAILER_BASE_URL": "https://mail.therapycentral.example",
            "MAILER_CONFIG": str(config_path)}
+    program = [MAILER]
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)  # before the installed checkout on sys.path
+        program = [sys.executable, "-m", "mailer"]
+    if command == "tick":
+        args = ["tick", "--at", NOW.isoformat()]  # the whole tick: ingest, newsletter, follow-ups, delivery
+    else:
+        args = ["send"] + ([] if processes == "auto" else ["--processes", processes])  # "auto": the default
     started = time.perf_counter()
-    flags = [] if processes == "auto" else ["--processes", processes]  # "auto": as configured by default
-    result = subprocess.run(["/usr/bin/time", "-v", MAILER, "send", *flags], env=env, capture_output=True, text=True)
+    result = subprocess.run(["/usr/bin/time", "-v", *program, *args], env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - started
     if result.returncode != 0:
-        raise RuntimeError(f"mailer send failed: {result.stderr[-2000:]}")
+        raise RuntimeError(f"mailer {command} failed: {result.stderr[-2000:]}")
     sent = int(re.search(r"sent (\d+)", result.stdout).group(1))
     if sent != expected:
         raise RuntimeError(f"mailer send sent {sent}, expected {expected}: {result.stdout}")
@@ -264,13 +278,21 @@ def main() -> int:
                         help="how `mailer send` runs: auto (the default config: a process per core) or a "
                              "--processes number (the connections are shared out)")
     parser.add_argument("--skip-latency", action="store_true", help="skip the smtp-sink -w runs")
+    parser.add_argument("--no-tick", action="store_true", help="skip the `mailer tick` rows")
+    parser.add_argument("--old-tree", type=Path, default=None,
+                        help="a checkout of an earlier commit: its `mailer send` (default config) runs in the "
+                             "same rounds (e.g. `git archive main | tar -x -C DIR`)")
     parser.add_argument("--json", default=str(ROOT / "tests" / "benchmarks" / "results" / "bench_send.json"))
     args = parser.parse_args()
     ensure_postfix_tools()
     compile_bytecode()
+    if args.old_tree is not None:
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(args.old_tree / "mailer"),
+                        str(args.old_tree / "jobs")], check=True)
     kinds = ["sqlite"] + (["postgresql"] if args.pg_url else [])
     results: dict[str, object] = {"n": args.n, "connections": args.connections, "rounds": args.rounds,
-                                  "machine": {"cpus": os.cpu_count(), "python_loop_ns": python_speed()}}
+                                  "machine": {"cpus": os.cpu_count(), "python_loop_ns": python_speed(),
+                                              "load_average_start": os.getloadavg()}}
     cleanups = []
     with tempfile.TemporaryDirectory(prefix="mailer-bench-") as tmp:
         folder = Path(tmp)
@@ -291,18 +313,25 @@ def main() -> int:
             results["message_bytes"] = size
             print(f"message size: {size} bytes")
             sink = Sink()
-            runs = [(kind, p) for kind in kinds for p in args.processes]
-            label = {(kind, p): f"mailer_{kind}" + ("" if p == "auto" else f"_{p}p") for kind, p in runs}
+            # (database, processes, command, code): this checkout's send at each process count, its tick, and
+            # the earlier commit's send with the default config.
+            runs = [(kind, p, "send", None) for kind in kinds for p in args.processes]
+            runs += [] if args.no_tick else [(kind, "auto", "tick", None) for kind in kinds]
+            runs += [] if args.old_tree is None else [(kind, "auto", "send", args.old_tree) for kind in kinds]
+            label = {(kind, p, command, tree): f"mailer_{kind}" + ("" if p == "auto" else f"_{p}p")
+                     + ("_tick" if command == "tick" else "") + ("_before" if tree else "")
+                     for kind, p, command, tree in runs}
             results["auto_processes"] = workers.count("auto", args.connections, args.n)
             series: dict[str, list[dict[str, float]]] = {"ceiling": [], "naive": [], **{label[r]: [] for r in runs}}
             try:
                 for round_no in range(args.rounds):
                     series["ceiling"].append(run_ceiling(sink.port, args.n, args.connections, size))
                     series["naive"].append(run_naive(settings, urls["sqlite"], sink.port, args.naive_count))
-                    for kind, processes in runs:
+                    for run in runs:
+                        kind, processes, command, tree = run
                         reset_outbox(urls[kind])
-                        series[label[(kind, processes)]].append(
-                            run_mailer_send(urls[kind], config_path, sink.port, args.n, processes))
+                        series[label[run]].append(
+                            run_mailer_send(urls[kind], config_path, sink.port, args.n, processes, command, tree))
                     line = ", ".join(f"{name} {runs[-1]['rate']:.0f}/s" for name, runs in series.items())
                     print(f"round {round_no + 1}: {line}")
             finally:
@@ -316,6 +345,13 @@ def main() -> int:
                 results[f"ratio_{short}_to_ceiling"] = round(rate / medians["ceiling"], 3)
                 results[f"ratio_{short}_to_naive"] = round(rate / medians["naive"], 1)
                 results[f"peak_rss_mb_{short}"] = round(max(r["peak_rss_mb"] for r in series[name]), 1)
+            for kind in kinds:  # the redesign's targets, as ratios within this run
+                send = medians[f"mailer_{kind}"]
+                if f"mailer_{kind}_tick" in medians:
+                    results[f"ratio_{kind}_tick_to_send"] = round(medians[f"mailer_{kind}_tick"] / send, 3)
+                if f"mailer_{kind}_before" in medians:
+                    results[f"ratio_{kind}_send_to_before"] = round(send / medians[f"mailer_{kind}_before"], 3)
+            results["load_average"] = os.getloadavg()
             if not args.skip_latency:
                 results["latency"] = latency_runs(folder, settings, kinds, args.pg_url, cleanups)
         finally:
@@ -356,7 +392,7 @@ def report(results: dict) -> None:
     print("\n== results (medians of the alternating rounds) ==")
     machine = results.get("machine", {})
     print(f"  (machine: {machine.get('cpus')} cores; a plain Python loop takes {machine.get('python_loop_ns')} ns "
-          "per iteration)")
+          f"per iteration; load average at the end {results.get('load_average')})")
     if "auto_processes" in results:
         print(f"  (mailer_sqlite / mailer_postgresql: the default config, {results['auto_processes']} processes here)")
     for name, rate in results.get("rates", {}).items():

@@ -1,4 +1,4 @@
-"""Staff pages for campaigns: the list, one campaign, preview, edit, test, approve, cancel, compose."""
+"""Staff pages for campaigns: the list, one campaign, preview, edit, test, approve, resume, cancel, compose."""
 
 from __future__ import annotations
 
@@ -230,7 +230,8 @@ def campaign_schedule(campaign_id: int) -> Response:
         row = get_or_404(db, Campaign, campaign_id, "campaign")
         try:
             send_at = schedules.future_send_time(request.form.get("send_at") or "", settings.zone, now)
-            campaigns.schedule(db, row, by=g.staff.email, now=now, at=send_at)
+            campaigns.schedule(db, row, by=g.staff.email, now=now, at=send_at,
+                               four_eyes=settings.newsletter.four_eyes)
         except campaigns.CampaignError as exc:
             problem = str(exc)
     if problem is not None:
@@ -275,6 +276,24 @@ def campaign_archive(campaign_id: int) -> Response:
     else:
         message = "It is not shown in the public archive."
     return done(".campaign", message, campaign_id=campaign_id)
+
+
+@blueprint.post("/campaigns/<int:campaign_id>/resume")
+def campaign_resume(campaign_id: int) -> Response:
+    """Send a halted campaign again, once the relay settings are fixed."""
+    problem = None
+    waiting = 0
+    with current_runtime().sessions.begin() as db:
+        row = get_or_404(db, Campaign, campaign_id, "campaign")
+        try:
+            waiting = campaigns.resume(db, row, current_now())
+        except campaigns.CampaignError as exc:
+            problem = str(exc)
+    if problem is not None:
+        return done(".campaign", f"Not resumed: {problem}.", "problem", campaign_id=campaign_id)
+    log.info("campaign %s resumed by staff account %s (%d waiting)", campaign_id, g.staff.id, waiting)
+    return done(".campaign", f"Resumed. {waiting} message(s) go out on the next delivery run, within a few minutes.",
+                campaign_id=campaign_id)
 
 
 @blueprint.post("/campaigns/<int:campaign_id>/cancel")

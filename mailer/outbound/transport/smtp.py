@@ -1,179 +1,31 @@
-"""SMTP (TLS, auth, reused connections, DKIM) and the file transport; every failure classified.
-
-A Transport makes Connections; the delivery loop opens one Connection per worker thread and sends many
-messages through it. A Connection never raises for a delivery problem: it returns a SendResult whose
-outcome says what the outbox should do with the message.
-"""
+"""SMTP: TLS, auth, reused and pipelined connections to one relay; every failure classified."""
 
 from __future__ import annotations
 
 import dataclasses
-import email.parser
-import email.policy
-import hashlib
-import io
 import logging
-import os
-import re
 import smtplib
 import socket
 import ssl
-import struct
-import sys
-import tempfile
-from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import Literal
 
-import idna
-
-from mailer import files
-from mailer.config import SmtpUrl, parse_smtp_url
+from mailer.config import Settings, SmtpUrl, parse_smtp_url
 from mailer.logs import redact_addresses
-
-if TYPE_CHECKING:
-    from mailer.config import Dkim, Settings
+from mailer.outbound.transport import Done, Envelope, Outcome, SendResult, Take
+from mailer.outbound.transport.wire import (
+    _MAILBOX_STATUS,
+    _SMTP,
+    _describe,
+    _dot_stuffed,
+    _kernel_timeouts,
+    _normalise_line_endings,
+    _smtp_address,
+    _SMTPOverTLS,
+    _write,
+)
+from mailer.text import one_line as _text
 
 log = logging.getLogger("mailer.smtp")
-
-Outcome = Literal["sent", "temporary", "permanent", "unknown", "skipped"]  # "skipped": never handed over (delivery)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Envelope:
-    mail_from: str
-    rcpt: str
-    data: bytes  # the complete message, CRLF line endings
-    key: str = ""  # a name for the message (the outbox id): the file transport names its file after it
-    # The data is known to end every line with CRLF (the renderer builds it so, and its tests check it):
-    # the transport need not scan 10-50 KB per recipient to make sure.
-    crlf: bool = False
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class SendResult:
-    outcome: Outcome
-    code: int | None = None
-    detail: str = ""
-    # Where it happened: "connect" (TCP, TLS, EHLO, AUTH), "envelope" (checked here, nothing sent),
-    # "mail", "rcpt", "data" (DATA command, message, final reply) or "" (sent / file transport).
-    # Only a "permanent" at "rcpt" (or "data") says something about the recipient's address.
-    stage: str = ""
-
-
-# stream(): take(wait) gives the next (token, envelope) or None; done(token, result) reports one.
-Take = Callable[[bool], "tuple[object, Envelope] | None"]
-Done = Callable[[object, SendResult], None]
-
-
-class Connection(Protocol):
-    def send(self, envelope: Envelope) -> SendResult: ...
-
-    def stream(self, take: Take, done: Done) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class Transport(Protocol):
-    def connect(self) -> Connection: ...
-
-
-# --- DKIM ----------------------------------------------------------------------------------------
-
-# The headers a signature covers when the message has them (RFC 6376 §5.4.1's list, trimmed to ours).
-DKIM_HEADERS = (
-    "From",
-    "Subject",
-    "Date",
-    "To",
-    "Message-ID",
-    "List-Unsubscribe",
-    "List-Unsubscribe-Post",
-    "Reply-To",
-    "MIME-Version",
-    "Content-Type",
-)
-
-
-class DkimSigner:
-    """Signs finished messages with one DKIM key (rsa-sha256, relaxed/relaxed)."""
-
-    def __init__(self, selector: str, domain: str, private_key: bytes) -> None:
-        import dkim.crypto  # dkimpy pulls in dnspython: only for installations that sign
-
-        key = private_key.replace(b"\r\n", b"\n").strip() + b"\n"
-        try:
-            dkim.crypto.parse_pem_private_key(key)
-        except Exception as exc:  # dkimpy raises several types for a bad key; one message is enough
-            raise ValueError(
-                f"the DKIM private key is not a PEM RSA key ({exc.__class__.__name__})"
-            ) from None
-        self.selector = selector
-        self.domain = domain
-        self._key = key
-
-    @property
-    def private_key(self) -> bytes:
-        """The PEM key it signs with (`mailer doctor` compares its public half with the DNS record)."""
-        return self._key
-
-    def sign(self, data: bytes) -> bytes:
-        """The message with a DKIM-Signature header prepended; ValueError if it cannot be signed."""
-        import dkim
-
-        present = {name.lower() for name in _header_names(data)}
-        include = [name.encode() for name in DKIM_HEADERS if name.lower() in present]
-        try:
-            signature = dkim.sign(
-                data,
-                self.selector.encode("ascii"),
-                self.domain.encode("ascii"),
-                self._key,
-                canonicalize=(b"relaxed", b"relaxed"),
-                include_headers=include,
-            )
-        except dkim.DKIMException as exc:
-            raise ValueError(f"DKIM signing failed: {exc}") from None
-        return signature + data
-
-
-def _header_names(data: bytes) -> list[str]:
-    """Names of the header fields in a message (continuation lines skipped)."""
-    head = data.split(b"\r\n\r\n", 1)[0]
-    names = []
-    for line in head.split(b"\r\n"):
-        if line[:1] in (b" ", b"\t") or b":" not in line:
-            continue
-        names.append(line.split(b":", 1)[0].strip().decode("ascii", "replace"))
-    return names
-
-
-def load_dkim(dkim_config: Dkim, private_key_pem: str = "") -> DkimSigner | None:
-    """The signer the config asks for, or None when selector, domain or key is missing."""
-    key: bytes | None = None
-    if private_key_pem:
-        # Environment variables are often set with literal "\n" instead of newlines.
-        text = private_key_pem if "\n" in private_key_pem else private_key_pem.replace("\\n", "\n")
-        key = text.encode("ascii", "replace")
-    elif dkim_config.private_key_path:
-        try:
-            key = Path(dkim_config.private_key_path).read_bytes()
-        except OSError as exc:
-            raise ValueError(
-                f"delivery.dkim.private_key_path: cannot read {dkim_config.private_key_path}: {exc.strerror}"
-            ) from None
-    if not (dkim_config.selector and dkim_config.domain and key):
-        if dkim_config.selector or dkim_config.domain or key:
-            log.warning("DKIM is partly configured (selector, domain and key are all needed); not signing")
-        return None
-    try:
-        return DkimSigner(dkim_config.selector, dkim_config.domain, key)
-    except ValueError as exc:
-        source = "MAILER_DKIM_PRIVATE_KEY" if private_key_pem else dkim_config.private_key_path
-        raise ValueError(f"delivery.dkim: {source}: {exc}") from None
-
-
-# --- SMTP ----------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(slots=True)
@@ -188,184 +40,12 @@ class _Tx:
     command: bytes = b""  # MAIL, RCPT and DATA, when they go pipelined after the previous message
 
 
-def _write(smtp: smtplib.SMTP, data: bytes) -> tuple[int, OSError | None]:
-    """Send all of data; how many bytes left before a failure, and the failure."""
-    if smtp.sock is None:
-        return 0, smtplib.SMTPServerDisconnected("please run connect() first")
-    view = memoryview(data)
-    sent = 0
-    try:
-        while sent < len(view):
-            sent += smtp.sock.send(view[sent:])
-    except OSError as exc:
-        return sent, exc
-    return sent, None
-
-
 class _Failed(Exception):
     """Carries the SendResult of a step that cannot go on; caught in SMTPConnection.send."""
 
     def __init__(self, result: SendResult) -> None:
         super().__init__(result.detail)
         self.result = result
-
-
-def _text(reply: bytes | str) -> str:
-    """A server reply as one printable line."""
-    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
-    return " ".join(text.split())
-
-
-def _describe(exc: BaseException, timeout: float) -> str:
-    """What went wrong with the network, in words staff can act on."""
-    # smtplib wraps socket errors in SMTPServerDisconnected; the interesting part is the original.
-    cause = exc
-    if isinstance(exc, smtplib.SMTPServerDisconnected) and exc.__context__ is not None:
-        cause = exc.__context__
-    if isinstance(cause, _TIMED_OUT):
-        return f"no reply within {timeout:g} s"
-    if isinstance(cause, ssl.SSLCertVerificationError):
-        return f"TLS certificate not trusted: {cause.verify_message}"
-    if isinstance(cause, ssl.SSLError):
-        return f"TLS failed: {cause.reason or cause}"
-    if isinstance(cause, smtplib.SMTPServerDisconnected):
-        return "the relay closed the connection"
-    if isinstance(cause, OSError) and cause.strerror:
-        return cause.strerror
-    return str(cause) or cause.__class__.__name__
-
-
-_UNUSABLE_IN_ADDRESS = re.compile(r"[<>\r\n\t ]")
-
-
-def _smtp_address(address: str) -> tuple[str, bool]:
-    """The address for MAIL FROM / RCPT TO with an IDNA domain, and whether it needs SMTPUTF8."""
-    if not address:
-        return "", False  # the null reverse-path "<>"
-    if "@" not in address or _UNUSABLE_IN_ADDRESS.search(address):
-        raise ValueError(f"not a usable envelope address: {address!r}")
-    local, _, domain = address.rpartition("@")
-    if not local or not domain:
-        raise ValueError(f"not a usable envelope address: {address!r}")
-    if not domain.isascii():
-        try:
-            domain = idna.encode(domain, uts46=True).decode("ascii")
-        except idna.IDNAError as exc:
-            raise ValueError(
-                f"the domain of {address!r} is not a valid internationalised name: {exc}"
-            ) from None
-    # A non-ASCII local part cannot be rewritten: only SMTPUTF8 can carry it.
-    return f"{local}@{domain}", not local.isascii()
-
-
-def _normalise_line_endings(data: bytes) -> bytes:
-    """CRLF everywhere: SMTP and DKIM both assume it, and a stray LF would change the signed body."""
-    if data.count(b"\n") == data.count(b"\r\n") == data.count(b"\r"):
-        return data
-    return re.sub(rb"\r\n|\r|\n", b"\r\n", data)
-
-
-def _dot_stuffed(data: bytes, then: bytes = b"") -> bytes:
-    """The DATA payload: leading dots doubled, CRLF-terminated, then the final "." (and `then`, the
-    next commands, joined in the same copy)."""
-    # The same rule as smtplib's _quote_periods, on CRLF-normalised data; bytes.replace is ~30x
-    # faster than a multiline regex on a 10-50 KB newsletter, and this runs for every recipient.
-    payload = data.replace(b"\r\n.", b"\r\n..")  # (no copy when there is no such line)
-    return b"".join((b"." if payload.startswith(b".") else b"", payload,
-                     b".\r\n" if payload.endswith(b"\r\n") else b"\r\n.\r\n", then))
-
-
-# What a socket raises when its time runs out: Python's own timeout, or the kernel's (SO_RCVTIMEO and
-# SO_SNDTIMEO on a blocking socket, see _kernel_timeouts).
-_TIMED_OUT = (TimeoutError, BlockingIOError)
-
-
-def _kernel_timeouts(sock: socket.socket, timeout: float) -> None:
-    """Let the kernel enforce the timeout of an open plain session (Linux).
-
-    A socket with a Python-level timeout polls before every send and every receive: two system calls
-    where one would do, and two releases of the GIL that the other sender threads contend for, for
-    each message. A blocking socket with SO_RCVTIMEO / SO_SNDTIMEO waits as long and no longer.
-    A TLS session keeps Python's timeout: the ssl module waits out the kernel's timeout on a blocking
-    socket (it would wait for ever), and TLS costs far more than the poll anyway.
-    """
-    if not sys.platform.startswith("linux") or isinstance(sock, ssl.SSLSocket) or timeout < 0.001:
-        return  # (a timeout of 0 would mean "wait for ever")
-    seconds = int(timeout)
-    limit = struct.pack("@ll", seconds, int((timeout - seconds) * 1_000_000))  # struct timeval
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
-    except OSError:  # not settable here: Python's own timeout stays
-        return
-    sock.settimeout(None)
-
-
-class _SocketReader(io.RawIOBase):
-    """The raw stream under smtplib's reply reader: a timeout surfaces as TimeoutError whether it was
-    Python's or the kernel's (which a blocking socket reports as EAGAIN, and socket.SocketIO as an
-    empty read, that is, as a closed connection)."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        super().__init__()
-        self._sock = sock
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        try:
-            return self._sock.recv_into(buffer)
-        except BlockingIOError:  # the kernel's timeout ran out
-            raise TimeoutError("timed out") from None
-
-
-class _Replies:
-    """Mixed into smtplib's classes: replies are read through a _SocketReader. smtplib reads them from
-    `self.file`, which it makes from the socket when it finds None (a new connection, a new TLS layer):
-    here it never finds None while there is a socket."""
-
-    sock: socket.socket | None
-    _reader: io.BufferedReader | None = None
-
-    @property
-    def file(self) -> io.BufferedReader | None:
-        if self._reader is None and self.sock is not None:
-            self._reader = io.BufferedReader(_SocketReader(self.sock))
-        return self._reader
-
-    @file.setter
-    def file(self, value: io.BufferedReader | None) -> None:
-        self._reader = value
-
-
-class _SMTP(_Replies, smtplib.SMTP):
-    """smtplib.SMTP that remembers the host it dialled, so STARTTLS checks the certificate against it."""
-
-    def connect(
-        self, host: str = "localhost", port: int = 0, source_address: tuple[str, int] | None = None
-    ) -> tuple[int, bytes]:
-        # smtplib records the host only when it is given to __init__ (which would also connect).
-        self._host = host
-        return super().connect(host, port, source_address)
-
-
-class _SMTPOverTLS(_Replies, smtplib.SMTP_SSL):
-    """smtplib.SMTP_SSL with the certificate checked against the dialled host, and no socket leaked."""
-
-    def connect(
-        self, host: str = "localhost", port: int = 0, source_address: tuple[str, int] | None = None
-    ) -> tuple[int, bytes]:
-        self._host = host
-        return super().connect(host, port, source_address)
-
-    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
-        raw = socket.create_connection((host, port), timeout, self.source_address)
-        try:
-            return self.context.wrap_socket(raw, server_hostname=host)
-        except BaseException:
-            raw.close()  # smtplib's own version leaves it to the garbage collector
-            raise
 
 
 class SMTPTransport:
@@ -377,11 +57,9 @@ class SMTPTransport:
         *,
         timeout: float,
         local_hostname: str | None = None,
-        dkim: DkimSigner | None = None,
     ) -> None:
         self.smtp = smtp
         self.timeout = timeout
-        self.dkim = dkim
         # getfqdn() may do a slow DNS lookup; smtplib would repeat it for every connection.
         self.local_hostname = local_hostname or smtp.helo or socket.getfqdn()
         self.tls_context: ssl.SSLContext | None = None
@@ -499,7 +177,7 @@ class SMTPConnection:
         done(token, result)
 
     def _transaction(self, envelope: Envelope) -> _Tx | SendResult:
-        """The envelope checked and the bytes made final (CRLF, DKIM); or why it cannot be sent."""
+        """The envelope checked and the bytes made final (CRLF); or why it cannot be sent."""
         try:
             if self._sender is None or self._sender[0] != envelope.mail_from:  # the same for a whole send
                 self._sender = (envelope.mail_from, _smtp_address(envelope.mail_from))
@@ -512,11 +190,6 @@ class SMTPConnection:
         except ValueError as exc:
             return SendResult("permanent", None, str(exc), "envelope")
         data = envelope.data if envelope.crlf else _normalise_line_endings(envelope.data)
-        if self._transport.dkim is not None:
-            try:
-                data = self._transport.dkim.sign(data)
-            except ValueError as exc:
-                return SendResult("temporary", None, str(exc), "envelope")
         return _Tx(mail_from, rcpt, data, sender_utf8, rcpt_utf8 or sender_utf8)
 
     def _mail_command(self, smtp: smtplib.SMTP, tx: _Tx) -> str | SendResult:
@@ -588,9 +261,10 @@ class SMTPConnection:
     def _mail_refused(self, code: int, reply: bytes) -> SendResult:
         if code == 421:
             self._drop()
-        # 5xx here is about our sender or the relay's policy, not the recipient: never "permanent",
-        # which would suppress an address that did nothing wrong.
-        return SendResult("temporary", code if code > 0 else None, f"MAIL FROM: {code} {_text(reply)}", "mail")
+        # 5xx here is about our sender or the relay's policy, not the recipient: never "permanent" (the
+        # message could go once staff fix the sender); a 5xx refuses us, which the engine's breaker counts.
+        return SendResult("temporary", code if code > 0 else None, f"MAIL FROM: {code} {_text(reply)}", "mail",
+                          sender_refused=500 <= code < 600)
 
     def _envelope_replies(self, smtp: smtplib.SMTP, code: int, reply: bytes) -> SendResult | None:
         """Given the reply to a pipelined MAIL, read the RCPT and DATA replies: None if all agreed (the
@@ -700,7 +374,10 @@ class SMTPConnection:
         if code == 421:
             self._drop()  # the relay is closing this session; the next send opens a new one
         if 500 <= code < 600:
-            return SendResult("permanent", code, detail, stage)
+            # 5xx to RCPT refuses the address. 5xx after DATA is usually about the content (spam, size,
+            # policy): only its enhanced status 5.1.x says the mailbox is bad.
+            rejected = stage == "rcpt" or (stage == "data" and bool(_MAILBOX_STATUS.search(detail)))
+            return SendResult("permanent", code, detail, stage, address_rejected=rejected)
         return SendResult("temporary", code if code > 0 else None, detail, stage)
 
     def _mail_options(self, smtp: smtplib.SMTP, data: bytes, *, utf8: bool) -> list[str]:
@@ -795,7 +472,8 @@ class SMTPConnection:
         except smtplib.SMTPAuthenticationError as exc:
             detail = f"authentication failed for {url.username} at {where}: {exc.smtp_code} {_text(exc.smtp_error)}"
             log.warning(redact_addresses(detail))
-            raise _Failed(SendResult("temporary", exc.smtp_code, detail, "connect")) from None
+            raise _Failed(SendResult("temporary", exc.smtp_code, detail, "connect",
+                                     sender_refused=500 <= exc.smtp_code < 600)) from None
         except smtplib.SMTPNotSupportedError as exc:
             raise _Failed(SendResult("temporary", None, f"{where}: AUTH: {exc}", "connect")) from None
         except smtplib.SMTPException as exc:
@@ -815,101 +493,7 @@ class SMTPConnection:
             smtp.close()
 
 
-# --- files ---------------------------------------------------------------------------------------
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-
-
-def _file_name(key: str, data: bytes) -> str:
-    """A file name from the key (or the Message-ID): no separators, no leading dots, bounded length."""
-    base = key
-    if not base:
-        headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(data)
-        base = str(headers.get("Message-ID", "")).strip().strip("<>")
-    if not base:
-        return hashlib.sha256(data).hexdigest()[:32] + ".eml"
-    safe = _UNSAFE.sub("_", base).lstrip(".")[:120]
-    if safe != base:
-        # Two keys that clean up to the same text must still get different files.
-        safe = f"{safe}-{hashlib.sha256(base.encode()).hexdigest()[:12]}"
-    return safe + ".eml"
-
-
-class FileTransport:
-    """Writes each message as an .eml file: for the demo, development and relays that pick up files."""
-
-    def __init__(self, outbox_dir: Path, *, dkim: DkimSigner | None = None) -> None:
-        self.outbox_dir = Path(outbox_dir)
-        self.dkim = dkim
-
-    def connect(self) -> FileConnection:
-        """A connection; files need no session, so it is cheap."""
-        return FileConnection(self)
-
-
-class FileConnection:
-    """Writes messages atomically: a reader never sees half a file."""
-
-    def __init__(self, transport: FileTransport) -> None:
-        self._transport = transport
-
-    def send(self, envelope: Envelope) -> SendResult:
-        """Write the message to outbox_dir/<name>.eml (replacing an earlier copy of the same message)."""
-        folder = self._transport.outbox_dir
-        data = envelope.data if envelope.crlf else _normalise_line_endings(envelope.data)
-        if self._transport.dkim is not None:
-            try:
-                data = self._transport.dkim.sign(data)
-            except ValueError as exc:
-                return SendResult("temporary", None, str(exc), "envelope")
-        target = folder / _file_name(envelope.key, data)
-        try:
-            files.private_dir(folder)
-            handle, temporary = tempfile.mkstemp(dir=folder, prefix=".", suffix=".tmp")  # 0600
-            try:
-                with os.fdopen(handle, "wb") as file:
-                    file.write(data)
-                    file.flush()
-                    os.fsync(file.fileno())
-                os.replace(temporary, target)
-            except BaseException:
-                Path(temporary).unlink(missing_ok=True)
-                raise
-            _fsync_dir(folder)
-        except OSError as exc:
-            return SendResult("temporary", None, f"cannot write {target}: {exc.strerror or exc}", "data")
-        return SendResult("sent", None, str(target))
-
-    def stream(self, take: Take, done: Done) -> None:
-        """Write every message take() hands out, one after the other."""
-        while (item := take(True)) is not None:
-            done(item[0], self.send(item[1]))
-
-    def close(self) -> None:
-        """Nothing to close."""
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable; not every platform can open a directory."""
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
-
-
-# --- wiring --------------------------------------------------------------------------------------
-
-
-def make_transport(settings: Settings) -> Transport:
-    """The transport the config asks for, with DKIM when a key is configured."""
+def from_settings(settings: Settings) -> SMTPTransport:
+    """The relay in `delivery.smtp_url` (MAILER_SMTP_URL)."""
     delivery = settings.delivery
-    signer = load_dkim(delivery.dkim, settings.dkim_private_key)
-    if delivery.transport == "smtp":
-        return SMTPTransport(parse_smtp_url(delivery.smtp_url), timeout=delivery.timeout_seconds, dkim=signer)
-    return FileTransport(Path(delivery.outbox_dir), dkim=signer)
+    return SMTPTransport(parse_smtp_url(delivery.smtp_url), timeout=delivery.timeout_seconds)
