@@ -31,8 +31,8 @@ def sns_client() -> sns.Sns:
     return client
 
 
-def _answer(status: int, **body: object) -> tuple[Response, int]:
-    return jsonify(body), status
+def _answer(code: int, **body: object) -> tuple[Response, int]:
+    return jsonify(body), code
 
 
 def _refused(relay: str, problem: Refused) -> tuple[Response, int]:

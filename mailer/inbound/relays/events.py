@@ -106,8 +106,11 @@ def judged(label: Label, recipient: str | None, diagnostic: str, *, status: str 
     """
     text = one_line(diagnostic)
     code = reply_code if re.fullmatch(r"[245]\d\d", reply_code or "") else reply_code_in(text)
+    # A relay's hard bounce is the receiving server refusing the recipient, at RCPT TO unless the words say
+    # otherwise: without a command, the rules read "unknown recipient" as a content filter's words.
+    command = families.command_in(text) or ("RCPT" if label == "hard" else "")
     refusal = Refusal(status=status if _STATUS.fullmatch(status or "") else "", reply_code=code, diagnostic=text,
-                      command=families.command_in(text), action="failed",
+                      command=command, action="failed",
                       domain=(recipient or "").rpartition("@")[2].lower())
     judgement = judge(refusal)
     verdict, reason = judgement.verdict, judgement.reason
