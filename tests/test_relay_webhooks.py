@@ -504,3 +504,13 @@ def test_housekeeping_forgets_handled_events_after_thirty_days(relays_on: Relays
     counts = jobs.run_job(r.runtime, "housekeeping", r.now + events.KEPT_FOR + dt.timedelta(hours=1), None)
     assert counts["relay_events_forgotten"] == 4
     assert handled(r, "sendgrid") == 0
+
+
+def test_the_doctor_knows_bounces_arrive_by_webhook(relays_on: Relays, settings: Settings) -> None:
+    from mailer.doctor import mailboxes
+
+    assert settings.bounces.source == "none"
+    assert mailboxes.check(settings)[0].status == "warn"  # no mailbox, no webhook: nobody hears of bounces
+    (bounces, _replies) = mailboxes.check(relays_on.runtime.settings)
+    assert bounces.status == "ok"
+    assert bounces.message == "bounces and complaints arrive by the postmark, mailgun, sendgrid, ses webhook"
