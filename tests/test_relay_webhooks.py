@@ -513,4 +513,4 @@ def test_the_doctor_knows_bounces_arrive_by_webhook(relays_on: Relays, settings:
     assert mailboxes.check(settings)[0].status == "warn"  # no mailbox, no webhook: nobody hears of bounces
     (bounces, _replies) = mailboxes.check(relays_on.runtime.settings)
     assert bounces.status == "ok"
-    assert bounces.message == "bounces and complaints arrive by the postmark, mailgun, sendgrid, ses webhook"
+    assert bounces.message == "bounces and complaints arrive by the postmark, mailgun, sendgrid, ses webhooks"

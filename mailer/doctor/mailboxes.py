@@ -22,7 +22,9 @@ def check(settings: Settings) -> list[Result]:
 def mailbox(name: str, where: MailboxSettings, password: str, password_env: str, settings: Settings) -> Result:
     check = f"{name}_mailbox"
     if where.source == "none" and name == "bounces" and webhooks.configured(settings):
-        return ok(check, f"bounces and complaints arrive by the {', '.join(webhooks.configured(settings))} webhook")
+        relays = webhooks.configured(settings)
+        return ok(check, f"bounces and complaints arrive by the {', '.join(relays)} webhook"
+                         + ("s" if len(relays) > 1 else ""))
     if where.source == "none":
         return warn(check, f'{name}.source is "none": {UNREAD[name]}',
                     f"point [{name}] in config.toml at the maildir or IMAP folder where they arrive")
