@@ -110,12 +110,15 @@ def _ses() -> tuple[Response, int]:
     sns.verify(message, client, now)
     kind = message["Type"]
     if kind == "SubscriptionConfirmation":
-        with runtime.sessions.begin() as session:
-            if events.claim(session, ses.SUBSCRIPTIONS, str(message.get("MessageId")), "confirmed", now) is None:
+        key = str(message.get("MessageId"))
+        with runtime.sessions() as session:
+            if events.seen(session, ses.SUBSCRIPTIONS, key):
                 return _answer(200, status="already confirmed")
-            # Inside the transaction: if Amazon cannot be reached, nothing is remembered and SNS's next
-            # confirmation request (or a repeat of this one) tries again.
-            client.confirm(str(message.get("SubscribeURL") or ""))
+        # Amazon is asked outside any transaction (a SQLite write lock is not held over the network); if
+        # it cannot be reached, nothing is remembered and a repeat of this request tries again.
+        client.confirm(str(message.get("SubscribeURL") or ""))
+        with runtime.sessions.begin() as session:
+            events.claim(session, ses.SUBSCRIPTIONS, key, "confirmed", now)
         log.info("relay ses: subscription to %s confirmed", message.get("TopicArn"))
         return _answer(200, status="confirmed")
     if kind != "Notification":  # UnsubscribeConfirmation: someone unsubscribed the endpoint at Amazon
