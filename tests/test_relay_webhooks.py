@@ -459,6 +459,8 @@ def test_in_production_the_certificate_and_confirmation_come_only_from_amazon(re
                 amazon.certificate_url):
         assert not sns.amazon_url(url, certificate=True), url
     assert not sns.amazon_url("https://sns.us-east-1.amazonaws.com/evil?Action=ConfirmSubscription", certificate=False)
+    assert not sns.amazon_url(f"https://sns.us-east-1.amazonaws.com/?Action=Unsubscribe&SubscriptionArn={TOPIC}:1",
+                              certificate=False)
 
     # The app's own client (what production uses) refuses the loopback certificate without fetching it.
     r = relays_on

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import Literal
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -236,11 +236,3 @@ def forget(session: Session, now: dt.datetime) -> int:
     result = session.execute(delete(HandledRelayEvent).where(HandledRelayEvent.received_at < now - KEPT_FOR))
     return result.rowcount or 0
 
-
-def handled(session: Session, relay: str) -> dict[str, int]:
-    """How many remembered events of a relay did what (for tests and figures)."""
-    rows = session.execute(select(HandledRelayEvent.effect).where(HandledRelayEvent.relay == relay)).scalars()
-    counts: dict[str, int] = {}
-    for effect in rows:
-        counts[effect] = counts.get(effect, 0) + 1
-    return counts

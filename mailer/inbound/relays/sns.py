@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -40,7 +40,8 @@ FETCH_SECONDS = 5.0
 
 
 def amazon_url(url: str, *, certificate: bool) -> bool:
-    """An https URL on an SNS endpoint of a region (a certificate's path ending in .pem), nothing else."""
+    """An https URL on an SNS endpoint of a region: a certificate's path ending in .pem, or the
+    ConfirmSubscription action; nothing else."""
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -50,7 +51,9 @@ def amazon_url(url: str, *, certificate: bool) -> bool:
         return False
     if not _AMAZON_HOST.fullmatch(parts.hostname or ""):
         return False
-    return parts.path.endswith(".pem") if certificate else parts.path in ("", "/")
+    if certificate:
+        return parts.path.endswith(".pem")
+    return parts.path in ("", "/") and parse_qs(parts.query).get("Action") == ["ConfirmSubscription"]
 
 
 class Sns:
