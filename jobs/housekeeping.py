@@ -1,5 +1,5 @@
-"""Daily: return expired leases; purge old inquiries, unconfirmed sign-ups, rate-limit records, intake keys
-and subscriber files checked but never imported."""
+"""Daily: return expired leases; purge old inquiries, unconfirmed sign-ups, rate-limit records, intake keys,
+relay webhook events remembered for replays, and subscriber files checked but never imported."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import datetime as dt
 from sqlalchemy import delete, select
 
 from mailer import audience, db
+from mailer.inbound.relays import events as relay_events
 from mailer.models import IntakeKey, JobRun, RateEvent, SubscriberImport
 from mailer.outbound import outbox
 from mailer.runtime import Runtime
@@ -30,10 +31,11 @@ def run(runtime: Runtime, now: dt.datetime) -> dict[str, int]:
         files = session.execute(delete(SubscriberImport).where(
             SubscriberImport.state == "checked", SubscriberImport.created_at < now - dt.timedelta(days=1))).rowcount or 0
         keys = session.execute(delete(IntakeKey).where(IntakeKey.created_at <= now - INTAKE_KEY_LIFETIME)).rowcount or 0
+        relayed = relay_events.forget(session, now)
     if purged or unconfirmed or files:  # people's rows were deleted: their old pages leave SQLite's log too
         db.after_erasure(runtime.engine)
     return {"leases_returned": reclaimed, "inquiries_purged": purged, "unconfirmed_purged": unconfirmed,
-            "rate_events_purged": rate, "intake_keys_purged": keys,
+            "rate_events_purged": rate, "intake_keys_purged": keys, "relay_events_forgotten": relayed,
             "import_files_purged": files}
 
 

@@ -411,6 +411,25 @@ class Notify(_Section):
         return value
 
 
+# An SNS topic's ARN: arn:aws:sns:REGION:ACCOUNT:NAME (also the China and GovCloud partitions).
+_TOPIC_ARN = re.compile(r"arn:aws(?:-cn|-us-gov)?:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}(?:\.fifo)?")
+
+
+class RelayWebhooks(_Section):
+    """The relays' bounce and complaint webhooks (their secrets come from the environment)."""
+
+    # The Amazon SNS topics whose notifications POST /api/relay/ses accepts; empty: the route is off.
+    ses_topic_arns: list[str] = Field(default_factory=list)
+
+    @field_validator("ses_topic_arns")
+    @classmethod
+    def _arns(cls, value: list[str]) -> list[str]:
+        for arn in value:
+            if not _TOPIC_ARN.fullmatch(arn):
+                raise ValueError(f"not an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME): {arn!r}")
+        return value
+
+
 class Paths(_Section):
     # Empty: the templates bundled with mailer. A folder: the clinic's own copy (`mailer templates export`),
     # in front of the bundled ones, so a template missing from it still comes from mailer.
@@ -435,6 +454,7 @@ class Settings(_Section):
     archive: Archive = Archive()
     notify: Notify = Notify()
     privacy: Privacy = Privacy()
+    relay_webhooks: RelayWebhooks = RelayWebhooks()
     paths: Paths = Paths()
     # Secrets: from the environment only (see load()).
     secret_key: str = Field(default="", repr=False)
@@ -442,6 +462,10 @@ class Settings(_Section):
     dkim_private_key: str = Field(default="", repr=False)
     imap_password: str = Field(default="", repr=False)
     replies_imap_password: str = Field(default="", repr=False)
+    mailgun_signing_key: str = Field(default="", repr=False)
+    sendgrid_public_key: str = Field(default="", repr=False)
+    postmark_webhook_user: str = Field(default="", repr=False)
+    postmark_webhook_password: str = Field(default="", repr=False)
     # True when MAILER_SECRET_KEY was not set and the key kept under var/ is used (development only).
     development_secret: bool = False
     source: str = ""
@@ -507,7 +531,10 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "BASE_URL": ("web", "base_url"),
 }
 ENV_SECRETS = {"SECRET_KEY": "secret_key", "INTAKE_TOKEN": "intake_token", "DKIM_PRIVATE_KEY": "dkim_private_key",
-               "IMAP_PASSWORD": "imap_password", "REPLIES_IMAP_PASSWORD": "replies_imap_password"}
+               "IMAP_PASSWORD": "imap_password", "REPLIES_IMAP_PASSWORD": "replies_imap_password",
+               "MAILGUN_SIGNING_KEY": "mailgun_signing_key", "SENDGRID_PUBLIC_KEY": "sendgrid_public_key",
+               "POSTMARK_WEBHOOK_USER": "postmark_webhook_user",
+               "POSTMARK_WEBHOOK_PASSWORD": "postmark_webhook_password"}
 
 
 def default_config_path(environ: dict[str, str] | None = None) -> Path:

@@ -536,6 +536,20 @@ class HandledMessage(Base):
     handled_at: Mapped[dt.datetime]
 
 
+class HandledRelayEvent(Base):
+    """A relay webhook event (or a Mailgun request token) already handled, kept so a replay changes nothing.
+
+    The key is a SHA-256 of the relay's own event id (never an address); `effect` says what the event did.
+    """
+
+    __tablename__ = "relay_events"
+
+    relay: Mapped[str] = mapped_column(String(20), primary_key=True)  # postmark | mailgun | mailgun-token | ...
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    effect: Mapped[str] = mapped_column(String(24))  # hard | soft | complaint | unsubscribe | delivered | ...
+    received_at: Mapped[dt.datetime] = mapped_column(index=True)
+
+
 class RateEvent(Base):
     """Recent requests per client key, for rate limits shared by every process on the database."""
 
@@ -558,6 +572,7 @@ __all__ = [
     "Enrollment",
     "FeedState",
     "HandledMessage",
+    "HandledRelayEvent",
     "Inquiry",
     "IntakeKey",
     "JobRun",

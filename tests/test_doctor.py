@@ -24,6 +24,7 @@ from werkzeug.serving import make_server
 
 from mailer.cli import main
 from mailer.doctor.domain import public_record
+from tests import relay_payloads
 from tests.certificates import make_certificate, server_context
 from tests.dns_server import LoopbackDNS, Records
 from tests.smtp_server import SMTPServer
@@ -416,3 +417,24 @@ def test_a_bad_dns_server_option_is_a_one_line_error(setup: Setup, value: str) -
     assert result.exit_code == 1
     assert result.stdout == ""
     assert result.stderr == f"mailer: error: --dns-server: expected HOST or HOST:PORT, got {value!r}\n"
+
+
+def test_relay_webhook_secrets_that_are_half_set_or_do_not_parse(setup: Setup) -> None:
+    setup.environ.update({"MAILER_SENDGRID_PUBLIC_KEY": "bm90IGEga2V5", "MAILER_POSTMARK_WEBHOOK_USER": "postmark",
+                          "MAILER_MAILGUN_SIGNING_KEY": secrets.token_hex(24)})
+    code, lines, _ = setup.run()
+    assert code == 1
+    assert only_failures(lines) == {
+        "relay_webhook_postmark": "MAILER_POSTMARK_WEBHOOK_PASSWORD is not set: the Postmark webhook is off — set "
+                                  "both, and the same user and password in the webhook's basic auth at Postmark",
+        "relay_webhook_sendgrid": "MAILER_SENDGRID_PUBLIC_KEY is not a base64 DER public key: SendGrid's events are "
+                                  "refused (503) and wait at SendGrid — copy the verification key from SendGrid's Mail "
+                                  "Settings › Signed Event Webhook Requests (base64, one line)"}
+    assert lines["relay_webhook_mailgun"][0] == "✓"
+
+    _private, public = relay_payloads.sendgrid_keys()
+    setup.environ.update({"MAILER_SENDGRID_PUBLIC_KEY": public, "MAILER_POSTMARK_WEBHOOK_PASSWORD": secrets.token_urlsafe(24)})
+    code, lines, _ = setup.run()
+    assert code == 0 and only_failures(lines) == {}
+    assert list(lines)[-3:] == ["relay_webhook_postmark", "relay_webhook_mailgun", "relay_webhook_sendgrid"]
+    assert lines["relay_webhook_sendgrid"][1].endswith("/api/relay/sendgrid, verification key parses (ECDSA P-256)")

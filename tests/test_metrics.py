@@ -13,7 +13,7 @@ from sqlalchemy import Engine, insert
 
 from mailer import audience, jobs
 from mailer.config import Settings
-from mailer.models import Contact, OutboxMessage
+from mailer.models import BounceEvent, Contact, OutboxMessage
 from mailer.runtime import Runtime
 from mailer.web import create_app
 from tests.web_fixtures import SettableClock
@@ -73,7 +73,18 @@ def test_the_outbox_jobs_and_suppressions_without_an_address(metrics_client: Fla
         session.execute(insert(OutboxMessage), rows)
         audience.suppress(session, settings.secret_key, contacts[0], "hard_bounce", now, detail="550 5.1.1 unknown")
         audience.suppress(session, settings.secret_key, contacts[1], "complaint", now, detail="abuse report")
-        session.get(Contact, ids[2]).soft_bounces = 2
+        # Soft bounces count as the bounce rules count them: days within the window, per address.
+        session.get(Contact, ids[2]).soft_bounces = 7  # a stale copy the metric must not read
+
+        def bounce(contact: int, ago: dt.timedelta, verdict: str = "mailbox_unable", counted: bool = True) -> BounceEvent:
+            return BounceEvent(contact_id=ids[contact], verdict=verdict, reason="mailbox_full", source="maildir",
+                               report_key="k", report_at=now - ago, counted=counted, created_at=now)
+
+        session.add_all([bounce(2, dt.timedelta(hours=1)), bounce(2, dt.timedelta(hours=2)),  # one day
+                         bounce(2, dt.timedelta(days=3)),  # a second day
+                         bounce(2, dt.timedelta(days=31)),  # outside bounces.soft_bounce_window (30 days)
+                         bounce(1, dt.timedelta(days=1), counted=False),  # lifted by staff
+                         bounce(0, dt.timedelta(days=1), verdict="address_bad")])
     jobs.run_job(runtime, "deliver", now, lambda rt, at: {"sent": 3})
     with pytest.raises(RuntimeError):
         jobs.run_job(runtime, "ingest_feed", now, lambda rt, at: (_ for _ in ()).throw(RuntimeError("feed down")))

@@ -52,8 +52,9 @@ class Options:
 
 
 def examine(options: Options, now: dt.datetime) -> list[Result]:
-    """Every check, in the order a setup is built: config, database, relay, DNS, public address, mailboxes."""
-    from mailer.doctor import basics, domain, mailboxes, public, relay, sending
+    """Every check, in the order a setup is built: config, database, relay, DNS, public address, mailboxes,
+    relay webhooks."""
+    from mailer.doctor import basics, domain, mailboxes, public, relay, sending, webhooks
 
     results, settings = basics.configuration(options.config_path, options.environ)
     if settings is None:
@@ -66,6 +67,7 @@ def examine(options: Options, now: dt.datetime) -> list[Result]:
     results.extend(domain.check(settings, domain.make_resolver(options.dns_server, options.timeout)))
     results.extend(public.check(settings, options.timeout))
     results.extend(mailboxes.check(settings))
+    results.extend(webhooks.check(settings))
     if options.send_test:
         results.append(sending.send_test(settings, options.send_test, now))
     return results

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mailer.config import MailboxSettings, Settings
-from mailer.doctor import Result, fail, ok, warn
+from mailer.doctor import Result, fail, ok, warn, webhooks
 from mailer.inbound.mailbox import MailboxError, open_mailbox
 
 UNREAD = {
@@ -14,13 +14,17 @@ UNREAD = {
 
 def check(settings: Settings) -> list[Result]:
     return [
-        mailbox("bounces", settings.bounces, settings.imap_password, "MAILER_IMAP_PASSWORD"),
-        mailbox("replies", settings.replies, settings.replies_imap_password, "MAILER_REPLIES_IMAP_PASSWORD"),
+        mailbox("bounces", settings.bounces, settings.imap_password, "MAILER_IMAP_PASSWORD", settings),
+        mailbox("replies", settings.replies, settings.replies_imap_password, "MAILER_REPLIES_IMAP_PASSWORD", settings),
     ]
 
 
-def mailbox(name: str, where: MailboxSettings, password: str, password_env: str) -> Result:
+def mailbox(name: str, where: MailboxSettings, password: str, password_env: str, settings: Settings) -> Result:
     check = f"{name}_mailbox"
+    if where.source == "none" and name == "bounces" and webhooks.configured(settings):
+        relays = webhooks.configured(settings)
+        return ok(check, f"bounces and complaints arrive by the {', '.join(relays)} webhook"
+                         + ("s" if len(relays) > 1 else ""))
     if where.source == "none":
         return warn(check, f'{name}.source is "none": {UNREAD[name]}',
                     f"point [{name}] in config.toml at the maildir or IMAP folder where they arrive")

@@ -1,4 +1,4 @@
-"""The Flask app factory: subscriber pages, the intake API and /healthz (admin pages register here too)."""
+"""The Flask app factory: subscriber pages, the intake API, the relay webhooks and /healthz (admin pages register here too)."""
 
 from __future__ import annotations
 
@@ -93,12 +93,14 @@ def create_app(runtime: Runtime, *, leader: Callable[[], bool] | None = None) ->
 
     _register_error_handlers(app)
 
-    from mailer.web import api, archive, not_me, public
+    from mailer.web import api, archive, not_me, public, relays
 
     app.register_blueprint(public.blueprint)
     app.register_blueprint(api.blueprint)
     app.register_blueprint(archive.blueprint)
     app.register_blueprint(not_me.blueprint)
+    # The relays' bounce and complaint webhooks; each is a 404 until its secret is set.
+    app.register_blueprint(relays.blueprint)
     if settings.web.metrics:  # off by default: without it, /metrics is a 404 like any unknown page
         from mailer.web import metrics
 

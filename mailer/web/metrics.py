@@ -17,7 +17,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from sqlalchemy import Connection, case, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from mailer.models import Contact, JobRun, OutboxMessage, Suppression
+from mailer.config import Settings, duration
+from mailer.models import BounceEvent, JobRun, OutboxMessage, Suppression
 from mailer.web import current_runtime, error_response
 
 blueprint = Blueprint("metrics", __name__)
@@ -42,7 +43,7 @@ class Snapshot:
     soft_bounces: int = 0
 
 
-def snapshot(connection: Connection, now: dt.datetime) -> Snapshot:
+def snapshot(connection: Connection, now: dt.datetime, settings: Settings) -> Snapshot:
     """One pass over the outbox (counts, recent sends, the oldest waiting message) and small reads beside it."""
     figures = Snapshot()
     waiting = OutboxMessage.state.in_(WAITING)
@@ -66,8 +67,19 @@ def snapshot(connection: Connection, now: dt.datetime) -> Snapshot:
         .where(JobRun.id.in_(newest)).order_by(JobRun.job_id))]
     figures.suppressions = dict(connection.execute(
         select(Suppression.reason, func.count()).group_by(Suppression.reason)).all())
-    figures.soft_bounces = int(connection.execute(select(func.coalesce(func.sum(Contact.soft_bounces), 0))).scalar_one())
+    figures.soft_bounces = soft_bounce_days(connection, now, settings)
     return figures
+
+
+def soft_bounce_days(connection: Connection, now: dt.datetime, settings: Settings) -> int:
+    """Soft bounces as the bounce rules count them (evidence.soft_bounce_days): per contact, the clinic-local
+    days within bounces.soft_bounce_window with a counted soft bounce, summed over contacts."""
+    since = now - duration(settings.bounces.soft_bounce_window)
+    rows = connection.execute(select(BounceEvent.contact_id, BounceEvent.report_at).where(
+        BounceEvent.verdict == "mailbox_unable", BounceEvent.counted.is_(True), BounceEvent.contact_id.is_not(None),
+        BounceEvent.report_at > since, BounceEvent.report_at <= now))
+    days = {(contact_id, at.astimezone(settings.zone).date()) for contact_id, at in rows}
+    return len(days)
 
 
 def _utc(value: dt.datetime | str | None) -> dt.datetime | None:
@@ -121,7 +133,8 @@ def families(figures: Snapshot, now: dt.datetime) -> Iterator[Metric]:
     for reason in SUPPRESSION_REASONS:
         suppressed.add_metric([reason], figures.suppressions.get(reason, 0))
     yield suppressed
-    yield GaugeMetricFamily("mailer_soft_bounces", "Soft bounces currently counted against addresses.",
+    yield GaugeMetricFamily("mailer_soft_bounces", "Soft bounces counted against addresses now: days with one "
+                            "within bounces.soft_bounce_window, per address, summed.",
                             value=figures.soft_bounces)
 
 
@@ -142,7 +155,7 @@ def metrics() -> Response:
     try:
         # AUTOCOMMIT: on SQLite a scrape must not queue behind a writer's lock (as /healthz).
         with runtime.engine.connect() as connection:
-            figures = snapshot(connection.execution_options(isolation_level="AUTOCOMMIT"), now)
+            figures = snapshot(connection.execution_options(isolation_level="AUTOCOMMIT"), now, runtime.settings)
     except (SQLAlchemyError, OSError):
         return error_response(503, message="The database does not answer.")
     registry = CollectorRegistry(auto_describe=False)
