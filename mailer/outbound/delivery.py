@@ -391,12 +391,12 @@ class Delivery:
                 raise LookupError(f"campaign {row.campaign_id} is gone")
             return self.renderer.prepare_frozen(campaign)
         if row.kind == "followup":
-            from mailer.sequences import followups  # followups imports delivery's neighbours; import late
+            from mailer.sequences import steps  # the sequences wing builds on outbound; import late
 
             sequence = self.sequence_of.get(row.enrollment_id or 0)
             if sequence is None:
                 raise LookupError(f"the enrollment of follow-up message {row.id} is gone")
-            return followups.prepare_step(self.renderer, self.settings, row.step or 0, sequence)
+            return steps.prepare_step(self.renderer, self.settings, row.step or 0, sequence)
         if row.kind == notices.KIND:
             notice = notices.prepare(session, self.settings, self.renderer, row.id)
             self.notice_to[row.id] = (notice.recipient, notice.recipient_hash)
