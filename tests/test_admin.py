@@ -28,6 +28,7 @@ from mailer.models import (
     Inquiry,
     OutboxMessage,
     StaffUser,
+    StepVersion,
     Suppression,
 )
 from mailer.outbound import outbox
@@ -166,6 +167,7 @@ def database_snapshot(runtime: Runtime) -> tuple[object, ...]:
             session.execute(select(Inquiry.status).order_by(Inquiry.id)).all(),
             session.execute(select(Enrollment.status).order_by(Enrollment.id)).all(),
             session.scalar(select(func.count()).select_from(OutboxMessage)),
+            session.scalar(select(func.count()).select_from(StepVersion)),
         )
 
 

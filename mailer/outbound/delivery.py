@@ -363,8 +363,9 @@ class Delivery:
     def _key(self, row: outbox.Claimed) -> tuple[str, ...]:
         if row.kind in ("newsletter", "oneoff"):
             return ("campaign", str(row.campaign_id or 0))
-        if row.kind == "followup":
-            return ("followup", self.sequence_of.get(row.enrollment_id or 0, ""), str(row.step or 0))
+        if row.kind == "followup":  # rendered once per step and version of its wording
+            return ("followup", self.sequence_of.get(row.enrollment_id or 0, ""), str(row.step or 0),
+                    str(row.step_version or 0))
         if row.kind == notices.KIND:
             return (row.kind, str(row.id))  # each notice is its own message
         return (row.kind, "")
@@ -391,12 +392,17 @@ class Delivery:
                 raise LookupError(f"campaign {row.campaign_id} is gone")
             return self.renderer.prepare_frozen(campaign)
         if row.kind == "followup":
-            from mailer.sequences import steps  # the sequences wing builds on outbound; import late
+            from mailer.sequences import steps, wording  # the sequences wing builds on outbound; import late
 
             sequence = self.sequence_of.get(row.enrollment_id or 0)
             if sequence is None:
                 raise LookupError(f"the enrollment of follow-up message {row.id} is gone")
-            return steps.prepare_step(self.renderer, self.settings, row.step or 0, sequence)
+            version = None
+            if row.step_version:  # the wording saved when the step was queued (0 or none: the template)
+                version = wording.saved(session, sequence, row.step or 0, row.step_version)
+                if version is None:
+                    raise LookupError(f"version {row.step_version} of follow-up step {(row.step or 0) + 1} is gone")
+            return steps.prepare_step(self.renderer, self.settings, row.step or 0, sequence, version)
         if row.kind == notices.KIND:
             notice = notices.prepare(session, self.settings, self.renderer, row.id)
             self.notice_to[row.id] = (notice.recipient, notice.recipient_hash)

@@ -73,13 +73,15 @@ def enqueue_one(
     campaign_id: int | None = None,
     enrollment_id: int | None = None,
     step: int | None = None,
+    step_version: int | None = None,
 ) -> bool:
-    """One message (a follow-up step, a confirmation, a staff notice: no contact); False when its dedupe
-    key already exists."""
+    """One message (a follow-up step with the version of its wording, a confirmation, a staff notice: no
+    contact); False when its dedupe key already exists."""
     statement = (
         _insert(session)
         .values(dedupe_key=dedupe_key, kind=kind, contact_id=contact_id, consent_event_id=consent_event_id,
-                campaign_id=campaign_id, enrollment_id=enrollment_id, step=step, state="queued", attempts=0,
+                campaign_id=campaign_id, enrollment_id=enrollment_id, step=step, step_version=step_version,
+                state="queued", attempts=0,
                 was_unknown=False, created_at=now, due_at=due_at or now)
         .on_conflict_do_nothing(index_elements=["dedupe_key"])
     )
@@ -113,6 +115,7 @@ class Claimed:
     campaign_id: int | None
     enrollment_id: int | None
     step: int | None
+    step_version: int | None
     contact_id: int | None
     email: str | None
     name: str | None
@@ -148,7 +151,7 @@ def claim(session: Session, worker: str, now: dt.datetime, lease: dt.timedelta, 
         .where(_T.c.id.in_(due.scalar_subquery()))
         .values(state="sending", lease_until=now + lease, claimed_by=worker)
         .returning(
-            _T.c.id, _T.c.kind, _T.c.campaign_id, _T.c.enrollment_id, _T.c.step, _T.c.contact_id,
+            _T.c.id, _T.c.kind, _T.c.campaign_id, _T.c.enrollment_id, _T.c.step, _T.c.step_version, _T.c.contact_id,
             _contact_column(_K.c.email), _contact_column(_K.c.name), _contact_column(_K.c.link_key),
             _T.c.attempts, _T.c.was_unknown, _T.c.created_at,
         )

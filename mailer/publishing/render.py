@@ -303,6 +303,10 @@ class Renderer:
                                                    marketing=marketing, **context)
         return self.assemble(subject, html_doc, text_doc, marketing=marketing)
 
+    def render_template(self, name: str, **context: object) -> str:
+        """One template file rendered as it is (no CSS inlining), placeholders where personal values go."""
+        return self._render(name, self._context(**context))
+
     def render_documents(self, template: str, *, subject: str, preheader: str, marketing: bool = True,
                          **context: object) -> tuple[str, str]:
         """The HTML (CSS inlined) and plain-text bodies, placeholders where the personal values go."""

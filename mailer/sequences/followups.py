@@ -19,6 +19,7 @@ from mailer import audience, names
 from mailer.config import DEFAULT_SEQUENCE, Settings, duration, hhmm
 from mailer.models import RUNNING, ConsentEvent, Contact, Enrollment, Inquiry, OutboxMessage
 from mailer.outbound import outbox
+from mailer.sequences import wording
 
 # A step's email is made in mailer.sequences.steps; these names stay here for the callers that know them.
 from mailer.sequences.steps import prepare_step as prepare_step
@@ -482,14 +483,17 @@ def step_message(session: Session, enrollment: Enrollment, step: int) -> OutboxM
 
 def _enqueue_step(session: Session, settings: Settings, enrollment: Enrollment, now: dt.datetime) -> None:
     step = enrollment.next_step
+    # The wording current now goes with this message, whatever staff save before it is sent.
+    version = wording.current_number(session, settings, enrollment.sequence, step)
     inserted = outbox.enqueue_one(
         session, dedupe_key=dedupe_key(enrollment.id, step, enrollment.resumes), kind="followup",
         contact_id=enrollment.contact_id, consent_event_id=enrollment.consent_event_id, now=now, due_at=now,
-        enrollment_id=enrollment.id, step=step,
+        enrollment_id=enrollment.id, step=step, step_version=version,
     )
     steps = settings.followups.steps_of(enrollment.sequence)
-    log.info("enrollment %s of contact %s: %s step %d (%s) %s", enrollment.id, enrollment.contact_id,
-             enrollment.sequence, step, steps[step].template, "enqueued" if inserted else "was already in the outbox")
+    log.info("enrollment %s of contact %s: %s step %d (%s, version %d) %s", enrollment.id, enrollment.contact_id,
+             enrollment.sequence, step, steps[step].template, version,
+             "enqueued" if inserted else "was already in the outbox")
     enrollment.next_step = step + 1
     enrollment.last_sent_at = now
     # After the last step, look again at once: _finish completes the enrollment when the message is out.
