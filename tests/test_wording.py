@@ -243,7 +243,7 @@ def test_the_history_shows_who_changed_what_and_when(app: Flask, runtime: Runtim
     assert rows[0].startswith("3 in use Wed 2 Dec 2026, 16:45 CST marta@therapycentral.example subject, preheader")
     assert rows[1].startswith("2 Wed 2 Dec 2026, 14:05 CST nils@therapycentral.example body")
     assert rows[2].startswith("1 Tue 1 Dec 2026, 09:30 CST marta@therapycentral.example subject, preheader, body")
-    assert rows[3].startswith("0 – came with mailer")
+    assert rows[3].startswith("0 – the template “first-visit”; subject and preheader from the configuration")
     assert len(rows) == 4
     assert "Now at version 3, saved Wed 2 Dec 2026, 16:45 CST by marta@therapycentral.example" in page
     listing = text_of(marta.get("/admin/followups"))

@@ -12,4 +12,7 @@
     window.clearTimeout(timer);
     timer = window.setTimeout(function () { form.requestSubmit(button); }, 500);
   });
+  if (form.hasAttribute("data-unsaved")) {  // wording that was refused: the frame shows it, not the saved one
+    form.requestSubmit(button);
+  }
 })();
