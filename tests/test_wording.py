@@ -20,6 +20,7 @@ from mailer import access_log, config, jobs, staff
 from mailer.config import Settings
 from mailer.models import AccessEntry, OutboxMessage, StepVersion
 from mailer.outbound.transport import SMTPTransport
+from mailer.publishing import render
 from mailer.publishing.render import Renderer, sample_values
 from mailer.runtime import Runtime
 from mailer.sequences import followups, steps, wording
@@ -149,6 +150,28 @@ def test_editing_step_2_after_it_was_queued_does_not_change_that_email(
         run(runtime, clock, "deliver", moment)
     last = smtp_server.received[-1]
     assert last.rcpt_tos == ["dan@example.com"] and texts(last)[0] == NEW_SUBJECT[2]
+
+
+def test_a_saved_version_is_rendered_once_per_delivery_run(
+        runtime: Runtime, clock: SettableClock, smtp_server: SMTPServer, accounts: None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """premailer runs once for everyone's step 1 and once for version 1 of step 2, not once per person."""
+    settings = runtime.settings
+    people = [f"person{n}@example.com" for n in range(4)]
+    for address in people:
+        inquire(runtime, address, "Pat Doe", local("2026-11-30T10:00"))
+    with runtime.sessions.begin() as session:
+        first = steps.current(session, Renderer(settings), settings, "default", 1)
+        wording.save(session, settings, current=first, subject=NEW_SUBJECT[1], preheader="", by=MARKETING,
+                     body_markdown=NEW_TEXT[1], now=local("2026-11-30T09:00"))
+    inlined: list[str] = []
+    real_inline_css = render.inline_css
+    monkeypatch.setattr(render, "inline_css", lambda document: inlined.append(document) or real_inline_css(document))
+    for moment in ("2026-11-30T10:20", "2026-12-03T10:01"):
+        run(runtime, clock, "advance_followups", moment)
+        assert run(runtime, clock, "deliver", moment)["sent"] == len(people)
+    assert len(inlined) == 2 and NEW_TEXT[1] in inlined[1]
+    assert {texts(item)[0] for item in smtp_server.received[len(people):]} == {NEW_SUBJECT[1]}
 
 
 def item_unsubscribes(smtp_server: SMTPServer, address: str) -> bool:
