@@ -142,7 +142,8 @@ def world(runtime: Runtime) -> dict[str, int]:
     """One of everything a staff page can be about."""
     add_subscriber(runtime, "sub@example.com", "Sub Scriber")
     return {"campaign_id": draft_newsletter(runtime), "inquiry_id": add_inquiry(runtime),
-            "contact_id": add_subscriber(runtime, "other@example.com"), "import_id": 1}
+            "contact_id": add_subscriber(runtime, "other@example.com"), "import_id": 1, "sequence": "default",
+            "number": 2}
 
 
 def admin_routes(app: Flask, ids: dict[str, int]) -> Iterator[tuple[str, str]]:
