@@ -132,8 +132,8 @@ def tick(ctx: Context, at: str | None) -> None:
 
 def _tick_daily_housekeeping(ctx: Context, now: dt.datetime) -> None:
     """Housekeeping runs once a day (03:30 clinic time); a tick runs it when the scheduler would have."""
-    import jobs
-    from jobs import housekeeping
+    from mailer import jobs
+    from mailer.jobs import housekeeping
 
     if housekeeping.is_due(ctx.runtime, now):
         counts = jobs.run_job(ctx.runtime, "housekeeping", now)
