@@ -1,4 +1,4 @@
-"""The access log: who saw an inquiry's message, and who suppressed, erased, approved or changed an account.
+"""The access log: who saw an inquiry's message, and who suppressed, erased, approved or changed an account or wording.
 
 Rows are only ever added (the database refuses UPDATE and DELETE on the table). They hold ids and staff
 addresses, never a contact's address or an inquiry's words, so the log can be kept and exported whole.
@@ -22,7 +22,9 @@ STAFF_ADDED = "staff_added"
 ROLE_CHANGED = "role_changed"
 STAFF_DISABLED = "staff_disabled"
 STAFF_ENABLED = "staff_enabled"
-ACTIONS = (MESSAGE_VIEWED, SUPPRESSED, ERASED, APPROVED, STAFF_ADDED, ROLE_CHANGED, STAFF_DISABLED, STAFF_ENABLED)
+WORDING_SAVED = "wording_saved"  # a follow-up step's wording: which step and version, in `detail`
+ACTIONS = (MESSAGE_VIEWED, SUPPRESSED, ERASED, APPROVED, STAFF_ADDED, ROLE_CHANGED, STAFF_DISABLED, STAFF_ENABLED,
+           WORDING_SAVED)
 # The actor of what the service does by itself (an automatic approval, a bounce's suppression).
 SYSTEM = "system"
 

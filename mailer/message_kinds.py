@@ -58,12 +58,17 @@ def registry(settings: Settings, renderer: Renderer | None = None) -> Kinds:
             raise LookupError(f"campaign {row.campaign_id} is gone")
         return renderer.prepare_frozen(found)  # as frozen when its send began
 
-    def followup(_session: Session, row: Claimed) -> PreparedMessage:
-        from mailer.sequences import followups
+    def followup(session: Session, row: Claimed) -> PreparedMessage:
+        from mailer.sequences import steps, wording
 
         if row.sequence is None:
             raise LookupError(f"the enrollment of follow-up message {row.id} is gone")
-        return followups.prepare_step(renderer, settings, row.step or 0, row.sequence)
+        version = None
+        if row.step_version:  # the wording saved when the step was queued (0 or none: the template)
+            version = wording.saved(session, row.sequence, row.step or 0, row.step_version)
+            if version is None:
+                raise LookupError(f"version {row.step_version} of follow-up step {(row.step or 0) + 1} is gone")
+        return steps.prepare_step(renderer, settings, row.step or 0, row.sequence, version)
 
     def confirm(_session: Session, _row: Claimed) -> PreparedMessage:
         subject = f"Please confirm your subscription to {settings.clinic.name}"
@@ -94,7 +99,9 @@ def registry(settings: Settings, renderer: Renderer | None = None) -> Kinds:
     return Kinds({
         "newsletter": newsletter,
         "oneoff": newsletter,
-        "followup": MessageKind("followup", lambda row: (row.sequence, row.step), followup, followup_values),
+        # Rendered once per sequence, step and version of its wording.
+        "followup": MessageKind("followup", lambda row: (row.sequence, row.step, row.step_version or 0), followup,
+                                followup_values),
         "confirm": MessageKind("confirm", lambda row: None, confirm, with_confirm_link),
         "welcome": MessageKind("welcome", lambda row: None, welcome, personal),
         notices.KIND: MessageKind("notice", lambda row: row.id, notice, no_one,

@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -327,6 +328,31 @@ class Enrollment(Base):
     resumes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
+class StepVersion(Base):
+    """One saved wording of a follow-up step: its subject, preheader and Markdown body, who saved it, when.
+
+    Version 0 of every step is not stored: it is the step's template and its subject and preheader in
+    config.toml. Each save on the staff pages adds the next number; rows are never changed, so a message
+    queued with a version (OutboxMessage.step_version) is always sent with exactly that wording.
+    """
+
+    __tablename__ = "followup_versions"
+    __table_args__ = (UniqueConstraint("sequence", "step", "version"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    sequence: Mapped[str] = mapped_column(String(64))
+    step: Mapped[int] = mapped_column(Integer)  # 0-based, as Enrollment.next_step and OutboxMessage.step
+    version: Mapped[int] = mapped_column(Integer)
+    # The step's template when it was saved: a step given another template in config.toml starts again
+    # from that template's wording.
+    template: Mapped[str] = mapped_column(String(100))
+    subject: Mapped[str] = mapped_column(String(300))
+    preheader: Mapped[str] = mapped_column(String(300), default="")
+    body_markdown: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(String(320))
+    created_at: Mapped[dt.datetime]
+
+
 class Reply(Base):
     """That a person replied, when, and to which of our messages: never what they wrote."""
 
@@ -376,6 +402,9 @@ class OutboxMessage(Base):
     campaign_id: Mapped[int | None] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
     enrollment_id: Mapped[int | None] = mapped_column(ForeignKey("enrollments.id", ondelete="SET NULL"))
     step: Mapped[int | None] = mapped_column(Integer)
+    # A follow-up's wording: the version of its step that was current when it was queued (0 or NULL: the
+    # template and config.toml), so wording saved later never changes an email already on its way.
+    step_version: Mapped[int | None] = mapped_column(Integer)
     contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id", ondelete="SET NULL"))
     # The ledger entry this message relies on: "why did this person get this email".
     consent_event_id: Mapped[int | None] = mapped_column(ForeignKey("consent_events.id", ondelete="SET NULL"))
@@ -584,6 +613,7 @@ __all__ = [
     "Reply",
     "StaffNotice",
     "StaffUser",
+    "StepVersion",
     "SubscriberImport",
     "Subscription",
     "Suppression",

@@ -28,6 +28,7 @@ from mailer.models import (
     Inquiry,
     OutboxMessage,
     StaffUser,
+    StepVersion,
     Suppression,
 )
 from mailer.outbound import outbox
@@ -141,7 +142,8 @@ def world(runtime: Runtime) -> dict[str, int]:
     """One of everything a staff page can be about."""
     add_subscriber(runtime, "sub@example.com", "Sub Scriber")
     return {"campaign_id": draft_newsletter(runtime), "inquiry_id": add_inquiry(runtime),
-            "contact_id": add_subscriber(runtime, "other@example.com"), "import_id": 1}
+            "contact_id": add_subscriber(runtime, "other@example.com"), "import_id": 1, "sequence": "default",
+            "number": 2}
 
 
 def admin_routes(app: Flask, ids: dict[str, int]) -> Iterator[tuple[str, str]]:
@@ -166,6 +168,7 @@ def database_snapshot(runtime: Runtime) -> tuple[object, ...]:
             session.execute(select(Inquiry.status).order_by(Inquiry.id)).all(),
             session.execute(select(Enrollment.status).order_by(Enrollment.id)).all(),
             session.scalar(select(func.count()).select_from(OutboxMessage)),
+            session.scalar(select(func.count()).select_from(StepVersion)),
         )
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from mailer import config
 from mailer.publishing import feeds, render
-from mailer.sequences import followups
+from mailer.sequences import steps
 from tests.conftest import ROOT, SAMPLE
 from tests.email_features import NOT_IN_HTML, UNSUPPORTED, inventory, unsupported_in
 from tests.test_browser_preferences import CHROMIUM, CHROMIUM_ARGS, require_chromium
@@ -61,8 +61,8 @@ def emails(settings: config.Settings) -> dict[str, str]:
     renderer = render.Renderer(settings)
     values = render.sample_values(BASE_URL)
     made = {"newsletter": _newsletter(renderer)}
-    for index, step in enumerate(settings.followups.steps):  # as delivery prepares them, booking link included
-        made[f"followup-{step.template}"] = followups.prepare_step(renderer, settings, index).html.fill(values)
+    for index, step in enumerate(settings.followups.steps):  # as delivery renders them (booking_url and all)
+        made[f"followup-{step.template}"] = steps.prepare_step(renderer, settings, index).html.fill(values)
     made["confirm"] = renderer.prepare("email/system/confirm", subject="Please confirm your subscription",
                                        preheader="One click and you are subscribed.", marketing=False).html.fill(values)
     return made

@@ -72,14 +72,15 @@ def enqueue_one(
     campaign_id: int | None = None,
     enrollment_id: int | None = None,
     step: int | None = None,
+    step_version: int | None = None,
 ) -> bool:
-    """One message (a follow-up step, a confirmation, a staff notice: no contact); False when its dedupe
-    key already exists."""
+    """One message (a follow-up step with the version of its wording, a confirmation, a staff notice: no
+    contact); False when its dedupe key already exists."""
     statement = (
         _insert(session)
         .values(dedupe_key=dedupe_key, kind=kind, contact_id=contact_id, consent_event_id=consent_event_id,
-                campaign_id=campaign_id, enrollment_id=enrollment_id, step=step, state="queued", attempts=0,
-                was_unknown=False, created_at=now, due_at=due_at or now)
+                campaign_id=campaign_id, enrollment_id=enrollment_id, step=step, step_version=step_version,
+                state="queued", attempts=0, was_unknown=False, created_at=now, due_at=due_at or now)
         .on_conflict_do_nothing(index_elements=["dedupe_key"])
     )
     return bool(session.execute(statement).rowcount)

@@ -44,8 +44,10 @@ class Claimed:
     attempts: int
     was_unknown: bool
     created_at: dt.datetime
-    # A follow-up's sequence (its templates are keyed by sequence and step); None for other kinds.
+    # A follow-up's sequence (its templates are keyed by sequence and step) and the version of the step's
+    # wording current when it was queued (None or 0: the template's); None for other kinds.
     sequence: str | None = None
+    step_version: int | None = None
 
 
 SentRow = tuple[int, dt.datetime, str | None, int | None]  # id, sent at, Message-ID, code
@@ -106,7 +108,7 @@ def claim(session: Session, worker: str, now: dt.datetime, lease: dt.timedelta, 
             _T.c.id, _T.c.kind, _T.c.campaign_id, _T.c.enrollment_id, _T.c.step, _T.c.contact_id,
             _contact_column(_K.c.email), _contact_column(_K.c.name), _contact_column(_K.c.link_key),
             _T.c.attempts, _T.c.was_unknown, _T.c.created_at,
-            select(_E.c.sequence).where(_E.c.id == _T.c.enrollment_id).scalar_subquery(),
+            select(_E.c.sequence).where(_E.c.id == _T.c.enrollment_id).scalar_subquery(), _T.c.step_version,
         )
     ).all()
     return sorted((Claimed(*row) for row in rows), key=lambda claimed: claimed.id)

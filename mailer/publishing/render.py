@@ -155,6 +155,10 @@ class Renderer:
                                                    marketing=marketing, **context)
         return self.assemble(subject, html_doc, text_doc, marketing=marketing)
 
+    def render_template(self, name: str, **context: object) -> str:
+        """One template file rendered as it is (no CSS inlining), placeholders where personal values go."""
+        return self._render(name, self._context(**context))
+
     def render_documents(self, template: str, *, subject: str, preheader: str, marketing: bool = True,
                          **context: object) -> tuple[str, str]:
         """The HTML (CSS inlined) and plain-text bodies, placeholders where the personal values go."""
@@ -220,6 +224,17 @@ class Renderer:
             return self.prepare_campaign(campaign)
         return self.assemble(campaign.subject, campaign.frozen_html, campaign.frozen_text)
 
+    def staff_html(self, body_markdown: str) -> str:
+        """Markdown that staff wrote (a one-off, a follow-up step's wording) as sanitised email HTML."""
+        import markdown  # only staff-written wording needs it
+
+        from mailer.publishing import images
+
+        body_html = nh3.clean(markdown.markdown(body_markdown, extensions=["sane_lists"]))
+        # The feed's image rules: the clinic's own images only, no pixels (staff wording is no back door).
+        return images.tidy_for_email(body_html, images.own_sites(self.settings.clinic.website,
+                                                                 self.settings.web.base_url))
+
     def campaign_documents(self, campaign: object, *, subject_prefix: str = "") -> tuple[str, str]:
         """The campaign's rendered HTML and text bodies (see render_documents)."""
         body_html = ""
@@ -227,14 +242,7 @@ class Renderer:
         if campaign.kind == "newsletter":
             views = self.post_views(campaign.posts)
         else:
-            import markdown  # only staff-written campaigns need it
-
-            from mailer.publishing import images
-
-            body_html = nh3.clean(markdown.markdown(campaign.body_markdown or "", extensions=["sane_lists"]))
-            # The feed's image rules: the clinic's own images only, no pixels (a one-off is no back door).
-            body_html = images.tidy_for_email(body_html, images.own_sites(self.settings.clinic.website,
-                                                                          self.settings.web.base_url))
+            body_html = self.staff_html(campaign.body_markdown or "")
         preheader = campaign.preheader or (views[0].summary if views else "")
         from mailer.publishing import archive  # archive builds on this module
 

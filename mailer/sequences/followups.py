@@ -13,11 +13,15 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from mailer import audience, names, privacy
-from mailer.config import DEFAULT_SEQUENCE, FollowupStep, Settings, duration, hhmm
+from mailer import audience, names
+from mailer.config import DEFAULT_SEQUENCE, Settings, duration, hhmm
 from mailer.models import RUNNING, ConsentEvent, Contact, Enrollment, Inquiry, OutboxMessage
 from mailer.outbound import outbox
-from mailer.publishing.render import PreparedMessage, Renderer
+from mailer.sequences import wording
+
+# A step's email is made in mailer.sequences.steps; these names stay here for the callers that know them.
+from mailer.sequences.steps import prepare_step as prepare_step
+from mailer.sequences.steps import why_text as why_text
 from mailer.spreadsheets import Sheet, SheetError
 
 log = logging.getLogger("mailer.followups")
@@ -478,43 +482,22 @@ def step_message(session: Session, enrollment: Enrollment, step: int) -> OutboxM
 
 def _enqueue_step(session: Session, settings: Settings, enrollment: Enrollment, now: dt.datetime) -> None:
     step = enrollment.next_step
+    # The wording current now goes with this message, whatever staff save before it is sent.
+    version = wording.current_number(session, settings, enrollment.sequence, step)
     inserted = outbox.enqueue_one(
         session, dedupe_key=dedupe_key(enrollment.id, step, enrollment.resumes), kind="followup",
         contact_id=enrollment.contact_id, consent_event_id=enrollment.consent_event_id, now=now, due_at=now,
-        enrollment_id=enrollment.id, step=step,
+        enrollment_id=enrollment.id, step=step, step_version=version,
     )
     steps = settings.followups.steps_of(enrollment.sequence)
-    log.info("enrollment %s of contact %s: %s step %d (%s) %s", enrollment.id, enrollment.contact_id,
-             enrollment.sequence, step, steps[step].template, "enqueued" if inserted else "was already in the outbox")
+    log.info("enrollment %s of contact %s: %s step %d (%s, version %d) %s", enrollment.id, enrollment.contact_id,
+             enrollment.sequence, step, steps[step].template, version,
+             "enqueued" if inserted else "was already in the outbox")
     enrollment.next_step = step + 1
     enrollment.last_sent_at = now
     # After the last step, look again at once: _finish completes the enrollment when the message is out.
     enrollment.next_due_at = (due_time(settings, enrollment.anchor_at, step + 1, now, enrollment.sequence)
                               if step + 1 < len(steps) else now)
-
-
-# --- rendering -----------------------------------------------------------------------------------
-
-
-def why_text(settings: Settings) -> str:
-    return (f"You receive this email because you asked {settings.clinic.name} about its services "
-            "and agreed to hear from us about it.")
-
-
-def prepare_step(renderer: Renderer, settings: Settings, step_index: int, sequence: str = SEQUENCE) -> PreparedMessage:
-    """A follow-up step's message, rendered once. No open or click tracking: plain links only. Every
-    template gets `booking_url` (clinic.booking_url, "" when there is none)."""
-    steps: list[FollowupStep] = settings.followups.steps_of(sequence)
-    if not 0 <= step_index < len(steps):
-        raise LookupError(f"follow-up step {step_index} is not in the configured sequence {sequence!r}")
-    step = steps[step_index]
-    privacy.screen(settings, f"follow-up step {step_index + 1} ({step.template})", step.subject, step.preheader,
-                   automatic=False)
-    # The first step says "Didn't contact us? Let us know": a form anyone can fill in with anyone's
-    # address must give that address a way to stop it all with one click.
-    return renderer.prepare(f"email/followup/{step.template}", subject=step.subject, preheader=step.preheader,
-                            marketing=True, step=step, why=why_text(settings), sequence=sequence,
-                            booking_url=settings.clinic.booking_url, not_me=step_index == 0)
 
 
 # --- staff actions -------------------------------------------------------------------------------

@@ -83,6 +83,11 @@ PAGE_ROLES: dict[str, frozenset[str]] = {
     "admin.campaign_schedule": MARKETING,
     "admin.campaign_unschedule": MARKETING,
     "admin.campaign_archive": MARKETING,
+    # Follow-up wording: marketing writes it (the front desk sees the sequences on the inquiry pages).
+    "admin.followups": MARKETING,
+    "admin.followup_step": MARKETING,
+    "admin.followup_step_save": MARKETING,
+    "admin.followup_step_preview": MARKETING,
     # Lists come in through marketing.
     "admin.subscriber_import": MARKETING,
     "admin.subscriber_import_check": MARKETING,
@@ -119,8 +124,8 @@ MESSAGES_SHOWN = 20
 # them), but no script, no form, no same-origin access (sandbox), and framed only by our own pages.
 PREVIEW_CSP = ("sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src https: http: data:; "
                "base-uri 'none'; form-action 'none'; frame-ancestors 'self'")
-NAV = (("admin.campaigns", "Campaigns"), ("admin.compose", "Compose"), ("admin.inquiries", "Inquiries"),
-       ("admin.subscribers", "Subscribers"))
+NAV = (("admin.campaigns", "Campaigns"), ("admin.compose", "Compose"), ("admin.followups", "Follow-ups"),
+       ("admin.inquiries", "Inquiries"), ("admin.subscribers", "Subscribers"))
 STOP_REASONS = {
     "booked": "stopped: marked booked",
     "closed": "stopped: marked closed",
