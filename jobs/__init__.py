@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import logging
 import socket
 import time
@@ -23,27 +24,23 @@ log = logging.getLogger("mailer.jobs")
 JobFunction = Callable[[Runtime, dt.datetime], dict[str, Any]]
 
 
-def registry() -> dict[str, JobFunction]:
-    """Job id -> function, in the order `mailer tick` runs them."""
-    from mailer.jobs import (
-        advance_followups,
-        deliver,
-        housekeeping,
-        ingest_feed,
-        nightly_newsletter,
-        process_bounces,
-        process_replies,
-    )
+# Job id -> the module that runs it, in the order `mailer tick` runs them; imported when the job runs, so
+# a tick does not load the bounce rules or the housekeeping for jobs that are not due.
+JOBS = ("ingest_feed", "nightly_newsletter", "advance_followups", "deliver", "housekeeping", "process_bounces",
+        "process_replies")
 
-    return {
-        "ingest_feed": ingest_feed.run,
-        "nightly_newsletter": nightly_newsletter.run,
-        "advance_followups": advance_followups.run,
-        "deliver": deliver.run,
-        "housekeeping": housekeeping.run,
-        "process_bounces": process_bounces.run,
-        "process_replies": process_replies.run,
-    }
+
+def registry() -> dict[str, JobFunction]:
+    """Job id -> function (each job's module imported on first call)."""
+    return {job_id: _runner(job_id) for job_id in JOBS}
+
+
+def _runner(job_id: str) -> JobFunction:
+    def run(runtime: Runtime, now: dt.datetime, **options: Any) -> dict[str, Any]:
+        return importlib.import_module(f"mailer.jobs.{job_id}").run(runtime, now, **options)
+
+    run.__name__ = job_id
+    return run
 
 
 # Replies are read before the follow-ups advance: a reply that came in pauses the next step, never

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import sys
 import threading
@@ -289,9 +290,21 @@ def test_password_in_the_url_is_not_shown(server: FeedServer) -> None:
 
 def test_file_url_and_plain_path_are_read() -> None:
     path = SAMPLE / "blog-feed.xml"
+    digest = "sha256:" + hashlib.sha256(RSS).hexdigest()
     for url in (path.as_uri(), str(path)):
         fetched = fetch(url, timeout=5, max_bytes=1_000_000, etag=None, last_modified=None)
-        assert (fetched.status, fetched.body, fetched.etag, fetched.last_modified) == (200, RSS, None, None)
+        assert (fetched.status, fetched.body, fetched.etag, fetched.last_modified) == (200, RSS, digest, None)
+
+
+def test_an_unchanged_feed_file_is_not_modified_like_a_conditional_get(tmp_path: Path) -> None:
+    path = tmp_path / "feed.xml"
+    path.write_bytes(RSS)
+    first = fetch(str(path), timeout=5, max_bytes=1_000_000, etag=None, last_modified=None)
+    again = fetch(str(path), timeout=5, max_bytes=1_000_000, etag=first.etag, last_modified=None)
+    assert (again.status, again.body, again.etag) == (304, None, first.etag)
+    path.write_bytes(RSS.replace(b"<channel>", b"<channel><!-- edited -->", 1))
+    changed = fetch(str(path), timeout=5, max_bytes=1_000_000, etag=first.etag, last_modified=None)
+    assert changed.status == 200 and changed.body is not None and changed.etag != first.etag
 
 
 def test_missing_file_is_a_feed_error(tmp_path: Path) -> None:
@@ -618,7 +631,7 @@ def test_first_ingest_sends_only_the_newest(sessions: Sessions, caplog: pytest.L
         ]
         state = session.get(FeedState, url)
         assert (state.etag, state.last_modified, state.last_fetched_at, state.last_status) == (
-            None,
+            "sha256:" + hashlib.sha256(RSS).hexdigest(),  # the file's content: the next ingest skips it unchanged
             None,
             NOW,
             "200 ok",
@@ -650,8 +663,9 @@ def test_later_ingests_add_only_new_posts(sessions: Sessions, tmp_path: Path) ->
     )
     assert stored(sessions) == {GUID_NEWEST: False, GUID_MIDDLE: False, GUID_OLDEST: False}
 
+    # The same file again: not modified (its content hash is the stored validator), nothing parsed.
     assert ingest_once(sessions, feed, LATER) == IngestResult(
-        new=0, archived=0, not_modified=False, total_in_feed=3
+        new=0, archived=0, not_modified=True, total_in_feed=0
     )
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(Post)) == 3

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
+import hashlib
 import html
 import io
 import logging
@@ -124,9 +125,9 @@ def fetch(
     if scheme in ("http", "https"):
         return _fetch_http(url, timeout, max_bytes, etag, last_modified, client)
     if scheme == "file":
-        return _read_file(url, _file_url_path(url), max_bytes)
+        return _read_file(url, _file_url_path(url), max_bytes, etag)
     if scheme == "" or len(scheme) == 1:  # a plain path, or a Windows drive letter ("C:\\feed.xml")
-        return _read_file(url, Path(url), max_bytes)
+        return _read_file(url, Path(url), max_bytes, etag)
     raise FeedError(
         f"feed {_redact(url)}: unsupported URL scheme {scheme!r}; use http(s)://, file:// or a path"
     )
@@ -243,8 +244,9 @@ def _file_url_path(url: str) -> Path:
     return Path(url2pathname(parts.path))
 
 
-def _read_file(url: str, path: Path, max_bytes: int) -> Fetched:
-    """Read a local feed file, at most max_bytes of it."""
+def _read_file(url: str, path: Path, max_bytes: int, etag: str | None = None) -> Fetched:
+    """Read a local feed file, at most max_bytes of it. Like a conditional GET: a file whose content hash
+    is `etag` (the last one stored) is "not modified", and is not parsed again."""
     try:
         with path.open("rb") as handle:
             body = handle.read(max_bytes + 1)
@@ -254,7 +256,10 @@ def _read_file(url: str, path: Path, max_bytes: int) -> Fetched:
         raise FeedError(f"feed {url}: cannot read the file: {exc.strerror or one_line(exc)}") from None
     if len(body) > max_bytes:
         raise _too_large(url, max_bytes)
-    return Fetched(body=body, etag=None, last_modified=None, status=200)
+    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    if digest == etag:
+        return Fetched(body=None, etag=etag, last_modified=None, status=304)
+    return Fetched(body=body, etag=digest, last_modified=None, status=200)
 
 
 def _too_large(shown: str, max_bytes: int) -> FeedError:

@@ -215,7 +215,8 @@ def run_naive(settings: config.Settings, url: str, port: int, count: int) -> dic
                      "unsubscribe_url": f"https://x.example/u/{i}", "confirm_url": ""}
         context = {"clinic": settings.clinic, "sender": settings.sender, "topics": settings.topics,
                    "base_url": settings.web.base_url, "recipient": recipient, "subject": subject, "preheader": "",
-                   "marketing": True, "posts": views, "intro": "", "body_html": "", "body_text": ""}
+                   "marketing": True, "posts": views, "intro": "", "body_html": "", "body_text": "",
+                   "archive_url": f"{settings.web.base_url}/archive/1-newsletter"}
         html_doc = render.inline_css(template.render(context))
         message = EmailMessage()
         message["From"] = f"{settings.sender.from_name} <{settings.sender.from_email}>"
