@@ -2,18 +2,18 @@
 
 Run from the repository root (not collected by pytest):
 
-    .venv/bin/python tests/benchmarks/bench_send.py            # 20,000 recipients, 3 rounds
+    .venv/bin/python tests/benchmarks/bench_send.py                # 20,000 recipients, 3 rounds
     .venv/bin/python tests/benchmarks/bench_send.py --n 1000000 --rounds 1 --skip-latency
 
-It installs Debian's postfix package if smtp-sink is missing (it never starts the postfix daemon),
-builds a database of N subscribers (SQLite, and PostgreSQL when --pg-url or MAILER_TEST_POSTGRES_URL is
-set), makes one newsletter campaign from the sample feed, and measures in one run, alternating rounds:
-the ceiling (smtp-source → smtp-sink, same message size and sessions), a naive Python baseline,
-`mailer send` on each database, and `mailer tick` (the scheduler's path: every due job, the send among
-them); then `mailer send` against `smtp-sink -w 1` (one second per reply) at 1, 4 and 16 connections.
-With `--old-tree DIR` (a checkout of an earlier commit), `mailer send` of that code runs in the same
-rounds, for a before/after ratio. It prints messages/s, ratios, enqueue time and peak RSS, and writes
-JSON.
+It installs Debian's postfix package if smtp-sink is missing (it never starts the postfix daemon), builds a
+database of N subscribers (SQLite, and PostgreSQL when --pg-url or MAILER_TEST_POSTGRES_URL is set), makes one
+newsletter campaign from the sample feed, and measures in one run, alternating rounds: the ceiling (smtp-source
+→ smtp-sink, same message size and sessions), a naive Python baseline, `mailer send` on each database,
+and `mailer tick` (the scheduler's path: every due job, the send among them); then `mailer send` against
+`smtp-sink -w 1` (one second per reply) at 1, 4 and 16 connections. With `--old-tree DIR` (a checkout of an
+earlier commit with its own `.venv`, made by the README's install command), `mailer send` of that code runs in
+the same rounds, for a before/after ratio. Every other round runs them in the reverse order. It prints
+messages/s, ratios, enqueue time and peak RSS, and writes JSON.
 """
 
 from __future__ import annotations
@@ -88,15 +88,16 @@ class Sink:
         self.process.wait(timeout=10)
 
 
-def write_config(folder: Path, connections: int) -> Path:
-    text_ = (ROOT / "config.toml").read_text()
-    text_ = text_.replace('templates = "templates"', f'templates = "{ROOT / "templates"}"')
+def write_config(folder: Path, connections: int, root: Path = ROOT) -> Path:
+    """`root`'s config.toml (an earlier tree knows only its own keys) with the benchmark's settings."""
+    text_ = (root / "config.toml").read_text()
+    text_ = text_.replace('templates = "templates"', f'templates = "{root / "templates"}"')
     text_ = text_.replace('var = "var"', f'var = "{folder / "var"}"')
     text_ = text_.replace("connections = 4", f"connections = {connections}")
     text_ = text_.replace("first_run_posts = 1", "first_run_posts = 3")
     text_ = text_.replace("batch_size = 200", "batch_size = 500")
     text_ = text_.replace('url = "mailer/sample/blog-feed.xml"', f'url = "{SAMPLE_FEED}"')  # for `mailer tick`
-    path = folder / f"config-{connections}.toml"
+    path = folder / f"config-{connections}{'' if root == ROOT else '-before'}.toml"
     path.write_text(text_)
     return path
 
@@ -159,8 +160,9 @@ def run_mailer_send(url: str, config_path: Path, port: int, expected: int, proce
            "MAILER_CONFIG": str(config_path)}
     program = [MAILER]
     if tree is not None:
-        env["PYTHONPATH"] = str(tree)  # before the installed checkout on sys.path
-        program = [sys.executable, "-m", "mailer"]
+        # The earlier tree's own install: sharing this one's (PYTHONPATH, `python -m`) imports this
+        # checkout's modules wherever the editable install maps them, and "before" would measure "after".
+        program = [str(tree / ".venv" / "bin" / "mailer")]
     if command == "tick":
         args = ["tick", "--at", NOW.isoformat()]  # the whole tick: ingest, newsletter, follow-ups, delivery
     else:
@@ -288,8 +290,12 @@ def main() -> int:
     ensure_postfix_tools()
     compile_bytecode()
     if args.old_tree is not None:
-        subprocess.run([sys.executable, "-m", "compileall", "-q", str(args.old_tree / "mailer"),
-                        str(args.old_tree / "jobs")], check=True)
+        old_mailer = args.old_tree / ".venv" / "bin" / "mailer"
+        if not old_mailer.exists():
+            parser.error(f"{old_mailer} is missing: install that tree first (python3 -m venv .venv && "
+                         ".venv/bin/pip install -e .)")
+        subprocess.run([str(args.old_tree / ".venv" / "bin" / "python"), "-m", "compileall", "-q",
+                        str(args.old_tree / "mailer"), str(args.old_tree / "jobs")], check=True)
     kinds = ["sqlite"] + (["postgresql"] if args.pg_url else [])
     results: dict[str, object] = {"n": args.n, "connections": args.connections, "rounds": args.rounds,
                                   "machine": {"cpus": os.cpu_count(), "python_loop_ns": python_speed(),
@@ -298,6 +304,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="mailer-bench-") as tmp:
         folder = Path(tmp)
         config_path = write_config(folder, args.connections)
+        before_config = None if args.old_tree is None else write_config(folder, args.connections, args.old_tree)
         settings = config.load(config_path, {"MAILER_SECRET_KEY": "benchmark-secret",
                                              "MAILER_BASE_URL": "https://mail.therapycentral.example"})
         urls = {}
@@ -328,11 +335,12 @@ def main() -> int:
                 for round_no in range(args.rounds):
                     series["ceiling"].append(run_ceiling(sink.port, args.n, args.connections, size))
                     series["naive"].append(run_naive(settings, urls["sqlite"], sink.port, args.naive_count))
-                    for run in runs:
+                    for run in runs if round_no % 2 == 0 else runs[::-1]:  # no run always goes first
                         kind, processes, command, tree = run
                         reset_outbox(urls[kind])
                         series[label[run]].append(
-                            run_mailer_send(urls[kind], config_path, sink.port, args.n, processes, command, tree))
+                            run_mailer_send(urls[kind], before_config if tree else config_path, sink.port, args.n,
+                                            processes, command, tree))
                     line = ", ".join(f"{name} {runs[-1]['rate']:.0f}/s" for name, runs in series.items())
                     print(f"round {round_no + 1}: {line}")
             finally:
