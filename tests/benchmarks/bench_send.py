@@ -323,9 +323,14 @@ def main() -> int:
             sink = Sink()
             # (database, processes, command, code): this checkout's send at each process count, its tick, and
             # the earlier commit's send with the default config.
-            runs = [(kind, p, "send", None) for kind in kinds for p in args.processes]
-            runs += [] if args.no_tick else [(kind, "auto", "tick", None) for kind in kinds]
-            runs += [] if args.old_tree is None else [(kind, "auto", "send", args.old_tree) for kind in kinds]
+            # Each compared pair side by side (send and the earlier send; send and tick), in one order on odd
+            # rounds and the other on even ones, so what ran just before weighs on both alike.
+            runs = []
+            for kind in kinds:
+                runs += [] if args.old_tree is None else [(kind, "auto", "send", args.old_tree)]
+                runs += [(kind, args.processes[0], "send", None)]
+                runs += [] if args.no_tick else [(kind, "auto", "tick", None)]
+                runs += [(kind, p, "send", None) for p in args.processes[1:]]
             label = {(kind, p, command, tree): f"mailer_{kind}" + ("" if p == "auto" else f"_{p}p")
                      + ("_tick" if command == "tick" else "") + ("_before" if tree else "")
                      for kind, p, command, tree in runs}
@@ -335,7 +340,7 @@ def main() -> int:
                 for round_no in range(args.rounds):
                     series["ceiling"].append(run_ceiling(sink.port, args.n, args.connections, size))
                     series["naive"].append(run_naive(settings, urls["sqlite"], sink.port, args.naive_count))
-                    for run in runs if round_no % 2 == 0 else runs[::-1]:  # no run always goes first
+                    for run in runs if round_no % 2 == 0 else runs[::-1]:
                         kind, processes, command, tree = run
                         reset_outbox(urls[kind])
                         series[label[run]].append(
