@@ -12,7 +12,7 @@ from mailer.inbound.relays import events as relay_events
 from mailer.models import IntakeKey, JobRun, RateEvent, SubscriberImport
 from mailer.outbound import outbox
 from mailer.runtime import Runtime
-from mailer.sequences import followups
+from mailer.sequences import inquiries
 
 # Daily at 03:30 clinic time (mailer.scheduler runs it then; `mailer tick` when it has not run since).
 AT = dt.time(3, 30)
@@ -24,7 +24,7 @@ def run(runtime: Runtime, now: dt.datetime) -> dict[str, int]:
     settings = runtime.settings
     with runtime.sessions.begin() as session:
         reclaimed = outbox.reclaim_expired(session, now)
-        purged = followups.purge_inactive(session, settings, now)
+        purged = inquiries.purge_inactive(session, settings, now)
         unconfirmed = audience.purge_unconfirmed(session, settings.newsletter.pending_days, now)
         rate = session.execute(delete(RateEvent).where(RateEvent.at < now - dt.timedelta(days=2))).rowcount or 0
         # A file checked on the staff pages but never imported holds people's addresses: a day is enough.

@@ -19,7 +19,7 @@ from mailer.outbound.transport import SMTPTransport
 from mailer.publishing import campaigns
 from mailer.publishing.render import Renderer
 from mailer.runtime import fixed_clock
-from mailer.sequences import followups
+from mailer.sequences import inquiries
 from tests.smtp_server import SMTPServer
 
 T0 = dt.datetime(2026, 11, 23, 18, 0, tzinfo=dt.UTC)
@@ -61,10 +61,10 @@ def start_campaign(sessions: Any, settings: config.Settings, now: dt.datetime = 
 
 
 def inquire(sessions: Any, settings: config.Settings, address: str, *, at: dt.datetime,
-            name: str = "Pat") -> followups.InquiryOutcome:
+            name: str = "Pat") -> inquiries.InquiryOutcome:
     """A consented inquiry from the website form: its follow-up sequence starts."""
     with sessions.begin() as session:
-        return followups.record_inquiry(
+        return inquiries.record_inquiry(
             session, settings, email=address, name=name, consent=True, source="website-contact-form",
             consent_text="Yes, send me follow-up emails about my inquiry.", received_at=at, now=at)
 

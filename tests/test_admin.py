@@ -35,7 +35,7 @@ from mailer.outbound import outbox
 from mailer.publishing import campaigns, feeds, figures
 from mailer.publishing.render import Renderer
 from mailer.runtime import Runtime
-from mailer.sequences import followups
+from mailer.sequences import followups, inquiries
 from mailer.web import create_app
 from mailer.web.admin import MAX_ID, next_send_time
 from tests.smtp_server import SMTPServer
@@ -125,7 +125,7 @@ def add_inquiry(runtime: Runtime, email: str = "ines@example.com", name: str = "
                 message: str = "I have been struggling with depression since spring.", consent: bool = True) -> int:
     now = runtime.clock()
     with runtime.sessions.begin() as session:
-        return followups.record_inquiry(session, runtime.settings, email=email, name=name, consent=consent,
+        return inquiries.record_inquiry(session, runtime.settings, email=email, name=name, consent=consent,
                                         consent_text="Yes, send me a few follow-up emails." if consent else "",
                                         source="website", received_at=now, now=now, message=message).inquiry_id
 

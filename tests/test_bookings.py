@@ -15,7 +15,7 @@ from mailer import config
 from mailer.config import Settings
 from mailer.models import Enrollment, Inquiry, OutboxMessage, StaffNotice
 from mailer.runtime import Runtime
-from mailer.sequences import followups, pausing
+from mailer.sequences import followups, inquiries, pausing
 from mailer.web import api
 from tests.test_replies import write_section
 from tests.web_fixtures import SettableClock
@@ -37,7 +37,7 @@ def inquired(runtime: Runtime, clock: SettableClock) -> int:
     """Jordan inquired an hour ago and agreed to follow-ups; the first one is queued. The inquiry's id."""
     received = clock.now - dt.timedelta(hours=1)
     with runtime.sessions.begin() as session:
-        outcome = followups.record_inquiry(session, runtime.settings, email=PERSON, name="Jordan Lee", consent=True,
+        outcome = inquiries.record_inquiry(session, runtime.settings, email=PERSON, name="Jordan Lee", consent=True,
                                            consent_text="Yes, email me.", source="website", received_at=received,
                                            now=received)
         followups.advance(session, runtime.settings, clock.now)

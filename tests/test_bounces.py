@@ -27,7 +27,7 @@ from mailer.inbound.mailbox import ImapMailbox, MailboxError
 from mailer.inbound.reading import is_auto_reply, parse
 from mailer.models import ConsentEvent, Contact, Enrollment, OutboxMessage, Subscription, Suppression
 from mailer.outbound.messages import make_message_id
-from mailer.sequences import followups
+from mailer.sequences import inquiries
 from tests.conftest import utc
 from tests.imap_server import ImapServer, make_certificate, running
 
@@ -282,7 +282,7 @@ def inquire(sessions: Sessions, settings: Settings, address: str) -> None:
     """A consented inquiry: a follow-up enrollment starts, active."""
     at = T0 - dt.timedelta(hours=2)
     with sessions.begin() as session:
-        outcome = followups.record_inquiry(
+        outcome = inquiries.record_inquiry(
             session, settings, email=address, name="Pat", consent=True, source="website-contact-form",
             consent_text="Yes, send me follow-up emails about my inquiry.", received_at=at, now=at)
         assert outcome.enrolled

@@ -17,7 +17,7 @@ from mailer.models import Campaign, Contact, Enrollment
 from mailer.outbound.transport import SMTPTransport
 from mailer.publishing import campaigns, feeds
 from mailer.runtime import Runtime
-from mailer.sequences import followups
+from mailer.sequences import inquiries
 from tests.smtp_server import SMTPServer
 from tests.test_browser_preferences import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, require_chromium
 from tests.web_fixtures import LiveServer, SettableClock
@@ -51,7 +51,7 @@ def clinic(runtime: Runtime) -> int:
                                      source="paper form at reception", now=now, wording="Email me new articles.")
         audience.staff_subscribe(session, settings.secret_key, settings.topics, email=EVENTS_SUBSCRIBER,
                                  name="Dora", topic_names=["events"], source="open evening sign-up sheet", now=now)
-        followups.record_inquiry(session, settings, email="ines@example.com", name="Ines Ortega", consent=True,
+        inquiries.record_inquiry(session, settings, email="ines@example.com", name="Ines Ortega", consent=True,
                                  consent_text="Yes, send me a few emails about my inquiry.", source="website",
                                  received_at=now, now=now, message=INQUIRY_MESSAGE)
     feeds.ingest_with(runtime.sessions, settings.feed, now)

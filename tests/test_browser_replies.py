@@ -18,7 +18,7 @@ from mailer.inbound.mailbox import Incoming
 from mailer.models import Enrollment, Inquiry, OutboxMessage
 from mailer.outbound.messages import make_message_id
 from mailer.runtime import Runtime
-from mailer.sequences import followups
+from mailer.sequences import followups, inquiries
 from tests.test_browser_preferences import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, require_chromium
 from tests.web_fixtures import LiveServer, SettableClock
 
@@ -37,7 +37,7 @@ def replied(runtime: Runtime, clock: SettableClock) -> int:
     received = clock.now - dt.timedelta(days=7)
     with runtime.sessions.begin() as session:
         staff.create(session, STAFF_EMAIL, PASSWORD, clock.now)
-        inquiry_id = followups.record_inquiry(
+        inquiry_id = inquiries.record_inquiry(
             session, settings, email=PERSON, name="Ines Ortega", consent=True, consent_text="Yes, email me.",
             source="website", received_at=received, now=received, message="Do you have evening appointments?",
         ).inquiry_id

@@ -18,7 +18,7 @@ from mailer import audience, config, db, staff
 from mailer.cli import main
 from mailer.models import Contact
 from mailer.runtime import Runtime
-from mailer.sequences import followups
+from mailer.sequences import inquiries
 from mailer.web import create_app
 from tests.test_admin import PASSWORD, csrf_of, log_in
 from tests.web_fixtures import WEB_START, SettableClock
@@ -36,7 +36,7 @@ def sqlite_env(sqlite_url: str) -> dict[str, str]:
 def record_the_person(runtime: Runtime) -> int:
     now = runtime.clock()
     with runtime.sessions.begin() as session:
-        outcome = followups.record_inquiry(session, runtime.settings, email=ADDRESS, name="Jane Patient",
+        outcome = inquiries.record_inquiry(session, runtime.settings, email=ADDRESS, name="Jane Patient",
                                            consent=True, consent_text="Yes, email me.", source="website",
                                            received_at=now, now=now, message=MESSAGE)
         audience.staff_subscribe(session, runtime.settings.secret_key, runtime.settings.topics, email=ADDRESS,

@@ -17,7 +17,7 @@ from mailer.config import Settings
 from mailer.inbound import bookings, replies
 from mailer.models import Contact, Enrollment, Inquiry, OutboxMessage
 from mailer.runtime import Runtime
-from mailer.sequences import figures, followups, pausing
+from mailer.sequences import figures, followups, inquiries, pausing
 from tests.test_admin import STAFF_EMAIL, log_in, post, text_of
 from tests.web_fixtures import SettableClock
 
@@ -38,7 +38,7 @@ class Story:
 
     def inquire(self, email: str, at: dt.datetime) -> int:
         with self.runtime.sessions.begin() as session:
-            return followups.record_inquiry(session, self.settings, email=email, name=email.split("@")[0].title(),
+            return inquiries.record_inquiry(session, self.settings, email=email, name=email.split("@")[0].title(),
                                             consent=True, consent_text="Yes.", source="website", received_at=at,
                                             now=at).inquiry_id
 

@@ -20,8 +20,9 @@ from mailer.config import FollowupStep, Settings
 from mailer.models import ConsentEvent, Contact, Enrollment, Inquiry, OutboxMessage
 from mailer.publishing.render import Recipient, Renderer, sample_values
 from mailer.runtime import Runtime, fixed_clock
-from mailer.sequences import followups
-from mailer.sequences.followups import InquiryError, due_time, into_window
+from mailer.sequences import followups, inquiries
+from mailer.sequences.followups import due_time, into_window
+from mailer.sequences.inquiries import InquiryError
 from tests.conftest import SAMPLE, utc
 
 Sessions = sessionmaker[Session]
@@ -55,9 +56,9 @@ def plain_settings(config_path: Path) -> Settings:
 
 def inquire(sessions: Sessions, settings: Settings, address: str = "jordan.lee@example.com", *,
             at: dt.datetime, now: dt.datetime | None = None, consent: bool = True, message: str = "",
-            name: str = "Jordan Lee", source: str = "website-contact-form") -> followups.InquiryOutcome:
+            name: str = "Jordan Lee", source: str = "website-contact-form") -> inquiries.InquiryOutcome:
     with sessions.begin() as session:
-        return followups.record_inquiry(
+        return inquiries.record_inquiry(
             session, settings, email=address, name=name, consent=consent, consent_text=WORDING if consent else "",
             source=source, received_at=at, now=now or at, message=message,
             request=audience.RequestInfo(ip="203.0.113.7", user_agent="Mozilla/5.0 (test)"),
@@ -217,7 +218,7 @@ def test_a_website_retry_is_stored_but_starts_no_second_sequence(settings: Setti
     assert two.contact_id == one.contact_id and two.inquiry_id != one.inquiry_id
     # The very same inquiry again (an import run twice) is not even stored twice.
     three = inquire(sessions, settings, at=first, now=first + dt.timedelta(minutes=5))
-    assert three == followups.InquiryOutcome(one.inquiry_id, one.contact_id, enrolled=False, duplicate=True)
+    assert three == inquiries.InquiryOutcome(one.inquiry_id, one.contact_id, enrolled=False, duplicate=True)
     # Later, while the sequence runs: still one sequence, and its schedule is untouched.
     four = inquire(sessions, settings, at=first + dt.timedelta(days=2))
     assert not four.enrolled and not four.duplicate
@@ -232,7 +233,7 @@ def test_a_new_inquiry_after_booking_may_start_again(settings: Settings, session
     first = local("2026-11-23T10:00")
     inquire(sessions, settings, at=first)
     with sessions.begin() as session:
-        assert followups.close(session, settings, "jordan.lee@example.com", "booked", first + dt.timedelta(days=1)) == 1
+        assert inquiries.close(session, settings, "jordan.lee@example.com", "booked", first + dt.timedelta(days=1)) == 1
     again = inquire(sessions, settings, at=first + dt.timedelta(days=40))
     assert again.enrolled
     assert enrollment_of(sessions).anchor_at == first + dt.timedelta(days=40)
@@ -285,11 +286,11 @@ def test_invalid_inquiries_name_the_field(settings: Settings, sessions: Sessions
     with sessions.begin() as session:
         for change, expected in cases:
             with pytest.raises(InquiryError) as caught:
-                followups.record_inquiry(session, settings, **{**good, **change}, now=now)
+                inquiries.record_inquiry(session, settings, **{**good, **change}, now=now)
             assert str(caught.value).startswith(expected), change
             assert "\n" not in str(caught.value) and "x@y" not in str(caught.value)
         # A little clock skew is fine, and free text keeps its line breaks.
-        followups.record_inquiry(session, settings, **{**good, "received_at": now + dt.timedelta(minutes=2),
+        inquiries.record_inquiry(session, settings, **{**good, "received_at": now + dt.timedelta(minutes=2),
                                                        "message": "line one\r\nline two"}, now=now)
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(Inquiry)) == 1
@@ -400,11 +401,11 @@ def _bounce(session: Session, settings: Settings, contact: Contact, now: dt.date
 
 
 def _booked(session: Session, settings: Settings, contact: Contact, now: dt.datetime) -> None:
-    followups.close(session, settings, contact.email, "booked", now)
+    inquiries.close(session, settings, contact.email, "booked", now)
 
 
 def _closed(session: Session, settings: Settings, contact: Contact, now: dt.datetime) -> None:
-    followups.close(session, settings, contact.email, "closed", now)
+    inquiries.close(session, settings, contact.email, "closed", now)
 
 
 def _inquiry_marked_booked(session: Session, settings: Settings, contact: Contact, now: dt.datetime) -> None:
@@ -457,12 +458,12 @@ def test_consent_older_than_consent_valid_days_gets_no_more_steps(settings: Sett
 def test_close_an_unknown_address(settings: Settings, sessions: Sessions) -> None:
     with sessions.begin() as session:
         with pytest.raises(InquiryError, match=r"^no inquiry from nobody@example\.com$"):
-            followups.close(session, settings, "nobody@example.com", "booked", local("2026-11-23T10:00"))
+            inquiries.close(session, settings, "nobody@example.com", "booked", local("2026-11-23T10:00"))
         audience.get_or_create_contact(session, "subscriber@example.com", "", local("2026-11-23T10:00"))
         with pytest.raises(InquiryError, match="no inquiry from subscriber@example.com"):
-            followups.close(session, settings, "subscriber@example.com", "closed", local("2026-11-23T10:00"))
+            inquiries.close(session, settings, "subscriber@example.com", "closed", local("2026-11-23T10:00"))
         with pytest.raises(InquiryError, match="^email: "):
-            followups.close(session, settings, "not an address", "closed", local("2026-11-23T10:00"))
+            inquiries.close(session, settings, "not an address", "closed", local("2026-11-23T10:00"))
 
 
 # --- CSV import ----------------------------------------------------------------------------------
@@ -471,7 +472,7 @@ def test_close_an_unknown_address(settings: Settings, sessions: Sessions) -> Non
 def test_import_the_sample_csv(settings: Settings, sessions: Sessions) -> None:
     now = local("2026-11-23T10:00")
     with sessions.begin() as session:
-        report = followups.import_csv(session, settings, SAMPLE / "inquiries.csv", now)
+        report = inquiries.import_csv(session, settings, SAMPLE / "inquiries.csv", now)
     assert (report.imported, report.duplicates, report.enrolled, report.rejected) == (3, 0, 2, [])
     with sessions() as session:
         enrolled = session.scalars(select(Contact.email).join(Enrollment, Enrollment.contact_id == Contact.id)).all()
@@ -484,7 +485,7 @@ def test_import_the_sample_csv(settings: Settings, sessions: Sessions) -> None:
     # Importing the same file again changes nothing.
     stream = io.StringIO((SAMPLE / "inquiries.csv").read_text(encoding="utf-8"))
     with sessions.begin() as session:
-        again = followups.import_csv(session, settings, stream, now + dt.timedelta(days=1))
+        again = inquiries.import_csv(session, settings, stream, now + dt.timedelta(days=1))
     assert (again.imported, again.duplicates, again.enrolled, again.rejected) == (0, 3, 0, [])
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(Inquiry)) == 3
@@ -508,7 +509,7 @@ nobody@example.com,No Consent,no,,walk-in,2026-11-21T10:00:00Z
 
 def test_import_reports_bad_lines_and_keeps_the_good_ones(settings: Settings, sessions: Sessions) -> None:
     with sessions.begin() as session:
-        report = followups.import_csv(session, settings, io.StringIO(BROKEN), local("2026-11-23T10:00"))
+        report = inquiries.import_csv(session, settings, io.StringIO(BROKEN), local("2026-11-23T10:00"))
     assert report.imported == 2 and report.enrolled == 1 and report.duplicates == 0
     assert [(line, reason.split(":")[0]) for line, reason in report.rejected] == [
         (4, "email"), (5, "consent"), (6, "received_at"), (7, "received_at"), (8, "consent_text"), (9, "expected 6 fields, found 3"),
@@ -529,7 +530,7 @@ def test_import_rejects_a_file_with_the_wrong_columns(settings: Settings, sessio
                                                       expected: str) -> None:
     with sessions.begin() as session:
         with pytest.raises(InquiryError, match=re.escape(expected)):
-            followups.import_csv(session, settings, io.StringIO(header + ("\n" if header else "")),
+            inquiries.import_csv(session, settings, io.StringIO(header + ("\n" if header else "")),
                                  local("2026-11-23T10:00"))
 
 
@@ -538,9 +539,9 @@ def test_import_from_a_path_with_a_bom_and_a_missing_file(settings: Settings, se
     path = tmp_path / "inquiries.csv"
     path.write_text("\ufeff" + (SAMPLE / "inquiries.csv").read_text(encoding="utf-8"), encoding="utf-8")
     with sessions.begin() as session:
-        assert followups.import_csv(session, settings, str(path), local("2026-11-23T10:00")).imported == 3
+        assert inquiries.import_csv(session, settings, str(path), local("2026-11-23T10:00")).imported == 3
         with pytest.raises(InquiryError, match="file not found"):
-            followups.import_csv(session, settings, tmp_path / "missing.csv", local("2026-11-23T10:00"))
+            inquiries.import_csv(session, settings, tmp_path / "missing.csv", local("2026-11-23T10:00"))
 
 
 # --- purge and staff rows ------------------------------------------------------------------------
@@ -553,11 +554,11 @@ def test_purge_removes_old_inactive_inquiries_and_keeps_the_ledger(settings: Set
     inquire(sessions, settings, "running@example.com", at=old)
     inquire(sessions, settings, "recent@example.com", at=local("2026-11-20T10:00"), consent=False)
     with sessions.begin() as session:
-        followups.close(session, settings, "stopped@example.com", "closed", old + dt.timedelta(days=1))
+        inquiries.close(session, settings, "stopped@example.com", "closed", old + dt.timedelta(days=1))
     now = local("2026-11-23T10:00")
     with sessions.begin() as session:
         # "running" is still active (nobody advanced it): its inquiry stays while it runs.
-        assert followups.purge_inactive(session, settings, now) == 2
+        assert inquiries.purge_inactive(session, settings, now) == 2
     with sessions() as session:
         left = session.scalars(select(Contact.email).join(Inquiry).order_by(Contact.email)).all()
         assert left == ["recent@example.com", "running@example.com"]
@@ -565,7 +566,7 @@ def test_purge_removes_old_inactive_inquiries_and_keeps_the_ledger(settings: Set
         stopped = session.scalars(select(Enrollment).where(Enrollment.status == "stopped")).one()
         assert stopped.inquiry_id is None
     with sessions.begin() as session:
-        assert followups.purge_inactive(session, settings, now) == 0
+        assert inquiries.purge_inactive(session, settings, now) == 0
 
 
 def test_status_rows_show_the_sequence_and_never_the_message(settings: Settings, sessions: Sessions) -> None:
@@ -574,7 +575,7 @@ def test_status_rows_show_the_sequence_and_never_the_message(settings: Settings,
             consent=False)
     advance(sessions, settings, local("2026-11-23T10:15"))
     with sessions() as session:
-        rows = followups.status_rows(session)
+        rows = inquiries.status_rows(session)
     assert [(r.email, r.consent, r.status, r.enrollment_status, r.next_step) for r in rows] == [
         ("sam.ortiz@example.org", False, "open", None, None),
         ("jordan.lee@example.com", True, "open", "active", 1),
@@ -716,7 +717,7 @@ def test_end_to_end_close_between_enqueue_and_send_skips_the_queued_step(
     runtime = Runtime(settings, clock=fixed_clock(now), engine_override=engine)
     jobs.run_job(runtime, "advance_followups", now)  # step 1 is queued ...
     with sessions.begin() as session:  # ... and staff mark the contact booked before delivery runs
-        assert followups.close(session, settings, "jordan.lee@example.com", "booked", now) == 1
+        assert inquiries.close(session, settings, "jordan.lee@example.com", "booked", now) == 1
     for moment in [now, *_clinic_days("2026-11-27", 7)]:
         tick(moment)
     assert len(smtp_server.received) == 1

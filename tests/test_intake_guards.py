@@ -176,9 +176,9 @@ def test_unconfirmed_sign_ups_are_purged_after_pending_days(client: FlaskClient,
         audience.staff_subscribe(session, runtime.settings.secret_key, runtime.settings.topics,
                                  email="active@example.com", name="", topic_names=["newsletter"],
                                  source="front desk", now=signed_up)
-        from mailer.sequences import followups
+        from mailer.sequences import inquiries
 
-        followups.record_inquiry(session, runtime.settings, email="asked@example.com", name="", consent=False,
+        inquiries.record_inquiry(session, runtime.settings, email="asked@example.com", name="", consent=False,
                                  consent_text="", source="phone", received_at=signed_up, now=signed_up)
     assert count(runtime, OutboxMessage, OutboxMessage.kind == "confirm") == 2
 

@@ -19,7 +19,7 @@ from mailer.outbound.transport import make_transport
 from mailer.publishing import feeds
 from mailer.publishing.render import Renderer
 from mailer.runtime import Runtime, fixed_clock
-from mailer.sequences import followups
+from mailer.sequences import inquiries
 from tests.smtp_server import SMTPServer
 from tests.test_replies import write_section
 from tests.web_fixtures import SettableClock
@@ -129,7 +129,7 @@ def test_names_that_hold_a_sensitive_word_are_not_shown(settings: Settings, engi
                                                         clock: SettableClock) -> None:
     runtime = Runtime(settings, engine_override=engine)
     with runtime.sessions.begin() as session:
-        outcome = followups.record_inquiry(session, settings, email="pat@example.com", name="Pat (PTSD group)",
+        outcome = inquiries.record_inquiry(session, settings, email="pat@example.com", name="Pat (PTSD group)",
                                            consent=False, consent_text="", source="website",
                                            received_at=clock.now, now=clock.now)
         assert notices.record(session, settings, "inquiry", clock.now, inquiry_id=outcome.inquiry_id) == 2

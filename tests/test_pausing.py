@@ -18,7 +18,7 @@ from mailer.models import Enrollment, OutboxMessage
 from mailer.outbound import store
 from mailer.outbound.transport import make_transport
 from mailer.runtime import Runtime, fixed_clock
-from mailer.sequences import followups, pausing
+from mailer.sequences import inquiries, pausing
 from tests.smtp_server import SMTPServer
 
 ZONE = ZoneInfo("America/Chicago")
@@ -86,7 +86,7 @@ class Clinic:
 def clinic(settings: Settings, engine: Engine, smtp_server: SMTPServer) -> Clinic:
     clinic = Clinic(settings, engine, smtp_server)
     with clinic.sessions.begin() as session:
-        followups.record_inquiry(session, clinic.settings, email=PERSON, name="Jordan Lee", consent=True,
+        inquiries.record_inquiry(session, clinic.settings, email=PERSON, name="Jordan Lee", consent=True,
                                  consent_text="Yes, email me about my inquiry.", source="website",
                                  received_at=INQUIRED, now=INQUIRED)
     return clinic
@@ -193,10 +193,10 @@ def test_a_booking_or_a_close_ends_a_paused_sequence(clinic: Clinic) -> None:
     clinic.tick(INQUIRED + dt.timedelta(minutes=20))
     clinic.pause(INQUIRED + dt.timedelta(hours=1))
     with clinic.sessions.begin() as session:
-        assert followups.close(session, clinic.settings, PERSON, "closed", INQUIRED + dt.timedelta(hours=2)) == 1
+        assert inquiries.close(session, clinic.settings, PERSON, "closed", INQUIRED + dt.timedelta(hours=2)) == 1
     enrollment = clinic.enrollment()
     assert (enrollment.status, enrollment.stop_reason) == ("stopped", "closed")
-    with clinic.sessions.begin() as session, pytest.raises(followups.InquiryError, match="not paused"):
+    with clinic.sessions.begin() as session, pytest.raises(inquiries.InquiryError, match="not paused"):
         pausing.resume(session, clinic.settings, PERSON, INQUIRED + dt.timedelta(hours=3))
 
 
@@ -205,7 +205,7 @@ def test_one_running_sequence_per_person_includes_a_paused_one(clinic: Clinic) -
     clinic.pause(INQUIRED + dt.timedelta(hours=1))
     later = INQUIRED + dt.timedelta(days=2)
     with clinic.sessions.begin() as session:
-        outcome = followups.record_inquiry(session, clinic.settings, email=PERSON, name="Jordan Lee", consent=True,
+        outcome = inquiries.record_inquiry(session, clinic.settings, email=PERSON, name="Jordan Lee", consent=True,
                                            consent_text="Yes.", source="phone", received_at=later, now=later)
     assert not outcome.enrolled
     with clinic.sessions() as session:

@@ -22,7 +22,7 @@ from mailer.outbound.delivery import Delivery
 from mailer.publishing import campaigns, previews
 from mailer.publishing.render import Renderer
 from mailer.runtime import Runtime, fixed_clock
-from mailer.sequences import followups
+from mailer.sequences import followups, inquiries
 from tests.smtp_server import SMTPServer
 from tests.test_admin import PASSWORD, csrf_of, log_in, text_of
 from tests.test_delivery import T0, add_subscribers, deliver, rows, smtp, start_campaign
@@ -103,8 +103,8 @@ def test_names_that_do_not_are_refused(name: str, reason: str) -> None:
 
 
 def test_the_intake_and_imports_refuse_such_names_too(runtime: Runtime, settings: Settings) -> None:
-    with runtime.sessions.begin() as session, pytest.raises(followups.InquiryError, match="^name: looks like"):
-        followups.record_inquiry(session, settings, email="a@example.com", name=ATTACK, consent=False,
+    with runtime.sessions.begin() as session, pytest.raises(inquiries.InquiryError, match="^name: looks like"):
+        inquiries.record_inquiry(session, settings, email="a@example.com", name=ATTACK, consent=False,
                                  consent_text="", source="website", received_at=T0, now=T0)
 
 

@@ -23,7 +23,7 @@ from mailer.outbound.transport import SMTPTransport
 from mailer.publishing import render
 from mailer.publishing.render import Renderer, sample_values
 from mailer.runtime import Runtime
-from mailer.sequences import followups, steps, wording
+from mailer.sequences import inquiries, steps, wording
 from mailer.sequences.wording import Wording, WordingError
 from tests.smtp_server import Received, SMTPServer
 from tests.test_admin import PASSWORD, cheap_hashing, csrf_of, flashed, log_in, text_of  # noqa: F401
@@ -74,7 +74,7 @@ def save(client: FlaskClient, subject: str, body: str, preheader: str = "", path
 
 def inquire(runtime: Runtime, address: str, name: str, at: dt.datetime) -> None:
     with runtime.sessions.begin() as session:
-        outcome = followups.record_inquiry(session, runtime.settings, email=address, name=name, consent=True,
+        outcome = inquiries.record_inquiry(session, runtime.settings, email=address, name=name, consent=True,
                                            consent_text="Yes, you may email me about my inquiry.",
                                            source="website-contact-form", received_at=at, now=at)
         assert outcome.enrolled

@@ -526,13 +526,13 @@ def inquiries_group() -> None:
 @friendly
 def inquiries_add(ctx: Context, email: str, name: str, consent: bool, consent_text: str, source: str) -> None:
     """Record an inquiry (staff entry)."""
-    from mailer.sequences import followups
+    from mailer.sequences import inquiries
 
     if consent and not consent_text:
         consent_text = f"Agreed by {source} to follow-up emails from {ctx.settings.clinic.name} about the inquiry."
     now = ctx.now()
     with ctx.runtime.sessions.begin() as session:
-        outcome = followups.record_inquiry(session, ctx.settings, email=email, name=name, consent=consent,
+        outcome = inquiries.record_inquiry(session, ctx.settings, email=email, name=name, consent=consent,
                                            consent_text=consent_text, source=source, received_at=now, now=now)
     what = "follow-ups scheduled" if outcome.enrolled else "no follow-ups"
     click.echo(f"Inquiry {outcome.inquiry_id} recorded; {what}.")
@@ -544,10 +544,10 @@ def inquiries_add(ctx: Context, email: str, name: str, consent: bool, consent_te
 @friendly
 def inquiries_import(ctx: Context, csv_file: io.TextIOBase) -> None:
     """Import inquiries from CSV with columns email,name,consent,consent_text,source,received_at."""
-    from mailer.sequences import followups
+    from mailer.sequences import inquiries
 
     with ctx.runtime.sessions.begin() as session:
-        report = followups.import_csv(session, ctx.settings, csv_file, ctx.now())
+        report = inquiries.import_csv(session, ctx.settings, csv_file, ctx.now())
     for line, reason in report.rejected:
         click.echo(f"line {line}: rejected: {reason}", err=True)
     click.echo(f"{report.imported} imported, {report.duplicates} duplicates, {len(report.rejected)} rejected.")
@@ -562,10 +562,10 @@ def inquiries_import(ctx: Context, csv_file: io.TextIOBase) -> None:
 @friendly
 def inquiries_close(ctx: Context, email: str, reason: str) -> None:
     """Stop a contact's follow-ups: they booked, or the inquiry is closed."""
-    from mailer.sequences import followups
+    from mailer.sequences import inquiries
 
     with ctx.runtime.sessions.begin() as session:
-        stopped = followups.close(session, ctx.settings, email, reason, ctx.now())
+        stopped = inquiries.close(session, ctx.settings, email, reason, ctx.now())
     click.echo(f"Marked {reason}; {stopped} follow-up sequence(s) stopped.")
 
 

@@ -27,7 +27,7 @@ class UserError(click.ClickException):
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from mailer.publishing.feeds import FeedError
     from mailer.publishing.render import RenderError
-    from mailer.sequences.followups import InquiryError
+    from mailer.sequences.inquiries import InquiryError
 
     return (config.ConfigError, audience.AudienceError, campaigns.CampaignError, FeedError, InquiryError,
             RenderError, ValueError)

@@ -15,7 +15,7 @@ from mailer import bundled, config, files, imports, jobs, schema
 from mailer.models import Campaign, Contact, Inquiry, OutboxMessage
 from mailer.publishing import previews
 from mailer.runtime import Runtime, fixed_clock
-from mailer.sequences import followups
+from mailer.sequences import inquiries
 
 SAMPLE = bundled.sample_dir()
 
@@ -54,7 +54,7 @@ def run(config_path: Path | None, var_dir: Path, echo: Callable[[str], None] = p
         with open(SAMPLE / "subscribers.csv", encoding="utf-8") as stream:
             subs = imports.import_file(session, base.secret_key, base.topics, stream, first_moment)
         with open(SAMPLE / "inquiries.csv", encoding="utf-8") as stream:
-            inq = followups.import_csv(session, base, stream, first_moment)
+            inq = inquiries.import_csv(session, base, stream, first_moment)
     echo(f"  sample subscribers: {subs.imported} imported, {subs.unchanged} already there")
     echo(f"  sample inquiries:   {inq.imported} imported, {inq.duplicates} already there "
          "(two agreed to follow-ups, one did not)")

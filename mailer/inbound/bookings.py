@@ -1,6 +1,6 @@
 """Bookings reported by the clinic's scheduling system: the person's follow-ups stop by themselves.
 
-A booking marks the person booked exactly as staff's "Mark booked" does (followups.close), dated when
+A booking marks the person booked exactly as staff's "Mark booked" does (inquiries.close), dated when
 it was made, for the figures. An address that is not an inquiry's changes nothing, and the caller is
 told the same either way: the webhook must not reveal who is a contact.
 """
@@ -19,7 +19,7 @@ from mailer import audience
 from mailer.config import Settings
 from mailer.models import Contact, Inquiry
 from mailer.outbound import notices
-from mailer.sequences import followups
+from mailer.sequences import inquiries
 
 log = logging.getLogger("mailer.bookings")
 
@@ -93,7 +93,7 @@ def record(session: Session, settings: Settings, booking: Booking, now: dt.datet
     if contact is None or not open_inquiries:
         log.info("booking for an address with no open inquiry: nothing changed")
         return False
-    stopped = followups.close(session, settings, booking.email, "booked", now, booked_at=booking.booked_at,
+    stopped = inquiries.close(session, settings, booking.email, "booked", now, booked_at=booking.booked_at,
                               via=booking.source)
     notices.record(session, settings, "booked", now, inquiry_id=open_inquiries[0])
     log.info("booking for contact %s recorded: %d inquiries booked, %d sequences stopped", contact.id,

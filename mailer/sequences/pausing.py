@@ -19,7 +19,8 @@ from sqlalchemy.orm import Session
 from mailer import audience
 from mailer.config import Settings, duration
 from mailer.models import Contact, Enrollment, Inquiry, OutboxMessage
-from mailer.sequences.followups import InquiryError, into_window
+from mailer.sequences.followups import into_window
+from mailer.sequences.inquiries import InquiryError
 
 log = logging.getLogger("mailer.followups")
 

@@ -24,7 +24,7 @@ blueprint = Blueprint("api", __name__)
 # --- the intake API ----------------------------------------------------------------------------------
 
 # The JSON fields: name -> required. Values are checked here for their JSON type only; their content
-# (address, lengths, control characters) is checked by followups.record_inquiry, which names the field.
+# (address, lengths, control characters) is checked by inquiries.record_inquiry, which names the field.
 INTAKE_STRINGS = {"email": True, "name": False, "consent_text": False, "source": False, "message": False,
                   "service": False}
 INTAKE_FIELDS = frozenset(INTAKE_STRINGS) | {"consent"}
@@ -114,11 +114,11 @@ def intake() -> tuple[Response, int]:
         return _json_error(400, str(problem), problem.field)
 
     from mailer.outbound import notices
-    from mailer.sequences import followups
+    from mailer.sequences import inquiries
 
     try:
         with runtime.sessions.begin() as session:
-            outcome = followups.record_inquiry(
+            outcome = inquiries.record_inquiry(
                 session, settings, email=fields["email"], name=fields["name"], consent=fields["consent"],
                 consent_text=fields["consent_text"], source=fields["source"], received_at=now, now=now,
                 message=fields["message"], request=security.request_info(), service=fields["service"],
@@ -128,7 +128,7 @@ def intake() -> tuple[Response, int]:
             answer = {"inquiry_id": outcome.inquiry_id}
             if hashed is not None:
                 intake_guards.remember(session, hashed, answer, 201, now)
-    except (followups.InquiryError, AudienceError) as exc:
+    except (inquiries.InquiryError, AudienceError) as exc:
         return _json_error(400, str(exc), _problem_field(str(exc)))
     except intake_guards.KeyTaken:  # the same key a moment ago: this request's inquiry was rolled back
         with runtime.sessions() as session:

@@ -5,7 +5,7 @@ to any address in bulk. Per client address (after web.trusted_proxies) at most
 `web.intake_per_client_per_hour` requests an hour are taken (429 beyond). A request with an
 `Idempotency-Key` header that was seen in the last 24 hours gets the first answer again, and nothing is
 created; the key is kept as a keyed hash only. (At most one new enrollment per address per
-`followups.duplicate_window` is the sequence's own rule, in followups.record_inquiry.)
+`followups.duplicate_window` is the sequence's own rule, in inquiries.record_inquiry.)
 """
 
 from __future__ import annotations

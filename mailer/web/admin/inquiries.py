@@ -11,6 +11,7 @@ from mailer import access_log
 from mailer.models import ConsentEvent, Contact, Enrollment, Inquiry, Reply
 from mailer.sequences import figures as sequence_figures
 from mailer.sequences import followups, pausing
+from mailer.sequences import inquiries as intake
 from mailer.web import current_runtime
 from mailer.web.admin.base import (
     INQUIRIES_SHOWN,
@@ -52,7 +53,7 @@ def _sequence_state(enrollment_status: str | None, stop_reason: str | None, next
 def inquiries() -> Response:
     """The newest inquiries with their consent and follow-up state (never the visitor's message)."""
     with current_runtime().sessions() as db:
-        rows = followups.status_rows(db, limit=INQUIRIES_SHOWN)
+        rows = intake.status_rows(db, limit=INQUIRIES_SHOWN)
     described = [(row, _sequence_state(row.enrollment_status, row.stop_reason, row.next_step, row.consent,
                                        row.sequence, row.paused_at))
                  for row in rows]
@@ -104,7 +105,7 @@ def inquiry_close(inquiry_id: int) -> Response:
     with runtime.sessions.begin() as db:
         row = get_or_404(db, Inquiry, inquiry_id, "inquiry")
         contact = get_or_404(db, Contact, row.contact_id, "contact")
-        stopped = followups.close(db, runtime.settings, contact.email, reason, runtime.clock())
+        stopped = intake.close(db, runtime.settings, contact.email, reason, runtime.clock())
         name = row.name or contact.name or contact.email
     log.info("inquiry %s marked %s by staff account %s", inquiry_id, reason, g.staff.id)
     follow = "Their follow-up emails are stopped." if stopped else "No follow-up emails were running."
@@ -122,7 +123,7 @@ def inquiry_resume(inquiry_id: int) -> Response:
         contact = get_or_404(db, Contact, row.contact_id, "contact")
         try:
             due = pausing.resume(db, runtime.settings, contact.email, runtime.clock())
-        except followups.InquiryError:
+        except intake.InquiryError:
             return problem_page(409, "Nothing was changed", "These follow-up emails are not paused any more: "
                                 "someone may have resumed or closed them a moment ago.")
         name = row.name or contact.name or contact.email
