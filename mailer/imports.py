@@ -14,7 +14,7 @@ import csv
 import datetime as dt
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
 from sqlalchemy import bindparam, insert, select, update
@@ -77,19 +77,10 @@ class ImportPlan:
                 "rejected": [list(item) for item in self.rejected]}
 
 
-@dataclass(frozen=True)
-class _Row:
-    line: int
-    email: str
-    name: str
-    topics: tuple[str, ...]
-    source: str
-    consented_at: dt.datetime
-
-
 def _rows(stream: Iterable[str], topics: dict[str, str], now: dt.datetime,
-          plan: ImportPlan) -> Iterator[_Row]:
-    """The file's rows that pass every check needing no database; the others go to plan.rejected."""
+          plan: ImportPlan) -> Iterator[Addition]:
+    """The file's rows that pass every check needing no database, each with all its topics; the others go
+    to plan.rejected."""
     reader = csv.DictReader(stream)
     if reader.fieldnames is None or [name.strip() for name in reader.fieldnames] != list(COLUMNS):
         found = ",".join(reader.fieldnames or [])
@@ -117,7 +108,7 @@ def _rows(stream: Iterable[str], topics: dict[str, str], now: dt.datetime,
         except AudienceError as exc:
             plan.rejected.append((line, str(exc)))
             continue
-        yield _Row(line, email, name, wanted, source, consented_at)
+        yield Addition(line, email, name, wanted, source, consented_at)
 
 
 def _chunks(values: Sequence[Any], size: int = LOOKUP_CHUNK) -> Iterator[Sequence[Any]]:
@@ -181,8 +172,7 @@ def check(session: Session, secret: str, topics: dict[str, str], stream: Iterabl
             plan.unchanged += 1
             continue
         earlier.update(new_topics)
-        plan.additions.append(Addition(row.line, row.email, row.name, tuple(new_topics), row.source,
-                                       row.consented_at))
+        plan.additions.append(replace(row, topics=tuple(new_topics)))
     return plan
 
 

@@ -40,12 +40,15 @@ def _json_error(code: int, message: str, field: str | None = None) -> tuple[Resp
     return jsonify({"error": message, "field": field}), code
 
 
-def _bearer_ok(expected: str) -> bool:
-    """The Authorization header carries the configured intake token (compared in constant time)."""
+def _bearer_refused(expected: str) -> tuple[Response, int] | None:
+    """The 401 to answer unless the Authorization header carries the configured intake token (compared
+    in constant time); None when it does."""
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    if not expected or scheme.lower() != "bearer":
-        return False
-    return hmac.compare_digest(value.strip().encode(), expected.encode())
+    if expected and scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), expected.encode()):
+        return None
+    response, code = _json_error(401, "a valid bearer token is required")
+    response.headers["WWW-Authenticate"] = 'Bearer realm="mailer"'
+    return response, code
 
 
 def _intake_fields(payload: Any) -> dict[str, Any]:
@@ -82,10 +85,9 @@ def intake() -> tuple[Response, int]:
     runtime = current_runtime()
     settings = runtime.settings
     now = runtime.clock()
-    if not _bearer_ok(settings.intake_token):
-        response, code = _json_error(401, "a valid bearer token is required")
-        response.headers["WWW-Authenticate"] = 'Bearer realm="mailer"'
-        return response, code
+    refused = _bearer_refused(settings.intake_token)
+    if refused is not None:
+        return refused
     try:
         key = intake_guards.idempotency_key(request)
     except intake_guards.BadKey as exc:
@@ -159,10 +161,9 @@ def bookings() -> tuple[Response, int]:
     runtime = current_runtime()
     settings = runtime.settings
     now = runtime.clock()
-    if not _bearer_ok(settings.intake_token):
-        response, code = _json_error(401, "a valid bearer token is required")
-        response.headers["WWW-Authenticate"] = 'Bearer realm="mailer"'
-        return response, code
+    refused = _bearer_refused(settings.intake_token)
+    if refused is not None:
+        return refused
     try:
         payload = json.loads(request.get_data(cache=False))
     except (ValueError, UnicodeDecodeError):
