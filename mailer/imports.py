@@ -10,7 +10,6 @@ person consented.
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -24,6 +23,7 @@ from mailer import audience
 from mailer.audience import AudienceError
 from mailer.links import email_hash
 from mailer.models import ConsentEvent, Contact, Subscription, Suppression
+from mailer.spreadsheets import Sheet, SheetError
 from mailer.text import one_line
 
 COLUMNS = audience.SUBSCRIBER_COLUMNS
@@ -81,18 +81,19 @@ def _rows(stream: Iterable[str], topics: dict[str, str], now: dt.datetime,
           plan: ImportPlan) -> Iterator[Addition]:
     """The file's rows that pass every check needing no database, each with all its topics; the others go
     to plan.rejected."""
-    reader = csv.DictReader(stream)
-    if reader.fieldnames is None or [name.strip() for name in reader.fieldnames] != list(COLUMNS):
-        found = ",".join(reader.fieldnames or [])
+    try:
+        sheet = Sheet(stream)
+    except SheetError:
+        sheet = None
+    if sheet is None or sheet.names != list(COLUMNS):
+        found = ",".join(sheet.names if sheet else [])
         raise AudienceError(f"expected the columns {','.join(COLUMNS)}, found {found or 'nothing'}")
-    for row in reader:
+    unreadable: list[tuple[int, str]] = []  # records the sheet refused (the wrong number of fields)
+    for line, row in sheet.records(unreadable):
         plan.rows += 1
-        line = reader.line_num
         try:
-            if None in row or any(value is None for value in row.values()):
-                raise AudienceError("wrong number of fields")
-            source = (row["consent_source"] or "").strip()
-            when = (row["consented_at"] or "").strip()
+            source = row["consent_source"].strip()
+            when = row["consented_at"].strip()
             if not source or not when:
                 raise AudienceError("no consent: consent_source and consented_at are required")
             consented_at = audience.parse_time(when, "consented_at")
@@ -109,6 +110,8 @@ def _rows(stream: Iterable[str], topics: dict[str, str], now: dt.datetime,
             plan.rejected.append((line, str(exc)))
             continue
         yield Addition(line, email, name, wanted, source, consented_at)
+    plan.rows += len(unreadable)
+    plan.rejected = sorted(plan.rejected + unreadable, key=lambda item: item[0])
 
 
 def _chunks(values: Sequence[Any], size: int = LOOKUP_CHUNK) -> Iterator[Sequence[Any]]:

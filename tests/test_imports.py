@@ -84,7 +84,7 @@ def test_every_kind_of_row(runtime: Runtime, known: dict[str, int]) -> None:
     assert [line for line, _ in dry.rejected] == [10, 11, 12, 13, 14]
     assert [reason.split(":")[0] for _, reason in dry.rejected] == [
         "no consent", "not a valid email address", "consented_at is in the future", "unknown topic 'gardening' (topics",
-        "wrong number of fields"]
+        "expected 5 fields, found 3"]
 
     with runtime.sessions.begin() as session:
         plan = imports.import_file(session, settings.secret_key, settings.topics, io.StringIO(csv_text), NOW)
