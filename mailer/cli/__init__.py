@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 import json
 import logging
@@ -28,7 +27,7 @@ from mailer.cli.context import (
     setup_logging,
 )
 from mailer.outbound import outbox
-from mailer.publishing import campaigns
+from mailer.publishing import campaigns as campaign_records  # (mailer.cli.campaigns is the command group)
 
 __all__ = ["Context", "UserError", "friendly", "main", "parse_instant", "pass_ctx", "setup_logging"]
 
@@ -38,7 +37,8 @@ log = logging.getLogger("mailer.cli")
 @click.group(
     cls=LazyGroup,
     lazy_subcommands={"audit": "mailer.cli.audit:audit", "backup": "mailer.cli.backup:backup",
-                      "bounces": "mailer.cli.bounces:bounces", "doctor": "mailer.cli.doctor:doctor",
+                      "bounces": "mailer.cli.bounces:bounces", "campaigns": "mailer.cli.campaigns:campaigns_group",
+                      "doctor": "mailer.cli.doctor:doctor", "inquiries": "mailer.cli.inquiries:inquiries_group",
                       "replies": "mailer.cli.replies:replies", "serve": "mailer.cli.serve:serve",
                       "staff": "mailer.cli.staff:staff", "templates": "mailer.cli.templates:templates"},
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
@@ -157,7 +157,7 @@ def send(ctx: Context, dry_run: bool, processes: int | None, allow_dev_secret: b
     if dry_run:
         with runtime.sessions() as session:
             due = outbox.due_summary(session, now)
-            ready = {c.id: outbox.audience_size(session, c.topic) for c in campaigns.ready(session, now)}
+            ready = {c.id: outbox.audience_size(session, c.topic) for c in campaign_records.ready(session, now)}
         total = sum(count for *_, count in due) + sum(ready.values())
         for kind, campaign_id, count in due:
             click.echo(f"would send {count} {kind} message(s)" + (f" of campaign {campaign_id}" if campaign_id else ""))
@@ -171,7 +171,7 @@ def send(ctx: Context, dry_run: bool, processes: int | None, allow_dev_secret: b
     show_bar = sys.stdout.isatty()  # the bar needs the whole count; choosing the processes does not
     with runtime.sessions() as session:
         total = outbox.due_count(session, now, at_most=None if show_bar else workers.AUTO_MINIMUM)
-        total += sum(outbox.audience_size(session, c.topic) for c in campaigns.ready(session, now))
+        total += sum(outbox.audience_size(session, c.topic) for c in campaign_records.ready(session, now))
     processes = processes or runner.processes_for(runtime, now, total)
     stop = StopRequest()
     if threading.current_thread() is threading.main_thread():  # the runner passes the stop on to the helpers
@@ -204,7 +204,7 @@ def status(ctx: Context) -> None:
     with ctx.runtime.sessions() as session:
         totals = outbox.counts(session)
         click.echo("Outbox: " + ", ".join(f"{state} {n}" for state, n in totals.items()))
-        rows = campaigns.listing(session, limit=20)
+        rows = campaign_records.listing(session, limit=20)
         if rows:
             click.echo("")
             click.echo(f"{'id':>4}  {'state':<9} {'sent':>6} {'waiting':>7} {'failed':>6} {'skipped':>7}  subject")
@@ -226,176 +226,6 @@ def status(ctx: Context) -> None:
             if campaign.state == "halted":
                 click.echo(f"\nCampaign {campaign.id} is halted: {campaign.halted_reason} Its messages wait; fix the "
                            f"relay settings, then `mailer campaigns resume {campaign.id}`.")
-
-
-# --- campaigns ------------------------------------------------------------------------------------
-
-
-@main.group("campaigns")
-def campaigns_group() -> None:
-    """Review, preview, test and approve campaigns."""
-
-
-@campaigns_group.command("list")
-@pass_ctx
-@friendly
-def campaigns_list(ctx: Context) -> None:
-    """Recent campaigns with their state."""
-    zone = ctx.settings.zone
-    with ctx.runtime.sessions() as session:
-        rows = campaigns.listing(session)
-        if not rows:
-            click.echo("No campaigns yet.")
-            return
-        click.echo(f"{'id':>4}  {'kind':<10} {'state':<9} {'created (local)':<16}  subject")
-        for c in rows:
-            created = c.created_at.astimezone(zone).strftime("%Y-%m-%d %H:%M")
-            at = f"  (scheduled for {c.send_after.astimezone(zone):%Y-%m-%d %H:%M %Z})" if c.state == "approved" \
-                and c.send_after else ""
-            click.echo(f"{c.id:>4}  {c.kind:<10} {c.state:<9} {created:<16}  {c.subject}{at}")
-
-
-@campaigns_group.command("show")
-@click.argument("campaign_id", type=int)
-@pass_ctx
-@friendly
-def campaigns_show(ctx: Context, campaign_id: int) -> None:
-    """A campaign's details, counts by state, and who was not delivered and why."""
-    zone = ctx.settings.zone
-    with ctx.runtime.sessions() as session:
-        c = campaigns.get(session, campaign_id)
-
-        def local(value: dt.datetime | None) -> str:
-            return value.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z") if value else "-"
-
-        click.echo(f"Campaign {c.id}: {c.subject}")
-        click.echo(f"  kind {c.kind}, topic {c.topic}, state {c.state}")
-        click.echo(f"  created {local(c.created_at)}, approved {local(c.approved_at)}"
-                   f"{' by ' + c.approved_by if c.approved_by else ''}, finished {local(c.finished_at)}")
-        for post in c.posts:
-            click.echo(f"  post: {post.title} <{post.link}>")
-        counts = outbox.counts(session, c.id)
-        click.echo("  messages: " + ", ".join(f"{state} {n}" for state, n in counts.items()))
-        problems = outbox.undelivered(session, c.id)
-        if problems:
-            click.echo("  not delivered:")
-            for _id, address, state, reason, code in problems:
-                click.echo(f"    {address or '(erased)'}: {state}{f' {code}' if code else ''} {reason or ''}".rstrip())
-
-
-@campaigns_group.command("preview")
-@click.argument("campaign_id", type=int)
-@click.option("--text", "as_text", is_flag=True, help="Print the plain-text part instead of writing HTML.")
-@pass_ctx
-@friendly
-def campaigns_preview(ctx: Context, campaign_id: int, as_text: bool) -> None:
-    """Write the campaign's HTML as a file to open in a browser (and print its path)."""
-    from mailer.publishing import previews
-
-    with ctx.runtime.sessions() as session:
-        campaign = campaigns.get(session, campaign_id)
-        html_path, text = previews.write_preview(ctx.settings, campaign)
-    if as_text:
-        click.echo(text)
-    else:
-        click.echo(str(html_path))
-
-
-@campaigns_group.command("new")
-@click.option("--topic", required=True, help="The topic whose subscribers get it.")
-@click.option("--subject", required=True, help="The subject line.")
-@click.option("--body", "body_file", required=True, type=click.File("r", encoding="utf-8-sig"), metavar="FILE.md",
-              help="The message in Markdown (as on the compose page).")
-@click.option("--preheader", default="", help="The line inboxes show after the subject.")
-@pass_ctx
-@friendly
-def campaigns_new(ctx: Context, topic: str, subject: str, body_file: io.TextIOBase, preheader: str) -> None:
-    """Write a one-off draft, as the compose page does; prints its id."""
-    body = body_file.read().replace("\r\n", "\n").replace("\r", "\n")
-    with ctx.runtime.sessions.begin() as session:
-        campaign = campaigns.create_oneoff(session, ctx.settings, topic=topic, subject=subject, body_markdown=body,
-                                           preheader=preheader, now=ctx.now(), by=cli_actor())
-        campaign_id = campaign.id
-    click.echo(campaign_id)
-
-
-@campaigns_group.command("approve")
-@click.argument("campaign_id", type=int)
-@click.option("--at", "at", metavar="ISO-8601", help="Send at this time instead of on the next delivery run. "
-              "Without an offset, clinic time.")
-@pass_ctx
-@friendly
-def campaigns_approve(ctx: Context, campaign_id: int, at: str | None) -> None:
-    """Approve a draft: it is sent on the next delivery run (`mailer send`, `mailer tick` or the scheduler),
-    or at the time given with --at (a scheduled campaign can be given another time the same way)."""
-    from mailer.publishing import schedules
-
-    zone = ctx.settings.zone
-    now = ctx.now()
-    by = cli_actor()
-    four_eyes = ctx.settings.newsletter.four_eyes
-    with ctx.runtime.sessions.begin() as session:
-        campaign = campaigns.get(session, campaign_id)
-        if at is None:
-            campaigns.approve(session, campaign, by=by, now=now, four_eyes=four_eyes)
-        else:
-            send_at = schedules.future_send_time(at, zone, now)
-            campaigns.schedule(session, campaign, by=by, now=now, at=send_at, four_eyes=four_eyes)
-    if at is None:
-        click.echo(f"Campaign {campaign_id} approved; it goes out on the next delivery run.")
-    else:
-        click.echo(f"Campaign {campaign_id} scheduled for {send_at.astimezone(zone):%Y-%m-%d %H:%M %Z}.")
-
-
-@campaigns_group.command("unschedule")
-@click.argument("campaign_id", type=int)
-@pass_ctx
-@friendly
-def campaigns_unschedule(ctx: Context, campaign_id: int) -> None:
-    """Take a scheduled campaign back to a draft: nothing goes out until it is approved again."""
-    with ctx.runtime.sessions.begin() as session:
-        campaigns.unschedule(session, campaigns.get(session, campaign_id))
-    click.echo(f"Campaign {campaign_id} unscheduled; it is a draft again.")
-
-
-@campaigns_group.command("cancel")
-@click.argument("campaign_id", type=int)
-@pass_ctx
-@friendly
-def campaigns_cancel(ctx: Context, campaign_id: int) -> None:
-    """Cancel a campaign: messages not yet handed over are skipped."""
-    with ctx.runtime.sessions.begin() as session:
-        skipped = campaigns.cancel(session, campaigns.get(session, campaign_id), ctx.now())
-    click.echo(f"Campaign {campaign_id} cancelled; {skipped} message(s) will not be sent.")
-
-
-@campaigns_group.command("resume")
-@click.argument("campaign_id", type=int)
-@pass_ctx
-@friendly
-def campaigns_resume(ctx: Context, campaign_id: int) -> None:
-    """Send a halted campaign again (once the relay settings are fixed)."""
-    with ctx.runtime.sessions.begin() as session:
-        waiting = campaigns.resume(session, campaigns.get(session, campaign_id), ctx.now())
-    click.echo(f"Campaign {campaign_id} resumed; {waiting} message(s) go out on the next delivery run.")
-
-
-@campaigns_group.command("test")
-@click.argument("campaign_id", type=int)
-@click.option("--to", "to", required=True, metavar="EMAIL", help="Where the test goes (a staff address).")
-@pass_ctx
-@friendly
-def campaigns_test(ctx: Context, campaign_id: int, to: str) -> None:
-    """Send one test copy of the campaign to an address, now, with sample personal values."""
-    from mailer.publishing import previews
-
-    address = audience.normalize_email(to)
-    with ctx.runtime.sessions() as session:
-        campaign = campaigns.get(session, campaign_id)
-        result = previews.send_test(ctx.runtime, campaign, address)
-    if result.outcome != "sent":
-        raise UserError(f"test to {address} not sent: {result.outcome} {result.code or ''} {result.detail}".strip())
-    click.echo(f"Test of campaign {campaign_id} sent to {address}.")
 
 
 # --- subscribers, contacts ---------------------------------------------------------------------
@@ -505,82 +335,6 @@ def contacts_erase(ctx: Context, email: str, yes: bool) -> None:
 
     db.after_erasure(ctx.runtime.engine)
     click.echo("Erased. The address is kept only as a keyed hash on the suppression list.")
-
-
-# --- inquiries ------------------------------------------------------------------------------------
-
-
-@main.group("inquiries")
-def inquiries_group() -> None:
-    """Record inquiries and manage their follow-ups."""
-
-
-@inquiries_group.command("add")
-@click.argument("email")
-@click.option("--name", required=True, help="The person's name.")
-@click.option("--consent/--no-consent", required=True, default=None,
-              help="Whether they agreed to follow-up emails.")
-@click.option("--consent-text", default="", help="The wording they agreed to (required with --consent).")
-@click.option("--source", required=True, help="phone, walk-in, email, ...")
-@pass_ctx
-@friendly
-def inquiries_add(ctx: Context, email: str, name: str, consent: bool, consent_text: str, source: str) -> None:
-    """Record an inquiry (staff entry)."""
-    from mailer.sequences import inquiries
-
-    if consent and not consent_text:
-        consent_text = f"Agreed by {source} to follow-up emails from {ctx.settings.clinic.name} about the inquiry."
-    now = ctx.now()
-    with ctx.runtime.sessions.begin() as session:
-        outcome = inquiries.record_inquiry(session, ctx.settings, email=email, name=name, consent=consent,
-                                           consent_text=consent_text, source=source, received_at=now, now=now)
-    what = "follow-ups scheduled" if outcome.enrolled else "no follow-ups"
-    click.echo(f"Inquiry {outcome.inquiry_id} recorded; {what}.")
-
-
-@inquiries_group.command("import")
-@click.argument("csv_file", type=click.File("r", encoding="utf-8-sig"))
-@pass_ctx
-@friendly
-def inquiries_import(ctx: Context, csv_file: io.TextIOBase) -> None:
-    """Import inquiries from CSV with columns email,name,consent,consent_text,source,received_at."""
-    from mailer.sequences import inquiries
-
-    with ctx.runtime.sessions.begin() as session:
-        report = inquiries.import_csv(session, ctx.settings, csv_file, ctx.now())
-    for line, reason in report.rejected:
-        click.echo(f"line {line}: rejected: {reason}", err=True)
-    click.echo(f"{report.imported} imported, {report.duplicates} duplicates, {len(report.rejected)} rejected.")
-    if report.rejected:
-        sys.exit(2)
-
-
-@inquiries_group.command("close")
-@click.argument("email")
-@click.option("--reason", required=True, type=click.Choice(["booked", "closed"]))
-@pass_ctx
-@friendly
-def inquiries_close(ctx: Context, email: str, reason: str) -> None:
-    """Stop a contact's follow-ups: they booked, or the inquiry is closed."""
-    from mailer.sequences import inquiries
-
-    with ctx.runtime.sessions.begin() as session:
-        stopped = inquiries.close(session, ctx.settings, email, reason, ctx.now())
-    click.echo(f"Marked {reason}; {stopped} follow-up sequence(s) stopped.")
-
-
-@inquiries_group.command("resume")
-@click.argument("email")
-@pass_ctx
-@friendly
-def inquiries_resume(ctx: Context, email: str) -> None:
-    """Restart follow-ups that a reply paused: the next step goes from now, inside the send window."""
-    from mailer.sequences import pausing
-
-    with ctx.runtime.sessions.begin() as session:
-        due = pausing.resume(session, ctx.settings, email, ctx.now())
-    local = due.astimezone(ctx.settings.zone).strftime("%Y-%m-%d %H:%M %Z")
-    click.echo(f"Follow-ups resumed; the next email is due {local}.")
 
 
 # --- demo -----------------------------------------------------------------------------------------
