@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mailer import config
 from mailer.models import FeedState, Post
-from mailer.publishing.feeds import FeedError, IngestResult, fetch, ingest, parse, sanitise_html
+from mailer.publishing.feeds import IngestResult, ingest, parse, sanitise_html
+from mailer.publishing.fetching import FeedError, fetch
 from tests.conftest import SAMPLE, utc
 
 Sessions = sessionmaker[Session]

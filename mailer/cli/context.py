@@ -25,7 +25,7 @@ class UserError(click.ClickException):
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
-    from mailer.publishing.feeds import FeedError
+    from mailer.publishing.fetching import FeedError
     from mailer.publishing.render import RenderError
     from mailer.sequences.inquiries import InquiryError
 
