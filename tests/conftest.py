@@ -8,7 +8,7 @@ import os
 import shutil
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -155,4 +155,20 @@ def smtp_server() -> Iterator[SMTPServer]:
     try:
         yield server
     finally:
+        server.stop()
+
+
+@pytest.fixture
+def make_server() -> Iterator[Callable[..., SMTPServer]]:
+    """Start an SMTPServer with aiosmtpd options (TLS, AUTH, no SMTPUTF8); stopped after the test."""
+    started: list[SMTPServer] = []
+
+    def start(**kwargs: object) -> SMTPServer:
+        server = SMTPServer(**kwargs)
+        server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
         server.stop()

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import Flask
-from werkzeug.serving import make_server
+from werkzeug import serving
 
 from mailer.cli import main
 from mailer.doctor.domain import public_record
@@ -95,20 +95,14 @@ def _authenticator(server, session, envelope, mechanism, auth_data) -> AuthResul
 
 
 @pytest.fixture
-def start_relay() -> Iterator[Callable[[tuple[Path, Path]], SMTPServer]]:
+def start_relay(make_server: Callable[..., SMTPServer]) -> Callable[[tuple[Path, Path]], SMTPServer]:
     """Start a relay that insists on STARTTLS and AUTH, with the given certificate."""
-    started: list[SMTPServer] = []
 
     def start(certificate: tuple[Path, Path]) -> SMTPServer:
-        server = SMTPServer(tls_context=server_context(certificate), require_starttls=True,
-                            authenticator=_authenticator, auth_require_tls=True)
-        server.start()
-        started.append(server)
-        return server
+        return make_server(tls_context=server_context(certificate), require_starttls=True,
+                           authenticator=_authenticator, auth_require_tls=True)
 
-    yield start
-    for server in started:
-        server.stop()
+    return start
 
 
 @pytest.fixture
@@ -117,7 +111,7 @@ def serve_https(certificates: dict[str, tuple[Path, Path]]) -> Iterator[Callable
     servers = []
 
     def serve(app: Flask, *, tls: bool = True) -> str:
-        server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=_QuietRequestHandler,
+        server = serving.make_server("127.0.0.1", 0, app, threaded=True, request_handler=_QuietRequestHandler,
                              ssl_context=server_context(certificates["good"]) if tls else None)
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         servers.append(server)

@@ -27,7 +27,7 @@ from mailer.publishing import campaigns
 from mailer.publishing.render import Renderer
 from mailer.runtime import Runtime, fixed_clock
 from tests.builders import T0, add_subscribers, deliver, smtp, start_campaign
-from tests.test_transport import dkim_key, dns_for, make_server  # noqa: F401  (fixtures)
+from tests.test_transport import dkim_key, dns_for  # noqa: F401  (fixtures)
 
 # --- a transport registered by name ---------------------------------------------------------------
 
@@ -183,7 +183,7 @@ def _authenticator(server, session, envelope, mechanism, auth_data) -> AuthResul
                       handled=False)
 
 
-def test_a_relay_refusing_our_login_halts_the_campaign(settings, sessions, engine, make_server) -> None:  # noqa: ANN001, F811
+def test_a_relay_refusing_our_login_halts_the_campaign(settings, sessions, engine, make_server) -> None:  # noqa: ANN001
     server = make_server(authenticator=_authenticator, auth_require_tls=False)
     add_subscribers(sessions, settings, [f"q{n:02d}@example.com" for n in range(30)])
     campaign_id = start_campaign(sessions, settings)

@@ -99,22 +99,6 @@ def connect() -> Iterator[Callable[[SMTPTransport], SMTPConnection]]:
         connection.close()
 
 
-@pytest.fixture
-def make_server() -> Iterator[Callable[..., SMTPServer]]:
-    """Start an SMTPServer with aiosmtpd options (TLS, AUTH, no SMTPUTF8); stopped after the test."""
-    started: list[SMTPServer] = []
-
-    def start(**kwargs: object) -> SMTPServer:
-        server = SMTPServer(**kwargs)
-        server.start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
 def _openssl(*args: str) -> bytes:
     if shutil.which("openssl") is None:
         pytest.skip("the openssl command is not installed")
