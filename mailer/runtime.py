@@ -6,6 +6,7 @@ import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -14,6 +15,9 @@ from mailer import db
 from mailer.config import Settings
 from mailer.outbound.kinds import Kinds
 from mailer.outbound.transport import Transport
+
+if TYPE_CHECKING:
+    from mailer.publishing.render import Renderer
 
 
 def system_clock() -> dt.datetime:
@@ -62,11 +66,19 @@ class Runtime:
         return make_transport(self.settings)
 
     @cached_property
+    def renderer(self) -> Renderer:
+        """The templates, shared by everything this process renders (Jinja2 reloads a template edited on
+        disk, and its environment is made only when something is rendered)."""
+        from mailer.publishing.render import Renderer
+
+        return Renderer(self.settings)
+
+    @cached_property
     def kinds(self) -> Kinds:
         """The message kinds the send engine knows, wired here so the engine imports no wing above it."""
         from mailer.message_kinds import registry
 
-        return registry(self.settings)
+        return registry(self.settings, self.renderer)
 
     def close(self) -> None:
         if "engine" in self.__dict__ and self.engine_override is None:

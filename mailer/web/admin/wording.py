@@ -13,7 +13,7 @@ from markupsafe import Markup
 from sqlalchemy.orm import Session
 
 from mailer.config import FollowupStep, Settings, duration
-from mailer.publishing.render import Renderer, RenderError, sample_values
+from mailer.publishing.render import RenderError, sample_values
 from mailer.sequences import steps, wording
 from mailer.sequences.wording import Wording, WordingError
 from mailer.web import current_runtime
@@ -112,7 +112,7 @@ def _editor(sequence: str, number: int, *, form: dict[str, str] | None = None, p
     runtime = current_runtime()
     settings = runtime.settings
     index, step = _step_or_404(settings, sequence, number)
-    renderer = Renderer(settings)
+    renderer = runtime.renderer
     with runtime.sessions() as db:
         current = steps.current(db, renderer, settings, sequence, index)
         first = steps.first_version(renderer, settings, sequence, index)
@@ -144,7 +144,7 @@ def followup_step_save(sequence: str, number: int) -> Response:
     settings = runtime.settings
     index, _step = _step_or_404(settings, sequence, number)
     form = {name: text_field(name) or "" for name in ("subject", "preheader", "body_markdown")}
-    renderer = Renderer(settings)
+    renderer = runtime.renderer
     problem = None
     try:
         with runtime.sessions.begin() as db:
@@ -190,7 +190,7 @@ def followup_step_preview(sequence: str, number: int) -> Response:
     runtime = current_runtime()
     settings = runtime.settings
     index, _step = _step_or_404(settings, sequence, number)
-    renderer = Renderer(settings)
+    renderer = runtime.renderer
     with runtime.sessions() as db:
         current = steps.current(db, renderer, settings, sequence, index)
         if request.method == "POST":
